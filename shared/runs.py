@@ -1,0 +1,173 @@
+"""Runs: seeding, device choice, the run folder and its logger, and the end-of-run table.
+
+Every script in `algos/` does the same few things around its method:
+
+    seed_everything(args.seed, args.torch_deterministic)
+    device = pick_device(args.cuda)
+    run = RunLogger(make_run_name(task, args.exp_name, args.seed), args, track=args.track)
+    run.log(step, {"losses/loss": ..., "reward": ...})      # TensorBoard + metrics.jsonl (+ wandb)
+    run.finish(format_table(rows))                          # prints the table, writes summary.md
+
+`runs/<run_name>/` then holds `args.json`, the TensorBoard events, `metrics.jsonl` (one JSON object per
+`log` call: `step`, `time` in seconds since the start, then the metrics) and `summary.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+import numpy as np
+import torch
+
+RUNS_DIR = Path(os.environ.get("REWARDLAB_RUNS", Path(__file__).resolve().parent.parent / "runs"))
+
+
+def fail(message: str) -> NoReturn:
+    """Stop with a message for the user (no traceback, exit status 1). For bad options and inputs."""
+    raise SystemExit(f"error: {message}")
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; with `deterministic`, ask torch for deterministic kernels too."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def pick_device(cuda: bool = True) -> torch.device:
+    """CUDA when it is asked for and present, else the CPU."""
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on a GPU and fp32 on the CPU; otherwise one of fp32, bf16, fp16."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+              "fp16": torch.float16, "float16": torch.float16}
+    if name not in dtypes:
+        fail(f"--dtype {name!r} is not one of auto, fp32, bf16, fp16")
+    return dtypes[name]
+
+
+def make_run_name(task: str, exp_name: str, seed: int) -> str:
+    return f"{task}__{exp_name}__{seed}__{int(time.time())}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class RunLogger:
+    """Writes `runs/<run_name>/`: args.json, TensorBoard events, metrics.jsonl, summary.md (and wandb with track).
+
+    `log(step, metrics)` also prints a line every `print_every` calls with the steps/s since the last print;
+    the steps/s goes to TensorBoard as `charts/steps_per_sec` (not to metrics.jsonl, so that two seeded runs
+    write identical metrics apart from the `time` field).
+    """
+
+    def __init__(self, run_name: str, args: Any = None, root: str | Path | None = None, track: bool = False,
+                 wandb_project: str = "rewardlab", print_every: int = 10):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_name = run_name
+        self.dir = Path(root or RUNS_DIR) / run_name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config = dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(vars(args)) if args else {}
+        config = {k: _jsonable(v) for k, v in config.items()}
+        (self.dir / "args.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        self.wandb = None
+        if track:
+            import wandb  # lazy: only behind --track
+
+            self.wandb = wandb.init(project=wandb_project, name=run_name, config=config, dir=str(self.dir))
+        self.writer = SummaryWriter(str(self.dir))
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+            f"|{k}|{v}|" for k, v in config.items()))
+        self.metrics_file = open(self.dir / "metrics.jsonl", "w")
+        self.print_every = print_every
+        self.start = self._last_time = time.time()
+        self._last_step = None
+        self._calls = 0
+
+    def log(self, step: int, metrics: dict[str, Any], echo: bool | None = None) -> None:
+        """Record `metrics` at `step`. NaN or infinite losses stop the run with a clear message."""
+        row = {k: _jsonable(v) for k, v in metrics.items()}
+        for key, value in row.items():
+            if isinstance(value, float) and not math.isfinite(value) and key.startswith("losses/"):
+                self.close()
+                fail(f"{key} is {value} at step {step}: lower the learning rate, check the inputs "
+                     f"or use --dtype fp32; the run so far is in {self.dir}")
+        now = time.time()
+        self.metrics_file.write(json.dumps({"step": step, "time": round(now - self.start, 3), **row}) + "\n")
+        self.metrics_file.flush()
+        for key, value in row.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+        self._calls += 1
+        if echo or (echo is None and self._calls % self.print_every == 0):
+            steps = step - self._last_step if self._last_step is not None else self._calls
+            sps = steps / max(now - self._last_time, 1e-9)
+            self.writer.add_scalar("charts/steps_per_sec", sps, step)
+            shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, (int, float)))
+            print(f"step {step} | {sps:.2f} steps/s | {shown}", flush=True)
+            self._last_time, self._last_step = now, step
+
+    def save_text(self, name: str, text: str) -> Path:
+        """Write a text file (samples, notes) into the run folder."""
+        path = self.dir / name
+        path.write_text(text)
+        return path
+
+    def finish(self, summary: str) -> None:
+        """Print the end-of-run summary, write it to summary.md, and close the writers."""
+        wall = time.time() - self.start
+        text = f"{summary.rstrip()}\n\nwall time: {wall:.1f} s; run folder: {self.dir}\n"
+        (self.dir / "summary.md").write_text(text)
+        print("\n" + text, flush=True)
+        self.close()
+
+    def close(self) -> None:
+        if not self.metrics_file.closed:
+            self.metrics_file.close()
+            self.writer.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, floatfmt: str = ".3f") -> str:
+    """Rows of dicts as a plain-text (markdown) table; floats with `floatfmt`, missing cells as '-'."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else format(value, floatfmt)
+        return str(value)
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731
+    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
