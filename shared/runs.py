@@ -90,7 +90,10 @@ class RunLogger:
         self.run_name = run_name
         self.dir = Path(root or RUNS_DIR) / run_name
         self.dir.mkdir(parents=True, exist_ok=True)
-        config = dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(vars(args)) if args else {}
+        if dataclasses.is_dataclass(args):
+            config = dataclasses.asdict(args)
+        else:
+            config = dict(args) if isinstance(args, dict) else dict(vars(args)) if args is not None else {}
         config = {k: _jsonable(v) for k, v in config.items()}
         (self.dir / "args.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         self.wandb = None

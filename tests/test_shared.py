@@ -1,0 +1,268 @@
+"""Tests of the foundation: runs and logging, the tiny LM world, tasks, warm start and data loading."""
+
+import json
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from shared.data import load_data
+from shared.lm import (
+    build_tiny_lm,
+    build_tokenizer,
+    completion_mask,
+    encode_prompts,
+    load_causal_lm,
+    position_ids_from_mask,
+    sample,
+)
+from shared.runs import RunLogger, format_table, make_run_name, seed_everything
+from shared.tasks import ChainAddition, Preferences, StringOps, in_split
+from shared.warmstart import sft_batch, sft_loss, warm_start
+
+
+# --- tokenizer and model --------------------------------------------------------------------------------------------
+def test_tokenizer_round_trip_and_chat_template(tmp_path):
+    tokenizer = build_tokenizer()
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "reverse : a b c"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text.split() == ["<|im_start|>", "user", "reverse", ":", "a", "b", "c", "<|im_end|>", "<|im_start|>",
+                            "assistant"]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "user reverse : a b c assistant"
+    tokenizer.save_pretrained(tmp_path)
+    _, loaded = load_causal_lm(str(_saved_tiny(tmp_path)))
+    assert loaded.get_vocab() == tokenizer.get_vocab()
+    assert loaded.padding_side == "left" and loaded.eos_token == "<|im_end|>" and loaded.pad_token == "<pad>"
+    # the word-level decoder survives the round trip (AutoTokenizer alone would swap in a byte-level one)
+    assert loaded.decode(ids, skip_special_tokens=True) == "user reverse : a b c assistant"
+    assert loaded.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == \
+        tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+
+
+def _saved_tiny(folder, arch="qwen2"):
+    model, tokenizer = build_tiny_lm(seed=3, arch=arch)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_model_save_load_identical_logits(tmp_path, arch):
+    model, tokenizer = build_tiny_lm(seed=3, arch=arch)
+    _saved_tiny(tmp_path, arch)
+    loaded, _ = load_causal_lm(str(tmp_path))
+    assert type(loaded).__name__ == type(model).__name__
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert 50_000 < sum(p.numel() for p in model.parameters()) < 1_000_000
+
+
+def test_tiny_seed_fixes_weights():
+    a, _ = build_tiny_lm(seed=1)
+    b, _ = build_tiny_lm(seed=1)
+    c, _ = build_tiny_lm(seed=2)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_unknown_model_id_fails_fast_with_message():
+    start = time.time()
+    with pytest.raises(SystemExit, match="cannot load 'nobody/no-such-model'.*save_pretrained"):
+        load_causal_lm("nobody/no-such-model")
+    assert time.time() - start < 10
+
+
+def test_sequence_classification_head_through_the_same_loader(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model, _ = load_causal_lm(str(_saved_tiny(tmp_path)), model_class=AutoModelForSequenceClassification,
+                              num_labels=1)
+    assert model(torch.tensor([[5, 6, 7]])).logits.shape == (1, 1)
+
+
+# --- masks, positions, sampling -------------------------------------------------------------------------------------
+def test_completion_mask_keeps_first_eos_and_zeroes_after():
+    eos = 4
+    ids = torch.tensor([[7, 8, eos, 0, 0], [7, eos, 9, eos, 1], [7, 8, 9, 10, 11], [eos, 0, 0, 0, 0]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    assert torch.equal(completion_mask(ids, [eos]), expected)
+    # several stop ids (end-of-turn and end-of-text): the first of either ends the completion
+    assert torch.equal(completion_mask(torch.tensor([[7, 3, 4, 8]]), [4, 3]), torch.tensor([[1, 1, 0, 0]]))
+
+
+def test_position_ids_make_left_padding_invisible():
+    model, tokenizer = build_tiny_lm(seed=0)
+    ids, mask = encode_prompts(tokenizer, ["copy : a", "reverse : a b c d e f"])
+    assert mask[0, 0] == 0 and mask[1].all()  # left padded
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    alone_ids, _ = encode_prompts(tokenizer, ["copy : a"])
+    alone = model(input_ids=alone_ids).logits
+    assert torch.allclose(logits[0, -1], alone[0, -1], atol=1e-5)
+    assert torch.equal(position_ids_from_mask(torch.tensor([[0, 0, 1, 1, 1]])), torch.tensor([[0, 0, 0, 1, 2]]))
+
+
+def test_sample_shapes_groups_and_greedy_determinism():
+    model, tokenizer = build_tiny_lm(seed=0)
+    prompts = ["copy : a b", "sort : c b a"]
+    out = sample(model, tokenizer, prompts, num_samples=3, max_new_tokens=6, temperature=1.0)
+    assert out.completion_ids.shape[0] == 6 and out.completion_ids.shape[1] <= 6
+    assert out.completion_mask.shape == out.completion_ids.shape and len(out.texts) == 6
+    single, _ = encode_prompts(tokenizer, prompts)
+    assert torch.equal(out.prompt_ids[:3], single[0:1].expand(3, -1))  # prompt-major: contiguous groups
+    g1 = sample(model, tokenizer, prompts, max_new_tokens=6, greedy=True)
+    g2 = sample(model, tokenizer, prompts, max_new_tokens=6, greedy=True)
+    assert torch.equal(g1.completion_ids, g2.completion_ids) and g1.texts == g2.texts
+    # the mask agrees with the stop token in the ids
+    eos = tokenizer.eos_token_id
+    for row, mask in zip(out.completion_ids, out.completion_mask):
+        stops = (row == eos).nonzero()
+        expected = int(stops[0]) + 1 if len(stops) else len(row)
+        assert int(mask.sum()) == expected
+
+
+# --- tasks ------------------------------------------------------------------------------------------------------------
+def test_chain_addition_scorer_and_steps():
+    task = ChainAddition()
+    prompt = "add 3 + 4 + 5"
+    assert task.score(prompt, "3 + 4 = 7 ; 7 + 5 = 12 ; # 12") == 1.0
+    assert task.score(prompt, "3 + 4 = 7 ; 7 + 5 = 13 ; # 13") == 0.0
+    assert task.score(prompt, "3 + 4 = 7 ; 7 + 5 = 12 ;") == 0.0  # no answer
+    assert task.step_correctness(prompt, "3 + 4 = 7 ; 7 + 5 = 12 ; # 12") == [True, True]
+    assert task.step_correctness(prompt, "3 + 4 = 8 ; 8 + 5 = 13 ; # 13") == [False, False]
+    assert task.step_correctness(prompt, "3 + 4 = 7 ; 7 + 6 = 13 ; # 13") == [True, False]
+    assert ChainAddition.parse_answer("x # 5 # 12") == 12 and ChainAddition.parse_answer("# x") is None
+    row = task.dataset(1, seed=0)[0]
+    assert task.score(row["prompt"], row["reference"]) == 1.0 and row["answer"] == str(sum(task.terms(row["prompt"])))
+
+
+def test_string_ops_scorer():
+    task = StringOps(ops=("copy", "reverse", "sort", "dedup", "rotate", "rotate2"))
+    cases = {"copy": "c a b a", "reverse": "a b a c", "sort": "a a b c", "dedup": "c a b", "rotate": "a b a c",
+             "rotate2": "b a c a"}
+    for op, answer in cases.items():
+        assert task.score(f"{op} : c a b a", answer) == 1.0, op
+        assert task.score(f"{op} : c a b a", answer + " a") == 0.0, op
+    data = task.dataset(50, seed=1)
+    assert all(task.score(r["prompt"], r["reference"]) == 1.0 for r in data)
+    with pytest.raises(SystemExit, match="unknown string ops"):
+        StringOps(ops=("shuffle",))
+
+
+def test_preferences_hidden_reward_and_exact_noise():
+    task = Preferences()
+    weights = task.weights()
+    assert sorted(weights["t0"].values()) == [-1, -1, 0, 0, 0, 0, 1, 1]
+    best = " ".join(w for w, v in weights["t0"].items() if v == 1)
+    assert task.score("topic t0", best + " " + best) == 4.0
+    clean = task.dataset(200, seed=0)
+    assert all(r["chosen_score"] > r["rejected_score"] for r in clean)
+    assert all(task.score(r["prompt"], r["chosen"]) == r["chosen_score"] for r in clean)
+    noisy = task.dataset(200, seed=0, noise_rate=0.3)
+    assert sum(noisy["flipped"]) == 60
+    assert all((r["chosen_score"] < r["rejected_score"]) == r["flipped"] for r in noisy)
+    with pytest.raises(SystemExit, match="noise_rate"):
+        task.dataset(10, noise_rate=1.5)
+
+
+def test_splits_are_disjoint_and_seeded():
+    task = StringOps(min_len=2, max_len=3)
+    train, test = task.dataset(300, seed=0)["prompt"], task.dataset(300, seed=0, split="test")["prompt"]
+    assert not set(train) & set(test)
+    assert all(in_split(p, "test") for p in test)
+    assert task.dataset(20, seed=5)["prompt"] == task.dataset(20, seed=5)["prompt"]
+
+
+def test_every_task_text_is_in_vocabulary():
+    tokenizer = build_tokenizer()
+    texts = []
+    for data in (ChainAddition().dataset(100), StringOps(ops=("copy", "rotate2")).dataset(100), Preferences().dataset(100)):
+        for row in data:
+            texts += [v for v in row.values() if isinstance(v, str)]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert all(tokenizer.unk_token_id not in row for row in ids)
+
+
+# --- warm start -------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def warm_folder(tmp_path_factory):
+    return warm_start("chain_addition", seed=0, steps=300, cache_dir=tmp_path_factory.mktemp("cache"), verbose=False)
+
+
+def test_warm_start_beats_chance_and_hits_cache(warm_folder):
+    info = json.loads((warm_folder / "warm_start.json").read_text())
+    assert info["test_exact_match"] > 0.15  # chance: guessing the sum of 3-5 digits is right < 0.1 of the time
+    start = time.time()
+    assert warm_start("chain_addition", seed=0, steps=300, cache_dir=warm_folder.parent, verbose=False) == warm_folder
+    assert time.time() - start < 2
+    model, tokenizer = load_causal_lm(str(warm_folder))  # the folder works as --model-name
+    out = sample(model, tokenizer, ["add 1 + 2 + 3"], max_new_tokens=20, greedy=True)
+    assert "#" in out.texts[0]
+
+
+def test_sft_loss_masks_prompt_and_padding():
+    model, tokenizer = build_tiny_lm(seed=0)
+    input_ids, attention_mask, position_ids, labels = sft_batch(tokenizer, ["copy : a", "copy : a b c"], ["a", "a b c"])
+    assert (labels[0] != -100).sum() == 2 and (labels[1] != -100).sum() == 4  # target + end-of-turn
+    loss = sft_loss(model, input_ids, attention_mask, position_ids, labels)
+    assert torch.isfinite(loss) and abs(loss.item() - torch.log(torch.tensor(float(len(tokenizer)))).item()) < 1.0
+
+
+# --- runs -------------------------------------------------------------------------------------------------------------
+def _tiny_job(seed: int, name: str):
+    seed_everything(seed)
+    model, tokenizer = build_tiny_lm(seed=seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    run = RunLogger(make_run_name("test", name, seed), {"seed": seed}, print_every=2)
+    data = StringOps().dataset(8, seed=seed)
+    for step in range(3):
+        loss = sft_loss(model, *sft_batch(tokenizer, data["prompt"], data["reference"]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        run.log(step, {"losses/loss": loss.item(), "reward": torch.rand(()).item()})
+    run.finish(format_table([{"arm": "a", "score": 0.5}]))
+    return run.dir
+
+
+def _metrics(folder):
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in open(folder / "metrics.jsonl")]
+
+
+def test_seeded_runs_write_identical_metrics_and_full_run_folder():
+    first, second = _tiny_job(0, "a"), _tiny_job(0, "b")
+    assert _metrics(first) == _metrics(second) and len(_metrics(first)) == 3
+    assert _metrics(first) != _metrics(_tiny_job(1, "c"))
+    names = {p.name for p in first.iterdir()}
+    assert {"args.json", "metrics.jsonl", "summary.md"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert "| arm | score |" in (first / "summary.md").read_text()
+
+
+def test_nan_loss_stops_with_message():
+    run = RunLogger("nan-run", {})
+    with pytest.raises(SystemExit, match="losses/loss is nan at step 3"):
+        run.log(3, {"losses/loss": float("nan")})
+
+
+def test_format_table():
+    table = format_table([{"arm": "base", "em": 0.5}, {"arm": "method", "em": 0.6123, "bleu": None}])
+    lines = table.splitlines()
+    assert lines[0].split("|")[1:-1] == [" arm    ", " em    ", " bleu "]
+    assert "0.612" in lines[3] and lines[2].rstrip().endswith("|") and " - " in lines[3]
+
+
+# --- data -------------------------------------------------------------------------------------------------------------
+def test_load_data_paths(tmp_path):
+    tiny = load_data("tiny:string_ops", required_columns=["prompt", "reference"], num_examples=10)
+    assert len(tiny) == 10
+    tiny.save_to_disk(str(tmp_path / "saved"))
+    assert load_data(str(tmp_path / "saved"), required_columns=["prompt"])["prompt"] == tiny["prompt"]
+    tiny.to_json(str(tmp_path / "data.jsonl"))
+    assert len(load_data(str(tmp_path / "data.jsonl"), num_examples=4)) == 4
+    with pytest.raises(SystemExit, match=r"lacks the column\(s\) \['chosen'\]; it has \['prompt', 'reference', 'op'\]"):
+        load_data(str(tmp_path / "saved"), required_columns=["prompt", "chosen"])
+    with pytest.raises(SystemExit, match="cannot load dataset 'nobody/nothing'"):
+        load_data("nobody/nothing")
