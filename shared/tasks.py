@@ -9,6 +9,7 @@ text is divisible by 5.
 - `string_ops`: `reverse : c a b` -> `b a c` for copy / reverse / sort / dedup / rotate (left 1) / rotate2.
 - `preferences`: pairs of 4-word responses to `topic t0`, ranked by a hidden per-topic word weight, with an exact
   share of label flips in the data (`noise_rate`); `score` is the hidden true reward.
+- `sort_digits`: `sort 3 1 2` -> `1 2 3`, graded by edit distance; optionally a corrupted reference corpus.
 """
 
 from __future__ import annotations
@@ -182,7 +183,60 @@ class Preferences:
         return Dataset.from_list(rows)
 
 
-TASKS = {"chain_addition": ChainAddition, "string_ops": StringOps, "preferences": Preferences}
+def levenshtein(a: list[str], b: list[str]) -> int:
+    """Edit distance between two token lists (insertions, deletions and substitutions cost 1)."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+@dataclass
+class SortDigits:
+    """`sort 3 1 2` -> `1 2 3`; graded quality q = 1 - Levenshtein(y, sorted(x)) / max(|y|, |sorted(x)|).
+
+    With `corrupt_rate` > 0 the `reference` of that share of rows has one element dropped, duplicated or two
+    neighbours swapped (a noisy "pretraining" corpus); `clean` always holds the exact answer."""
+
+    min_len: int = 4
+    max_len: int = 7
+    corrupt_rate: float = 0.0
+    name: str = "sort_digits"
+
+    def make(self, rng: random.Random) -> dict:
+        digits = [str(rng.randrange(10)) for _ in range(rng.randint(self.min_len, self.max_len))]
+        clean = sorted(digits)
+        target = list(clean)
+        if rng.random() < self.corrupt_rate:
+            i, kind = rng.randrange(len(target) - 1), rng.choice(["drop", "duplicate", "swap"])
+            unequal = [j for j in range(len(target) - 1) if target[j] != target[j + 1]]
+            if kind == "swap" and not unequal:
+                kind = "duplicate"  # a swap of equal neighbours would change nothing
+            if kind == "swap":
+                i = rng.choice(unequal)
+            if kind == "drop":
+                del target[i]
+            elif kind == "duplicate":
+                target.insert(i, target[i])
+            else:
+                target[i], target[i + 1] = target[i + 1], target[i]
+        return {"prompt": "sort " + " ".join(digits), "reference": " ".join(target), "clean": " ".join(clean)}
+
+    def dataset(self, n: int, seed: int = 0, split: str = "train") -> Dataset:
+        return Dataset.from_list(_rows(self.make, n, seed, split))
+
+    def score(self, prompt: str, completion: str) -> float:
+        truth, answer = sorted(prompt.split()[1:]), completion.split()
+        return 1.0 - levenshtein(answer, truth) / max(len(answer), len(truth))
+
+    def exact(self, prompt: str, completion: str) -> float:
+        return float(completion.split() == sorted(prompt.split()[1:]))
+
+
+TASKS = {"chain_addition": ChainAddition, "string_ops": StringOps, "preferences": Preferences,
+         "sort_digits": SortDigits}
 
 
 def get_task(name: str, **kwargs):

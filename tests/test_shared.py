@@ -178,7 +178,11 @@ def test_splits_are_disjoint_and_seeded():
 def test_every_task_text_is_in_vocabulary():
     tokenizer = build_tokenizer()
     texts = []
-    for data in (ChainAddition().dataset(100), StringOps(ops=("copy", "rotate2")).dataset(100), Preferences().dataset(100)):
+    from shared.tasks import SortDigits
+
+    datasets = (ChainAddition().dataset(100), StringOps(ops=("copy", "rotate2")).dataset(100),
+                Preferences().dataset(100), SortDigits(corrupt_rate=0.5).dataset(100))
+    for data in datasets:
         for row in data:
             texts += [v for v in row.values() if isinstance(v, str)]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -266,3 +270,16 @@ def test_load_data_paths(tmp_path):
         load_data(str(tmp_path / "saved"), required_columns=["prompt", "chosen"])
     with pytest.raises(SystemExit, match="cannot load dataset 'nobody/nothing'"):
         load_data("nobody/nothing")
+
+
+def test_sort_digits_graded_score_and_corruption():
+    from shared.tasks import SortDigits, levenshtein
+
+    assert levenshtein(list("kitten"), list("sitting")) == 3 and levenshtein([], list("ab")) == 2
+    task = SortDigits()
+    assert task.score("sort 3 1 2", "1 2 3") == 1.0 and task.exact("sort 3 1 2", "1 2 3") == 1.0
+    assert task.score("sort 3 1 2", "1 2") == pytest.approx(1 - 1 / 3)  # one deletion, max length 3
+    assert task.score("sort 3 1 2", "1 3 2 2") == pytest.approx(1 - 2 / 4)
+    noisy = SortDigits(corrupt_rate=1.0).dataset(50, seed=0)
+    assert all(r["reference"] != r["clean"] for r in noisy)
+    assert all(task.score(r["prompt"], r["clean"]) == 1.0 for r in noisy)
