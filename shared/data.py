@@ -21,8 +21,14 @@ from shared.tasks import get_task
 FILE_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def load_data(name: str, split: str = "train", required_columns: Sequence[str] = (), num_examples: int | None = None,
-              seed: int = 0, task_kwargs: dict | None = None) -> Dataset:
+def load_data(
+    name: str,
+    split: str = "train",
+    required_columns: Sequence[str] = (),
+    num_examples: int | None = None,
+    seed: int = 0,
+    task_kwargs: dict | None = None,
+) -> Dataset:
     """A `datasets.Dataset` from `tiny:<task>`, a `save_to_disk` folder, a json/jsonl/csv/parquet file or a hub id."""
     path = Path(name)
     if name.startswith("tiny:"):
@@ -34,28 +40,37 @@ def load_data(name: str, split: str = "train", required_columns: Sequence[str] =
     elif path.is_file() or path.is_dir():
         suffix = path.suffix if path.is_file() else ""
         try:
-            data = load_dataset(FILE_FORMATS[suffix], data_files=str(path), split="train") if suffix in FILE_FORMATS \
+            data = (
+                load_dataset(FILE_FORMATS[suffix], data_files=str(path), split="train")
+                if suffix in FILE_FORMATS
                 else load_dataset(str(path), split=split)
+            )
         except Exception as error:
-            fail(f"cannot read dataset {name!r} ({type(error).__name__}: {error}); use a save_to_disk folder or a "
-                 f"{'/'.join(FILE_FORMATS)} file")
+            fail(
+                f"cannot read dataset {name!r} ({type(error).__name__}: {error}); use a save_to_disk folder or a "
+                f"{'/'.join(FILE_FORMATS)} file"
+            )
     else:
         try:
             if not offline() and not hub_reachable():  # offline, the datasets cache answers at once
                 raise ConnectionError("the hub is unreachable")
             data = load_dataset(name, split=split)
         except Exception as error:
-            fail(f"cannot load dataset {name!r}: not a local folder or file, and the hub copy could not be loaded "
-                 f"({type(error).__name__}). Save it with save_to_disk where you have network access and pass the "
-                 f"folder, or use the offline default (e.g. tiny:string_ops).")
+            fail(
+                f"cannot load dataset {name!r}: not a local folder or file, and the hub copy could not be loaded "
+                f"({type(error).__name__}). Save it with save_to_disk where you have network access and pass the "
+                f"folder, or use the offline default (e.g. tiny:string_ops)."
+            )
     if isinstance(data, DatasetDict):
         if split not in data:
             fail(f"dataset {name!r} has no split {split!r}; it has {list(data)}")
         data = data[split]
     missing = [c for c in required_columns if c not in data.column_names]
     if missing:
-        fail(f"dataset {name!r} lacks the column(s) {missing}; it has {data.column_names}. Rename them with "
-             f"`dataset.rename_column` (the script needs {list(required_columns)}).")
+        fail(
+            f"dataset {name!r} lacks the column(s) {missing}; it has {data.column_names}. Rename them with "
+            f"`dataset.rename_column` (the script needs {list(required_columns)})."
+        )
     if num_examples is not None and not name.startswith("tiny:"):
         data = data.shuffle(seed=seed).select(range(min(num_examples, len(data))))
     return data

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 import socket
-from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
@@ -39,7 +39,8 @@ WORDS = (
     + [str(i) for i in range(100)]  # numbers are single tokens
     + list("abcdefghijkl")  # the letters of the string tasks and the content words of the preference task
     + ["copy", "reverse", "sort", "dedup", "rotate", "rotate2", "add", "topic", "t0", "t1", "t2", "t3"]
-    + list("+-=;:#,.()?!") + ["yes", "no", "ok", "bad", "valid", "step", "answer", "confidence", "ref", "Q", "A"]
+    + list("+-=;:#,.()?!")
+    + ["yes", "no", "ok", "bad", "valid", "step", "answer", "confidence", "ref", "Q", "A"]
     + [f"<extra_{i}>" for i in range(16)]  # spare tokens a method can give a meaning without a new vocabulary
 )
 TINY_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
@@ -55,24 +56,44 @@ def build_tokenizer(extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerFas
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<|im_end|>",
-        padding_side="left", truncation_side="left", model_max_length=512,
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<|im_end|>",
+        padding_side="left",
+        truncation_side="left",
+        model_max_length=512,
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})  # skipped when decoding
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
-def tiny_config(tokenizer, arch: str = "qwen2", hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
-                max_positions: int = 256):
+def tiny_config(
+    tokenizer,
+    arch: str = "qwen2",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    max_positions: int = 256,
+):
     """A real-architecture config, tiny: hidden 64, 2 layers, 4 heads (2 KV heads), MLP 3x, tied embeddings."""
     if arch not in ("qwen2", "llama"):
         fail(f"tiny arch {arch!r} is not one of qwen2, llama")
     return AutoConfig.for_model(
-        arch, vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=3 * hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),
-        max_position_embeddings=max_positions, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        arch,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=3 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
 
 
@@ -95,7 +116,9 @@ def offline() -> bool:
 def load_tokenizer(name_or_path: str):
     """The tokenizer of `name_or_path`, set up for batched generation: left padding, a pad token."""
     config_file = Path(name_or_path) / "tokenizer_config.json"
-    plain = config_file.exists() and json.loads(config_file.read_text()).get("tokenizer_class") in TINY_TOKENIZER_CLASSES
+    plain = (
+        config_file.exists() and json.loads(config_file.read_text()).get("tokenizer_class") in TINY_TOKENIZER_CLASSES
+    )
     # A plain tokenizers-backed tokenizer (the tiny world's) loads as saved; AutoTokenizer would pick the
     # model type's class (Qwen2Tokenizer) and replace the word-level decoder with a byte-level one.
     tokenizer_class = PreTrainedTokenizerFast if plain else AutoTokenizer
@@ -135,13 +158,21 @@ def _check_hub_id(name: str) -> None:
             return
         except OSError as error:  # no network, or the hub answered that the id does not exist
             reason = f"not in the local cache and not loadable from the hub ({error})"
-    fail(f"cannot load {name!r}: it is not a local folder, and is {reason}. Pass a folder written by "
-         "save_pretrained, download the model first where the hub is reachable, or use the offline default "
-         "(e.g. --model-name tiny:string_ops).")
+    fail(
+        f"cannot load {name!r}: it is not a local folder, and is {reason}. Pass a folder written by "
+        "save_pretrained, download the model first where the hub is reachable, or use the offline default "
+        "(e.g. --model-name tiny:string_ops)."
+    )
 
 
-def load_causal_lm(name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                   seed: int = 0, model_class=AutoModelForCausalLM, **model_kwargs):
+def load_causal_lm(
+    name_or_path: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    model_class=AutoModelForCausalLM,
+    **model_kwargs,
+):
     """(model, tokenizer) for `tiny`, `tiny:<task>`, a local `save_pretrained` folder, or a hub id.
 
     `model_class` lets a script load a different head through the same path (e.g.
@@ -189,17 +220,33 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
-def encode_prompts(tokenizer, prompts: list[str], chat: bool = True, max_prompt_length: int | None = None,
-                   system_prompt: str | None = None, device: str | torch.device = "cpu"):
+def encode_prompts(
+    tokenizer,
+    prompts: list[str],
+    chat: bool = True,
+    max_prompt_length: int | None = None,
+    system_prompt: str | None = None,
+    device: str | torch.device = "cpu",
+):
     """Left-padded prompt ids and mask; with `chat`, each prompt becomes one user turn of the chat template."""
     if chat:
         if tokenizer.chat_template is None:
             fail("the tokenizer has no chat template: pass --no-chat to feed prompts as plain text")
         head = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        prompts = [tokenizer.apply_chat_template(head + [{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True) for p in prompts]
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat,
-                      truncation=max_prompt_length is not None, max_length=max_prompt_length)
+        prompts = [
+            tokenizer.apply_chat_template(
+                head + [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+            for p in prompts
+        ]
+    batch = tokenizer(
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=not chat,
+        truncation=max_prompt_length is not None,
+        max_length=max_prompt_length,
+    )
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
@@ -215,28 +262,46 @@ class Completions:
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], num_samples: int = 1, max_new_tokens: int = 32,
-           temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False, chat: bool = True,
-           max_prompt_length: int | None = None, system_prompt: str | None = None) -> Completions:
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str],
+    num_samples: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+    chat: bool = True,
+    max_prompt_length: int | None = None,
+    system_prompt: str | None = None,
+) -> Completions:
     """Sample `num_samples` completions per prompt in one batched `generate` call with the KV cache."""
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, chat, max_prompt_length, system_prompt, device)
     stop_ids = stop_token_ids(tokenizer, model)
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=not greedy, num_return_sequences=num_samples,
-        eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        num_return_sequences=num_samples,
+        eos_token_id=stop_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
         **({} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": top_k}),
     )
     was_training = model.training
     model.eval()
     sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     model.train(was_training)
-    completion_ids = sequences[:, prompt_ids.shape[1]:]  # [N*G, T]
+    completion_ids = sequences[:, prompt_ids.shape[1] :]  # [N*G, T]
     mask = completion_mask(completion_ids, stop_ids)
-    texts = tokenizer.batch_decode(completion_ids * mask + tokenizer.pad_token_id * (1 - mask),
-                                   skip_special_tokens=True)
+    texts = tokenizer.batch_decode(
+        completion_ids * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True
+    )
     return Completions(
         prompt_ids=prompt_ids.repeat_interleave(num_samples, dim=0),
         prompt_mask=prompt_mask.repeat_interleave(num_samples, dim=0),
-        completion_ids=completion_ids, completion_mask=mask, texts=[t.strip() for t in texts],
+        completion_ids=completion_ids,
+        completion_mask=mask,
+        texts=[t.strip() for t in texts],
     )

@@ -54,8 +54,14 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto` is bf16 on a GPU and fp32 on the CPU; otherwise one of fp32, bf16, fp16."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    dtypes = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-              "fp16": torch.float16, "float16": torch.float16}
+    dtypes = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if name not in dtypes:
         fail(f"--dtype {name!r} is not one of auto, fp32, bf16, fp16")
     return dtypes[name]
@@ -83,8 +89,15 @@ class RunLogger:
     write identical metrics apart from the `time` field).
     """
 
-    def __init__(self, run_name: str, args: Any = None, root: str | Path | None = None, track: bool = False,
-                 wandb_project: str = "rewardlab", print_every: int = 10):
+    def __init__(
+        self,
+        run_name: str,
+        args: Any = None,
+        root: str | Path | None = None,
+        track: bool = False,
+        wandb_project: str = "rewardlab",
+        print_every: int = 10,
+    ):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_name = run_name
@@ -102,8 +115,9 @@ class RunLogger:
 
             self.wandb = wandb.init(project=wandb_project, name=run_name, config=config, dir=str(self.dir))
         self.writer = SummaryWriter(str(self.dir))
-        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-            f"|{k}|{v}|" for k, v in config.items()))
+        self.writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items())
+        )
         self.metrics_file = open(self.dir / "metrics.jsonl", "w")
         self.print_every = print_every
         self.start = self._last_time = time.time()
@@ -116,8 +130,10 @@ class RunLogger:
         for key, value in row.items():
             if isinstance(value, float) and not math.isfinite(value) and key.startswith("losses/"):
                 self.close()
-                fail(f"{key} is {value} at step {step}: lower the learning rate, check the inputs "
-                     f"or use --dtype fp32; the run so far is in {self.dir}")
+                fail(
+                    f"{key} is {value} at step {step}: lower the learning rate, check the inputs "
+                    f"or use --dtype fp32; the run so far is in {self.dir}"
+                )
         now = time.time()
         self.metrics_file.write(json.dumps({"step": step, "time": round(now - self.start, 3), **row}) + "\n")
         self.metrics_file.flush()

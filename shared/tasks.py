@@ -57,8 +57,12 @@ class ChainAddition:
         for x in terms[1:]:
             steps.append(f"{total} + {x} = {total + x} ;")
             total += x
-        return {"prompt": "add " + " + ".join(map(str, terms)), "reference": " ".join(steps) + f" # {total}",
-                "answer": str(total), "num_terms": len(terms)}
+        return {
+            "prompt": "add " + " + ".join(map(str, terms)),
+            "reference": " ".join(steps) + f" # {total}",
+            "answer": str(total),
+            "num_terms": len(terms),
+        }
 
     def dataset(self, n: int, seed: int = 0, split: str = "train") -> Dataset:
         return Dataset.from_list(_rows(self.make, n, seed, split))
@@ -73,7 +77,7 @@ class ChainAddition:
         words = completion.split()
         if "#" not in words:
             return None
-        after = words[len(words) - 1 - words[::-1].index("#") + 1:]
+        after = words[len(words) - 1 - words[::-1].index("#") + 1 :]
         return int(after[0]) if after and after[0].isdigit() else None
 
     def score(self, prompt: str, completion: str) -> float:
@@ -85,8 +89,15 @@ class ChainAddition:
         body = completion.split("#")[0]
         for j, step in enumerate(s for s in body.split(";") if s.strip()):
             words, total = step.split(), sum(terms[: j + 1])
-            ok = (len(words) == 5 and words[1] == "+" and words[3] == "=" and j + 1 < len(terms)
-                  and words[0] == str(total) and words[2] == str(terms[j + 1]) and words[4] == str(total + terms[j + 1]))
+            ok = (
+                len(words) == 5
+                and words[1] == "+"
+                and words[3] == "="
+                and j + 1 < len(terms)
+                and words[0] == str(total)
+                and words[2] == str(terms[j + 1])
+                and words[4] == str(total + terms[j + 1])
+            )
             out.append(ok)
         return out
 
@@ -151,8 +162,9 @@ class Preferences:
 
     def weights(self) -> dict[str, dict[str, int]]:
         rng = random.Random(self.world_seed)
-        return {f"t{k}": dict(zip(self.words, rng.sample([1, 1, -1, -1, 0, 0, 0, 0], 8)))
-                for k in range(self.num_topics)}
+        return {
+            f"t{k}": dict(zip(self.words, rng.sample([1, 1, -1, -1, 0, 0, 0, 0], 8))) for k in range(self.num_topics)
+        }
 
     def score(self, prompt: str, completion: str) -> float:
         weights = self.weights()[prompt.split()[-1]]
@@ -166,8 +178,14 @@ class Preferences:
             if score_a != score_b:
                 break
         chosen, rejected = (a, b) if score_a > score_b else (b, a)
-        return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "chosen_score": max(score_a, score_b),
-                "rejected_score": min(score_a, score_b), "flipped": False}
+        return {
+            "prompt": prompt,
+            "chosen": chosen,
+            "rejected": rejected,
+            "chosen_score": max(score_a, score_b),
+            "rejected_score": min(score_a, score_b),
+            "flipped": False,
+        }
 
     def dataset(self, n: int, seed: int = 0, split: str = "train", noise_rate: float = 0.0) -> Dataset:
         """`n` pairs; exactly round(noise_rate * n) of them, chosen at random, have chosen and rejected swapped."""
@@ -235,8 +253,12 @@ class SortDigits:
         return float(completion.split() == sorted(prompt.split()[1:]))
 
 
-TASKS = {"chain_addition": ChainAddition, "string_ops": StringOps, "preferences": Preferences,
-         "sort_digits": SortDigits}
+TASKS = {
+    "chain_addition": ChainAddition,
+    "string_ops": StringOps,
+    "preferences": Preferences,
+    "sort_digits": SortDigits,
+}
 
 
 def get_task(name: str, **kwargs):

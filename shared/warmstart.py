@@ -35,12 +35,18 @@ RECIPE_VERSION = 1  # bump when the recipe below changes, so stale caches are no
 def sft_batch(tokenizer, prompts: list[str], targets: list[str], device="cpu"):
     """input ids, attention mask, position ids and labels (-100 on prompt and padding) for completion-only SFT."""
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device=device)  # [B, P] left-padded
-    target = tokenizer([t + " " + tokenizer.eos_token for t in targets], add_special_tokens=False, padding=True,
-                       padding_side="right", return_tensors="pt").to(device)  # [B, T] right-padded
+    target = tokenizer(
+        [t + " " + tokenizer.eos_token for t in targets],
+        add_special_tokens=False,
+        padding=True,
+        padding_side="right",
+        return_tensors="pt",
+    ).to(device)  # [B, T] right-padded
     input_ids = torch.cat([prompt_ids, target["input_ids"]], dim=1)  # [B, P+T]
     attention_mask = torch.cat([prompt_mask, target["attention_mask"]], dim=1)  # [B, P+T]
-    labels = torch.cat([torch.full_like(prompt_ids, -100), target["input_ids"].masked_fill(
-        target["attention_mask"] == 0, -100)], dim=1)  # [B, P+T]
+    labels = torch.cat(
+        [torch.full_like(prompt_ids, -100), target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)], dim=1
+    )  # [B, P+T]
     return input_ids, attention_mask, position_ids_from_mask(attention_mask), labels
 
 
@@ -55,21 +61,38 @@ def exact_match(model, tokenizer, task, dataset, max_new_tokens: int = 40, batch
     """Greedy exact match (the task's score) on `dataset`."""
     scores = []
     for start in range(0, len(dataset), batch_size):
-        rows = dataset[start:start + batch_size]
+        rows = dataset[start : start + batch_size]
         out = sample(model, tokenizer, rows["prompt"], max_new_tokens=max_new_tokens, greedy=True)
         scores += [task.score(p, c) for p, c in zip(rows["prompt"], out.texts)]
     return sum(scores) / len(scores)
 
 
-def warm_start(task_name: str, seed: int = 0, steps: int = 1000, batch_size: int = 64, lr: float = 3e-3,
-               task_kwargs: dict | None = None, config_kwargs: dict | None = None, cache_dir: str | Path | None = None,
-               num_eval: int = 200, verbose: bool = True) -> Path:
+def warm_start(
+    task_name: str,
+    seed: int = 0,
+    steps: int = 1000,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    task_kwargs: dict | None = None,
+    config_kwargs: dict | None = None,
+    cache_dir: str | Path | None = None,
+    num_eval: int = 200,
+    verbose: bool = True,
+) -> Path:
     """The folder of the tiny LM fine-tuned on `task_name`'s references; trains it on the first call only."""
     task = get_task(task_name, **(task_kwargs or {}))
     if "reference" not in task.dataset(1, seed).column_names:
         fail(f"task {task_name!r} has no references to warm-start on")
-    recipe = {"task": task_name, "task_options": dataclasses.asdict(task), "config": config_kwargs or {},
-              "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "version": RECIPE_VERSION}
+    recipe = {
+        "task": task_name,
+        "task_options": dataclasses.asdict(task),
+        "config": config_kwargs or {},
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "version": RECIPE_VERSION,
+    }
     key = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     folder = Path(cache_dir or CACHE_DIR) / f"warmstart-{task_name}-{key}"
     if (folder / "warm_start.json").exists():
@@ -92,12 +115,20 @@ def warm_start(task_name: str, seed: int = 0, steps: int = 1000, batch_size: int
         optimizer.step()
         schedule.step()
         if verbose and (step + 1) % max(1, steps // 5) == 0:
-            print(f"warm start {task_name}: step {step + 1}/{steps} loss {loss.item():.4f} "
-                  f"({(step + 1) / (time.time() - start):.1f} steps/s)", flush=True)
+            print(
+                f"warm start {task_name}: step {step + 1}/{steps} loss {loss.item():.4f} "
+                f"({(step + 1) / (time.time() - start):.1f} steps/s)",
+                flush=True,
+            )
     model.eval()
     accuracy = exact_match(model, tokenizer, task, task.dataset(num_eval, seed=seed, split="test"))
-    info = {**recipe, "test_exact_match": accuracy, "num_eval": num_eval, "seconds": round(time.time() - start, 1),
-            "num_parameters": sum(p.numel() for p in model.parameters())}
+    info = {
+        **recipe,
+        "test_exact_match": accuracy,
+        "num_eval": num_eval,
+        "seconds": round(time.time() - start, 1),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")  # write aside, then rename: no half-written cache
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

@@ -5,7 +5,6 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from shared.data import load_data
 from shared.lm import (
@@ -25,10 +24,21 @@ from shared.warmstart import sft_batch, sft_loss, warm_start
 # --- tokenizer and model --------------------------------------------------------------------------------------------
 def test_tokenizer_round_trip_and_chat_template(tmp_path):
     tokenizer = build_tokenizer()
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "reverse : a b c"}], tokenize=False,
-                                         add_generation_prompt=True)
-    assert text.split() == ["<|im_start|>", "user", "reverse", ":", "a", "b", "c", "<|im_end|>", "<|im_start|>",
-                            "assistant"]
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "reverse : a b c"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text.split() == [
+        "<|im_start|>",
+        "user",
+        "reverse",
+        ":",
+        "a",
+        "b",
+        "c",
+        "<|im_end|>",
+        "<|im_start|>",
+        "assistant",
+    ]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.unk_token_id not in ids
     assert tokenizer.decode(ids, skip_special_tokens=True) == "user reverse : a b c assistant"
@@ -38,8 +48,9 @@ def test_tokenizer_round_trip_and_chat_template(tmp_path):
     assert loaded.padding_side == "left" and loaded.eos_token == "<|im_end|>" and loaded.pad_token == "<pad>"
     # the word-level decoder survives the round trip (AutoTokenizer alone would swap in a byte-level one)
     assert loaded.decode(ids, skip_special_tokens=True) == "user reverse : a b c assistant"
-    assert loaded.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == \
-        tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    assert loaded.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False
+    ) == tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
 
 
 def _saved_tiny(folder, arch="qwen2"):
@@ -78,8 +89,7 @@ def test_unknown_model_id_fails_fast_with_message():
 def test_sequence_classification_head_through_the_same_loader(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    model, _ = load_causal_lm(str(_saved_tiny(tmp_path)), model_class=AutoModelForSequenceClassification,
-                              num_labels=1)
+    model, _ = load_causal_lm(str(_saved_tiny(tmp_path)), model_class=AutoModelForSequenceClassification, num_labels=1)
     assert model(torch.tensor([[5, 6, 7]])).logits.shape == (1, 1)
 
 
@@ -140,8 +150,14 @@ def test_chain_addition_scorer_and_steps():
 
 def test_string_ops_scorer():
     task = StringOps(ops=("copy", "reverse", "sort", "dedup", "rotate", "rotate2"))
-    cases = {"copy": "c a b a", "reverse": "a b a c", "sort": "a a b c", "dedup": "c a b", "rotate": "a b a c",
-             "rotate2": "b a c a"}
+    cases = {
+        "copy": "c a b a",
+        "reverse": "a b a c",
+        "sort": "a a b c",
+        "dedup": "c a b",
+        "rotate": "a b a c",
+        "rotate2": "b a c a",
+    }
     for op, answer in cases.items():
         assert task.score(f"{op} : c a b a", answer) == 1.0, op
         assert task.score(f"{op} : c a b a", answer + " a") == 0.0, op
@@ -180,8 +196,12 @@ def test_every_task_text_is_in_vocabulary():
     texts = []
     from shared.tasks import SortDigits
 
-    datasets = (ChainAddition().dataset(100), StringOps(ops=("copy", "rotate2")).dataset(100),
-                Preferences().dataset(100), SortDigits(corrupt_rate=0.5).dataset(100))
+    datasets = (
+        ChainAddition().dataset(100),
+        StringOps(ops=("copy", "rotate2")).dataset(100),
+        Preferences().dataset(100),
+        SortDigits(corrupt_rate=0.5).dataset(100),
+    )
     for data in datasets:
         for row in data:
             texts += [v for v in row.values() if isinstance(v, str)]
