@@ -1,0 +1,628 @@
+# arXiv:2505.11080 | README: #bleuberi
+"""BLEUBERI: BLEU is a surprisingly effective reward for instruction following
+(Chang et al., NeurIPS 2025, https://arxiv.org/abs/2505.11080; code https://github.com/lilakk/BLEUBERI).
+
+Idea: instruction datasets come with good reference answers, and sentence BLEU against them agrees with human
+preferences almost as well as an 8B reward model. So skip the reward model: keep the prompts where the base model's
+own answer has the lowest BLEU ("hard" prompts), then run GRPO with BLEU against the references as the reward.
+
+    BLEU(y, R) = BP * exp(1/4 sum_{n=1..4} log p_n),   p_n = (m_n + 1) / (d_n + 1)        (+1 on EVERY order)
+    m_n = sum_g min(cnt_y(g), max_{r in R} cnt_r(g)),   d_n = max(|y| - n + 1, 0),   BP = min(1, exp(1 - r_min / |y|))
+    A_i = (r_i - mean_G r) / (std_G r + 1e-4)                          (unbiased std over the G samples of a prompt)
+    l_t = -min(rho_t A_i, clip(rho_t, 1-eps, 1+eps) A_i) + beta (e^x_t - x_t - 1),  rho_t = pi/pi_old,  x_t = log ref/pi
+    bnpo: sum(mask l) / sum(mask) per micro-batch;  grpo: mean_i sum_t(mask l) / sum_t mask;  dr_grpo: sum(mask l)/(B T)
+
+Implementation details ([code] = lilakk/BLEUBERI @ 70a66e4; [TRL] = trl v0.17.0 trl/trainer/grpo_trainer.py, the
+version the paper pinned; [card] = shared/specs/bleuberi.md):
+1. Reward = smoothed NMT-BLEU of `evaluate.load("bleu").compute(..., smooth=True)` [code training/utils.py
+   bleu_reward; evaluate metrics/bleu = tensorflow/nmt bleu.py], written out by hand in `bleu_reward`: sacrebleu's
+   13a tokeniser (evaluate's tokenizer_13a.py is a copy of it), case-sensitive, clipped n-gram matches against the
+   per-n-gram MAX count over references, +1 on numerator and denominator of all four orders (an order longer than
+   the output has p_n = 1), brevity penalty from the SHORTEST reference, 0-1 scale, empty/whitespace output -> 0.
+   Relation to sacrebleu (checked in the tests): `sentence_bleu(y, R, smooth_method="add-k", smooth_value=1) / 100`
+   gives the same number only when (a) every output unigram is matched (sacrebleu's add-k skips unigrams) and (b) the
+   brevity penalties coincide (sacrebleu takes the reference length CLOSEST to |y|; equal for one reference or when
+   |y| >= every reference length). In general ours = sacrebleu's `BLEU.compute_bleu` on the counts+1 of every order
+   with ref_len = shortest reference. A fully wrong 6-token answer against a 6-token reference scores
+   (1/7 1/6 1/5 1/4)^(1/4) = (1/840)^(1/4) = 0.186; `c b a` against `a b c` scores 0.639 [card 5].
+   An empty reference list or reference raises ValueError (evaluate divides by zero there).
+2. In GRPO the text inside the first `<answer>...</answer>` is scored when both tags are present, else the stripped
+   completion [card 3.1]; selection scores the raw text [code create_training_data.py]. The official dataset.py that
+   does the extraction is not in the released repo snapshot we read: this detail is from the card.
+3. Selection [code create_training_data.py]: a pool prompt is eligible only if all its references are non-empty;
+   one base-model sample per prompt (T 0.7, top_p 0.9 as the code's vLLM call); hard = lowest BLEU, easy = highest,
+   medium = the slice from (N - num) // 2 of the ascending order, random = np.random.seed(seed) choice without
+   replacement; stable sorts keep pool order among ties; num >= N keeps all.
+4. GRPO as TRL 0.17 ran it for the paper [TRL _generate_and_score_completions, _compute_loss]: contiguous groups of G,
+   advantages z-scored with the unbiased std + 1e-4 (`--no-scale-rewards` = Dr. GRPO centring), token ratio against
+   the sampling policy clipped at 1 +- 0.2 (with --num-iterations 1, the default, old = logp.detach(), so rho = 1 and
+   the clip never binds), k3 KL to the frozen start with beta 0.04, log-probs of logits / sampling temperature, mask
+   up to and including the first stop token (truncated completions stay in), `--loss-type` grpo/bnpo/dr_grpo averaged
+   over micro-batches of `--micro-batch-size` completions as gradient accumulation does (default 8 = G: each
+   micro-batch is one prompt group, as in the paper's per-device batch 8). AdamW (wd 0), grad-norm clip 0.2,
+   constant LR after 5% linear warmup [code grpo.sh].
+5. DIFFERENCE: training forward passes use position ids from the attention mask, so left-padded prompts get the same
+   positions as in `generate`; TRL 0.17 passes none (positions shift by the padding in short prompts).
+6. DIFFERENCE: sampling stops on end-of-turn tokens as well as EOS (TRL 0.17 stops only on the tokenizer EOS, so
+   `<|endoftext|>` base-Qwen runs could score text after `<|im_end|>` [card 5]); temperature 1.0 in the toy (paper
+   0.9), top_k 50, top_p 1.0 (TRL defaults). One process, no vLLM, no DeepSpeed.
+7. Arms, all from the same start and seed: `bleuberi` (GRPO-BLEU on the BLEU-hard set), `grpo-bleu-random`
+   (random set), `sft-hard` (completion-only SFT on the hard set's references, one example per reference, the same
+   number of optimizer steps and prompts per step [code sft.py]) and `grpo-em` (GRPO with an exact-match reward on
+   its own hard set, ranked by that reward as the paper ranked by RM score: the stand-in for GRPO-RM).
+8. Toy (card 6, SCALED): the tiny Qwen2 (~0.1M params) SFT-warm-started for 450 steps on string_ops (copy, reverse,
+   sort, dedup, rotate-left-1; greedy EM 0.59-0.67, so there is headroom); pool 2000, 500 selected, G = 8, 8 prompts
+   per step, 150 steps (~0.15 s per GRPO step on 2 cores, so the card's G / batch / steps fit and are kept), lr 3e-5
+   for every arm (lr 2e-4, the card's range, moved every arm off the start: -0.14 to -0.43 EM), 500 held-out prompts
+   scored by greedy exact match and BLEU per operation. No `<answer>` tags in the toy.
+
+Logged metrics (suffix /<arm>): TRL 0.17 names `reward`, `reward_std` (mean per-group std), `rewards/<fn>/mean`,
+`rewards/<fn>/std`, `kl`, `clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean`,
+`completions/mean_length`, `completions/min_length`, `completions/max_length`, `completions/clipped_ratio`,
+`completions/mean_terminated_length`, `num_tokens`, plus `entropy` (mean token entropy, later TRL), `losses/loss`,
+`losses/sft_loss`, `charts/learning_rate`, `charts/grad_norm`, and at the end `eval/exact_match`, `eval/bleu`.
+
+Commands:
+    python algos/bleuberi.py                                   # offline toy, 4 arms + the start, ~2-3 min on 2 cores
+    python algos/bleuberi.py --arms bleuberi sft-hard --loss-type dr_grpo --seed 2
+    python algos/bleuberi.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name yapeichang/BLEUBERI-Tulu3-50k \
+        --reference-columns ref_output_gold --group-column source --pool-size 2000 --num-examples 500 \
+        --num-eval 200 --max-completion-length 512 --temperature 0.9 --lr 1e-6 --steps 250 --arms bleuberi sft-hard
+Measured (toy defaults, seeds 1 / 2; 2 cores shared with other jobs, load 3-5): 62-99 s with the warm start cached,
+109 s with a fresh one. Start EM 0.594 / 0.650; dEM bleuberi -0.148 / -0.184, grpo-bleu-random -0.052 / -0.026,
+sft-hard -0.024 / -0.038, grpo-em -0.006 / -0.012 (SE ~0.02). The BLEU-hard set is ~98% dedup / reverse / sort and
+GRPO-BLEU on it makes the tiny model forget copy (EM 0.97 -> 0.50); no arm beats the start. The EM-hard set is the
+first 500 zero-EM prompts (all tie at 0). Real path: the SFT arm does not truncate long references. No GPU was lent
+to this task, so no GPU numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional, Sequence
+
+import numpy as np
+import torch
+import tyro
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared.data import load_data  # noqa: E402
+from shared.lm import load_causal_lm, position_ids_from_mask, sample, stop_token_ids  # noqa: E402
+from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa: E402
+from shared.warmstart import sft_batch, sft_loss, warm_start  # noqa: E402
+
+Arm = Literal["bleuberi", "grpo-bleu-random", "sft-hard", "grpo-em"]
+ARM_SETUP = {  # arm -> (trainer, reward, selection mode, reward that ranks the selection)
+    "bleuberi": ("grpo", "bleu", "hard", "bleu"),
+    "grpo-bleu-random": ("grpo", "bleu", "random", "bleu"),
+    "sft-hard": ("sft", "bleu", "hard", "bleu"),
+    "grpo-em": ("grpo", "exact_match", "hard", "exact_match"),
+}
+
+
+@dataclass
+class Args:
+    exp_name: str = "toy"
+    """name of this experiment (part of the run folder name)"""
+    seed: int = 1
+    """seed of selection, sampling and training (the same for every arm)"""
+    cuda: bool = True
+    """use the GPU when one is visible"""
+    dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    save_model: bool = False
+    """save each arm's final policy under runs/<run_name>/<arm>/"""
+    num_threads: int = 1
+    """torch CPU threads (1 is fastest for the tiny model)"""
+    model_name: str = "tiny:string_ops"
+    """policy start: tiny:<task> (warm-started tiny LM), a save_pretrained folder, or a hub id (a chat model)"""
+    warm_start_steps: int = 450
+    """SFT steps of the tiny:<task> warm start (fewer = weaker; 450 gives greedy EM ~0.6-0.67)"""
+    warm_start_seed: int = 0
+    """seed of the tiny warm start (fixed, so seeds share one cached start)"""
+    dataset_name: str = "tiny:string_ops"
+    """prompts + references: tiny:<task>, a save_to_disk folder, a json/jsonl/csv/parquet file or a hub id"""
+    dataset_split: str = "train"
+    """split to read (a real dataset's last --num-eval rows after shuffling are held out)"""
+    reference_columns: tuple[str, ...] = ("reference",)
+    """columns holding references (1 or more; a row is eligible only if all are non-empty)"""
+    group_column: Optional[str] = "op"
+    """column for the per-group evaluation breakdown (skipped when the dataset has no such column)"""
+    chat: bool = True
+    """wrap each prompt as one user turn of the tokenizer's chat template"""
+    arms: tuple[Arm, ...] = ("bleuberi", "grpo-bleu-random", "sft-hard", "grpo-em")
+    """arms to run, each from the same start"""
+    pool_size: int = 2000
+    """pool prompts scored for selection [paper: 50K]"""
+    num_examples: int = 500
+    """prompts kept by selection [paper: 5000]"""
+    selection_temperature: float = 0.7
+    """sampling temperature of the selection sample [code: 0.7]"""
+    selection_top_p: float = 0.9
+    """top-p of the selection sample [code: 0.9]"""
+    num_eval: int = 500
+    """held-out prompts for greedy evaluation"""
+    steps: int = 150
+    """optimizer steps per arm [paper: 1250]"""
+    batch_size: int = 64
+    """completions per optimizer step (= prompts per step x --num-generations)"""
+    num_generations: int = 8
+    """G, completions per prompt [code grpo.sh: 8]"""
+    micro_batch_size: int = 8
+    """completions per loss micro-batch (bnpo normalises within it) [paper: per-device batch 8]"""
+    lr: float = 3e-5
+    """AdamW learning rate of every arm [paper: 1e-6 for 7B]"""
+    warmup_ratio: float = 0.05
+    """linear warmup share of the steps, then constant [code grpo.sh]"""
+    max_grad_norm: float = 0.2
+    """gradient-norm clip [code grpo.sh]"""
+    beta: float = 0.04
+    """k3 KL coefficient to the frozen start [TRL 0.17 default]"""
+    epsilon: float = 0.2
+    """ratio clip range [TRL 0.17 default]"""
+    num_iterations: int = 1
+    """policy updates per sampled batch (1 = on-policy, the ratio clip never binds) [TRL default 1]"""
+    loss_type: Literal["grpo", "bnpo", "dr_grpo"] = "bnpo"
+    """token-loss aggregation, as TRL defines it [TRL 0.17 default bnpo]"""
+    scale_rewards: bool = True
+    """divide advantages by the group std (off = Dr. GRPO)"""
+    temperature: float = 1.0
+    """sampling temperature of GRPO; log-probs use logits / temperature [paper 0.9, card toy 1.0]"""
+    top_k: int = 50
+    """top-k of GRPO sampling [TRL default 50]"""
+    max_prompt_length: int = 512
+    """prompt tokens kept (left-truncated) [code: 512]"""
+    max_completion_length: int = 16
+    """new tokens per completion [code: 512]"""
+    eval_batch_size: int = 500
+    """prompts per batched generate call in selection and evaluation"""
+
+
+# ALGO LOGIC: the reward ------------------------------------------------------------------------------------------
+TOKENIZE_13A = Tokenizer13a()  # sacrebleu's 13a tokeniser; evaluate's tokenizer_13a.py is a copy of it
+MAX_ORDER = 4
+
+
+def tokenize_13a(text: str) -> list[str]:
+    """mteval-v13a tokens: punctuation and symbols split off, `.` `,` kept between digits, case kept."""
+    return TOKENIZE_13A(text).split()
+
+
+def ngram_counts(tokens: list[str], max_order: int = MAX_ORDER) -> Counter:
+    """Counts of every n-gram of order 1..max_order."""
+    return Counter(tuple(tokens[i : i + n]) for n in range(1, max_order + 1) for i in range(len(tokens) - n + 1))
+
+
+def bleu_reward(completion: str, references: list[str]) -> float:
+    """Smoothed sentence NMT-BLEU in [0, 1] (`evaluate` BLEU with smooth=True); empty completion -> 0."""
+    if not references or any(not isinstance(r, str) or not tokenize_13a(r) for r in references):
+        raise ValueError(f"bleu_reward needs at least one reference and no empty ones, got {references!r}")
+    hypothesis = tokenize_13a(completion) if isinstance(completion, str) else []
+    if not hypothesis:  # [code utils.py]: empty or whitespace-only prediction scores 0
+        return 0.0
+    refs = [tokenize_13a(r) for r in references]
+    max_ref_counts = Counter()
+    for ref in refs:
+        max_ref_counts |= ngram_counts(ref)  # union = max count of each n-gram over the references
+    matches = [0] * MAX_ORDER
+    for gram, count in (ngram_counts(hypothesis) & max_ref_counts).items():  # & = min(count_y, max_r count_r)
+        matches[len(gram) - 1] += count
+    log_precision = 0.0
+    for n in range(1, MAX_ORDER + 1):
+        candidates = max(len(hypothesis) - n + 1, 0)
+        log_precision += math.log((matches[n - 1] + 1) / (candidates + 1)) / MAX_ORDER  # +1 smoothing, all orders
+    shortest = min(len(r) for r in refs)  # NMT-BLEU: shortest reference, not the closest one
+    brevity_penalty = 1.0 if len(hypothesis) > shortest else math.exp(1 - shortest / len(hypothesis))
+    return brevity_penalty * math.exp(log_precision)
+
+
+def answer_text(completion: str) -> str:
+    """The text inside the first <answer>...</answer> when both tags are present, else the stripped completion."""
+    match = re.search(r"<answer>(.*?)</answer>", completion, flags=re.DOTALL)
+    return (match.group(1) if match else completion).strip()
+
+
+def exact_match_reward(completion: str, references: list[str]) -> float:
+    """1 if the completion's 13a tokens equal those of some reference (the stand-in for the reward-model arm)."""
+    return float(tokenize_13a(completion) in [tokenize_13a(r) for r in references])
+
+
+REWARDS: dict[str, Callable[[str, list[str]], float]] = {"bleu": bleu_reward, "exact_match": exact_match_reward}
+
+
+def compute_rewards(name: str, texts: list[str], references: list[list[str]], extract: bool = True) -> torch.Tensor:
+    """One reward per completion ([B]); with `extract`, the <answer> text is scored (GRPO, evaluation)."""
+    reward = REWARDS[name]
+    return torch.tensor([reward(answer_text(t) if extract else t, refs) for t, refs in zip(texts, references)])
+
+
+# ALGO LOGIC: selection and GRPO ------------------------------------------------------------------------------------
+def select_prompts(scores: Sequence[float], num_examples: int, mode: str, seed: int = 42) -> list[int]:
+    """Indices of the kept pool prompts: hard (lowest score), easy (highest), medium (middle slice) or random."""
+    n = len(scores)
+    if mode not in ("hard", "easy", "medium", "random"):
+        raise ValueError(f"selection mode {mode!r} is not one of hard, easy, medium, random")
+    if num_examples >= n:  # [code]: keep everything
+        return list(range(n))
+    if mode == "random":  # [code]: np.random.seed(seed); np.random.choice(N, num, replace=False)
+        return np.random.RandomState(seed).choice(n, num_examples, replace=False).tolist()
+    ascending = sorted(range(n), key=lambda i: scores[i])  # stable: ties keep pool order
+    if mode == "hard":
+        return ascending[:num_examples]
+    if mode == "easy":
+        return sorted(range(n), key=lambda i: scores[i], reverse=True)[:num_examples]  # reverse keeps stability
+    start = (n - num_examples) // 2
+    return ascending[start : start + num_examples]
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: bool = True) -> torch.Tensor:
+    """A_i = (r_i - mean_G r) / (std_G r + 1e-4) over contiguous groups of `group_size` (unbiased std)."""
+    if group_size < 2 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size} >= 2")
+    grouped = rewards.view(-1, group_size)  # [B/G, G]
+    mean = grouped.mean(dim=1, keepdim=True)  # [B/G, 1]
+    advantages = grouped - mean  # [B/G, G]
+    if scale_rewards:
+        advantages = advantages / (grouped.std(dim=1, keepdim=True) + 1e-4)  # [B/G, G], torch std is unbiased
+    return advantages.reshape(-1)  # [B]
+
+
+def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float):
+    """log pi(token_t | prefix) of every completion token ([B, T]) from logits / temperature, and its entropy."""
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
+    num_completion = completion_ids.size(1)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        logits_to_keep=num_completion + 1,
+        position_ids=position_ids_from_mask(attention_mask),
+    ).logits  # [B, T+1, V]
+    logits = logits[:, :-1].float() / temperature  # [B, T, V]: position t predicts completion token t
+    log_probs = logits.log_softmax(dim=-1)  # [B, T, V]
+    logps = log_probs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
+    with torch.no_grad():
+        entropy = -(log_probs.exp() * log_probs).sum(-1)  # [B, T]
+    return logps, entropy
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, completion_mask, beta, epsilon, loss_type, max_completion_length):
+    """Clipped-ratio policy loss plus beta * k3 KL per token, aggregated as TRL 0.17's grpo / bnpo / dr_grpo."""
+    mask = completion_mask.to(logp.dtype)  # [B, T]
+    ratio = torch.exp(logp - old_logp)  # [B, T] rho = pi / pi_old (1 when old_logp = logp.detach())
+    clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + epsilon)  # [B, T]
+    adv = advantages.unsqueeze(1)  # [B, 1]
+    per_token_loss = -torch.min(ratio * adv, clipped_ratio * adv)  # [B, T]
+    if beta != 0.0:
+        log_ref_ratio = ref_logp - logp  # [B, T] x = log(pi_ref / pi)
+        per_token_kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # [B, T] k3 estimator of KL(pi || pi_ref), >= 0
+        per_token_loss = per_token_loss + beta * per_token_kl  # [B, T]
+    if loss_type == "grpo":  # mean over each sequence's tokens, then over sequences
+        return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    if loss_type == "bnpo":  # mean over all tokens of the (micro-)batch
+        return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
+    if loss_type == "dr_grpo":  # sum over tokens divided by a constant: batch size x max completion length
+        return (per_token_loss * mask).sum() / (per_token_loss.size(0) * max_completion_length)
+    raise ValueError(f"unknown loss_type {loss_type!r}; choose grpo, bnpo or dr_grpo")
+
+
+@torch.no_grad()
+def ratio_and_kl_metrics(logp, old_logp, ref_logp, advantages, completion_mask, epsilon) -> dict[str, float]:
+    """TRL's `kl` and `clip_ratio/*`: token shares with rho < 1-eps and A < 0 (low) or rho > 1+eps and A > 0."""
+    mask = completion_mask.float()  # [B, T]
+    ratio = torch.exp(logp - old_logp)  # [B, T]
+    adv = advantages.unsqueeze(1)  # [B, 1]
+    low = ((ratio < 1 - epsilon) & (adv < 0)).float()  # [B, T]
+    high = ((ratio > 1 + epsilon) & (adv > 0)).float()  # [B, T]
+    out = {
+        "clip_ratio/low_mean": (low * mask).sum() / mask.sum(),
+        "clip_ratio/high_mean": (high * mask).sum() / mask.sum(),
+        "clip_ratio/region_mean": (torch.maximum(low, high) * mask).sum() / mask.sum(),
+    }
+    if ref_logp is not None:
+        x = ref_logp - logp  # [B, T]
+        out["kl"] = ((torch.exp(x) - x - 1) * mask).sum() / mask.sum()
+    return {k: v.item() for k, v in out.items()}
+
+
+# Training loops --------------------------------------------------------------------------------------------------
+def make_optimizer(model, args: Args):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    warmup = max(1, round(args.warmup_ratio * args.steps))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+
+
+def prompt_batches(num_rows: int, per_step: int, steps: int, seed: int):
+    """Row indices per step: shuffled epochs over the training set (the same order for every arm of a run)."""
+    generator, order = torch.Generator().manual_seed(seed), []
+    for _ in range(steps):
+        while len(order) < per_step:
+            order += torch.randperm(num_rows, generator=generator).tolist()
+        yield order[:per_step]
+        order = order[per_step:]
+
+
+def train_grpo(arm, model, ref_model, tokenizer, rows, reward_name, args: Args, run: RunLogger) -> None:
+    """GRPO [TRL 0.17 GRPOTrainer] on `rows` (dicts with prompt and references) with `reward_name`."""
+    optimizer, scheduler = make_optimizer(model, args)
+    num_prompts, num_tokens = args.batch_size // args.num_generations, 0
+    stop_ids = torch.tensor(stop_token_ids(tokenizer, model), device=next(model.parameters()).device)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_completion_length)
+    sampling.update(chat=args.chat, max_prompt_length=args.max_prompt_length)
+    loss_args = (args.beta, args.epsilon, args.loss_type, args.max_completion_length)
+    for step, batch in enumerate(prompt_batches(len(rows), num_prompts, args.steps, args.seed)):
+        prompts = [rows[i]["prompt"] for i in batch]
+        # 1. sample G completions per prompt (rows prompt-major: each group of G is contiguous)
+        out = sample(model, tokenizer, prompts, num_samples=args.num_generations, **sampling)
+        references = [rows[i]["references"] for i in batch for _ in range(args.num_generations)]
+        # 2. reward each completion against its prompt's references, then z-score within each group
+        rewards = compute_rewards(reward_name, out.texts, references).to(out.completion_ids.device)  # [B]
+        advantages = group_advantages(rewards, args.num_generations, args.scale_rewards)  # [B]
+        mask = out.completion_mask  # [B, T] 1 up to and including the first stop token
+        inputs = (out.prompt_ids, out.prompt_mask, out.completion_ids, mask)
+        # 3. log-probs of the frozen reference (and of the sampling policy when it is reused for several updates)
+        with torch.no_grad():
+            ref_logp = per_token_logps(ref_model, *inputs, args.temperature)[0] if args.beta != 0 else None  # [B, T]
+            old_logp = per_token_logps(model, *inputs, args.temperature)[0] if args.num_iterations > 1 else None
+        for _ in range(args.num_iterations):
+            # 4. clipped-ratio + k3-KL loss, averaged over micro-batches as gradient accumulation does
+            logp, entropy = per_token_logps(model, *inputs, args.temperature)  # [B, T], [B, T]
+            old = logp.detach() if old_logp is None else old_logp  # [B, T]
+            micro_losses = []
+            for mb in torch.arange(len(rewards), device=mask.device).split(args.micro_batch_size):
+                ref_mb = None if ref_logp is None else ref_logp[mb]  # [M, T]
+                micro_losses.append(grpo_loss(logp[mb], old[mb], ref_mb, advantages[mb], mask[mb], *loss_args))
+            loss = torch.stack(micro_losses).mean()  # as gradient accumulation over the micro-batches
+            # 5. AdamW step on the whole policy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+        scheduler.step()
+        # 6. log TRL's metrics
+        lengths = mask.sum(1).float()  # [B]
+        terminated = lengths[torch.isin(out.completion_ids, stop_ids).any(dim=1)]  # rows that emitted a stop token
+        num_tokens += int(out.prompt_mask.sum() + mask.sum())
+        grouped = rewards.view(-1, args.num_generations)  # [B/G, G]
+        metrics = {
+            "reward": rewards.mean().item(),
+            "reward_std": grouped.std(1).mean().item(),
+            f"rewards/{reward_name}/mean": rewards.mean().item(),
+            f"rewards/{reward_name}/std": rewards.std().item(),
+            **ratio_and_kl_metrics(logp, old, ref_logp, advantages, mask, args.epsilon),
+            "entropy": ((entropy * mask).sum() / mask.sum()).item(),
+            "completions/mean_length": lengths.mean().item(),
+            "completions/min_length": lengths.min().item(),
+            "completions/max_length": lengths.max().item(),
+            "completions/clipped_ratio": 1 - len(terminated) / len(lengths),
+            "completions/mean_terminated_length": terminated.mean().item() if len(terminated) else 0.0,
+            "num_tokens": num_tokens,
+            "losses/loss": loss.item(),
+            "charts/grad_norm": grad_norm.item(),
+            "charts/learning_rate": scheduler.get_last_lr()[0],
+        }
+        run.log(step, {f"{k}/{arm}": v for k, v in metrics.items()})
+
+
+def train_sft(arm, model, tokenizer, rows, args: Args, run: RunLogger) -> None:
+    """Completion-only SFT on the references (one example per reference), as many steps as GRPO [code sft.py]."""
+    optimizer, scheduler = make_optimizer(model, args)
+    device = next(model.parameters()).device
+    for step, batch in enumerate(
+        prompt_batches(len(rows), args.batch_size // args.num_generations, args.steps, args.seed)
+    ):
+        pairs = [(rows[i]["prompt"], ref) for i in batch for ref in rows[i]["references"]]
+        loss = sft_loss(model, *sft_batch(tokenizer, [p for p, _ in pairs], [r for _, r in pairs], device=device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        run.log(step, {f"losses/sft_loss/{arm}": loss.item(), f"charts/grad_norm/{arm}": grad_norm.item()})
+
+
+# Data, evaluation and the run ------------------------------------------------------------------------------------
+def to_rows(data, args: Args) -> tuple[list[dict], int]:
+    """Rows {prompt, references, group}; a row with a missing or empty reference is excluded [code]."""
+    has_group = args.group_column is not None and args.group_column in data.column_names
+    rows, excluded = [], 0
+    for example in data:
+        references = [example[c] for c in args.reference_columns]
+        if any(not isinstance(r, str) or not tokenize_13a(r) for r in references):
+            excluded += 1
+            continue
+        group = str(example[args.group_column]) if has_group else "all"
+        rows.append({"prompt": example["prompt"], "references": references, "group": group})
+    return rows, excluded
+
+
+def load_rows(args: Args) -> tuple[list[dict], list[dict]]:
+    """The selection pool and the held-out prompts, each as rows; fails when too few rows have references."""
+    columns = ["prompt", *args.reference_columns]
+    if args.dataset_name.startswith("tiny:"):  # train and test prompts of a tiny task are disjoint by construction
+        pool = load_data(args.dataset_name, "train", columns, args.pool_size, seed=args.seed)
+        heldout = load_data(args.dataset_name, "test", columns, args.num_eval, seed=args.seed)
+    else:  # shuffle once, hold out the last --num-eval rows
+        data = load_data(args.dataset_name, args.dataset_split, columns, args.pool_size + args.num_eval, args.seed)
+        if len(data) <= args.num_eval:
+            fail(f"{args.dataset_name!r} has {len(data)} rows: fewer than --num-eval {args.num_eval} + 1 pool prompt")
+        pool, heldout = (
+            data.select(range(len(data) - args.num_eval)),
+            data.select(range(len(data) - args.num_eval, len(data))),
+        )
+    (pool_rows, pool_excluded), (eval_rows, eval_excluded) = to_rows(pool, args), to_rows(heldout, args)
+    if pool_excluded or eval_excluded:
+        print(f"excluded {pool_excluded} pool and {eval_excluded} held-out rows with an empty reference", flush=True)
+    if len(pool_rows) < args.batch_size // args.num_generations or not eval_rows:
+        fail(
+            f"only {len(pool_rows)} pool and {len(eval_rows)} held-out rows of {args.dataset_name!r} have non-empty "
+            f"references in {list(args.reference_columns)}: fill the references or pick other --reference-columns"
+        )
+    return pool_rows, eval_rows
+
+
+@torch.no_grad()
+def generate(model, tokenizer, rows, args: Args, greedy: bool, temperature: float = 1.0, top_p: float = 1.0):
+    """One completion per row, batched."""
+    texts, lengths = [], dict(max_new_tokens=args.max_completion_length, max_prompt_length=args.max_prompt_length)
+    lengths["chat"] = args.chat
+    for start in range(0, len(rows), args.eval_batch_size):
+        prompts = [r["prompt"] for r in rows[start : start + args.eval_batch_size]]
+        out = sample(model, tokenizer, prompts, greedy=greedy, temperature=temperature, top_p=top_p, **lengths)
+        texts += out.texts
+    return texts
+
+
+def evaluate(model, tokenizer, rows, args: Args) -> dict:
+    """Greedy exact match and BLEU on held-out rows, overall and per group."""
+    texts = generate(model, tokenizer, rows, args, greedy=True)
+    references = [r["references"] for r in rows]
+    em, bleu = compute_rewards("exact_match", texts, references), compute_rewards("bleu", texts, references)  # [N]
+    groups = defaultdict(list)
+    for i, row in enumerate(rows):
+        groups[row["group"]].append(i)
+    per_group = {g: (em[idx].mean().item(), bleu[idx].mean().item()) for g, idx in sorted(groups.items())}
+    return {"exact_match": em.mean().item(), "bleu": bleu.mean().item(), "groups": per_group, "texts": texts}
+
+
+def check_args(args: Args) -> None:
+    """Every option is checked before any data, model or training work."""
+    if args.num_generations < 2:
+        fail(f"--num-generations {args.num_generations}: GRPO needs groups of at least 2 (no group std, A = 0)")
+    if args.batch_size % args.num_generations:
+        fail(f"--batch-size {args.batch_size} must be a multiple of --num-generations {args.num_generations}")
+    if args.micro_batch_size < 1 or args.batch_size % args.micro_batch_size:
+        fail(f"--micro-batch-size {args.micro_batch_size} must divide --batch-size {args.batch_size}")
+    if not args.lr > 0:
+        fail(f"--lr {args.lr} must be positive")
+    counts = "steps pool_size num_examples num_eval num_iterations max_completion_length max_prompt_length"
+    for name in (counts + " eval_batch_size warm_start_steps num_threads").split():
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not (args.temperature > 0 and args.selection_temperature > 0 and 0 < args.selection_top_p <= 1):
+        fail("--temperature and --selection-temperature must be > 0 and --selection-top-p in (0, 1]")
+    if args.beta < 0 or args.epsilon <= 0 or args.max_grad_norm <= 0 or not 0 <= args.warmup_ratio < 1:
+        fail("--beta must be >= 0, --epsilon and --max-grad-norm > 0, --warmup-ratio in [0, 1)")
+    if not args.reference_columns or "prompt" in args.reference_columns:
+        fail(f"--reference-columns {args.reference_columns} must name one or more reference columns (not prompt)")
+    if not args.arms or len(set(args.arms)) != len(args.arms):
+        fail(f"--arms must list distinct arms, got {args.arms}")
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    torch.set_num_threads(args.num_threads)
+    seed_everything(args.seed)
+    device = pick_device(args.cuda)
+    dtype = pick_dtype(args.dtype, device)
+    start_time = time.time()
+    pool, heldout = load_rows(args)
+    # 1. pi_0 = the start policy (frozen: it is also the KL reference of every GRPO arm)
+    if args.model_name.startswith("tiny:"):
+        path = warm_start(args.model_name.split(":", 1)[1], seed=args.warm_start_seed, steps=args.warm_start_steps)
+        start_model, tokenizer = load_causal_lm(str(path), device=device, dtype=dtype)
+    else:
+        start_model, tokenizer = load_causal_lm(args.model_name, device=device, dtype=dtype, seed=args.seed)
+    start_model.eval().requires_grad_(False)
+    task = args.dataset_name.split(":", 1)[1] if args.dataset_name.startswith("tiny:") else "custom"
+    run = RunLogger(make_run_name(f"bleuberi-{task}", args.exp_name, args.seed), args, track=args.track, print_every=25)
+
+    # 2. selection: one pi_0 sample per pool prompt, scored on its raw text; keep the lowest-scoring prompts
+    sampling = dict(temperature=args.selection_temperature, top_p=args.selection_top_p)
+    texts = generate(start_model, tokenizer, pool, args, greedy=False, **sampling)
+    pool_refs = [r["references"] for r in pool]
+    scores = {name: compute_rewards(name, texts, pool_refs, extract=False).tolist() for name in REWARDS}
+    train_sets, notes = {}, []
+    for mode, rank in sorted({ARM_SETUP[arm][2:] for arm in args.arms}):
+        kept = select_prompts(scores[rank], args.num_examples, mode, seed=args.seed)
+        train_sets[mode, rank] = [pool[i] for i in kept]
+        composition = Counter(pool[i]["group"] for i in kept)
+        notes.append(
+            f"{mode} set by {rank} ({len(kept)}/{len(pool)} prompts): selection-sample {rank} "
+            f"{np.mean([scores[rank][i] for i in kept]):.3f} (pool {np.mean(scores[rank]):.3f}); groups "
+            + ", ".join(f"{g} {c}" for g, c in sorted(composition.items()))
+        )
+        print(notes[-1], flush=True)
+    print(f"setup (data, start, selection): {time.time() - start_time:.1f} s", flush=True)
+
+    # 3. each arm trains a copy of pi_0 on its set, from the same seed; then greedy evaluation on held-out prompts
+    start_eval = evaluate(start_model, tokenizer, heldout, args)
+    results = {"start": {**start_eval, "set": "-", "reward": "-", "seconds": 0.0}}
+    for arm in args.arms:
+        trainer, reward_name, mode, rank = ARM_SETUP[arm]
+        seed_everything(args.seed)
+        model = copy.deepcopy(start_model).train().requires_grad_(True)
+        arm_start = time.time()
+        if trainer == "grpo":
+            train_grpo(arm, model, start_model, tokenizer, train_sets[mode, rank], reward_name, args, run)
+        else:
+            train_sft(arm, model, tokenizer, train_sets[mode, rank], args, run)
+        seconds = time.time() - arm_start
+        model.eval()
+        results[arm] = {
+            **evaluate(model, tokenizer, heldout, args),
+            "set": f"{mode} ({rank})",
+            "reward": reward_name if trainer == "grpo" else "SFT",
+            "seconds": seconds,
+        }
+        run.log(
+            args.steps,
+            {f"eval/exact_match/{arm}": results[arm]["exact_match"], f"eval/bleu/{arm}": results[arm]["bleu"]},
+            echo=True,
+        )
+        if args.save_model:
+            model.save_pretrained(run.dir / arm)
+            tokenizer.save_pretrained(run.dir / arm)
+
+    # 4. the table: greedy exact match and BLEU on held-out prompts, per arm and per group
+    rows = [
+        {
+            "arm": arm,
+            "train set": r["set"],
+            "reward": r["reward"],
+            "EM": r["exact_match"],
+            "dEM": r["exact_match"] - start_eval["exact_match"],
+            "BLEU": r["bleu"],
+            "dBLEU": r["bleu"] - start_eval["bleu"],
+            "train s": r["seconds"],
+        }
+        for arm, r in results.items()
+    ]
+    groups = list(start_eval["groups"])
+    group_rows = [
+        {"arm": arm, **{g: "{:.3f} / {:.3f}".format(*r["groups"][g]) for g in groups}} for arm, r in results.items()
+    ]
+    em = start_eval["exact_match"]
+    standard_error = math.sqrt(max(em * (1 - em), 1e-12) / len(heldout))
+    samples = "\n".join(
+        f"- `{row['prompt']}` -> ref `{row['references'][0]}` | "
+        + " | ".join(f"{arm}: `{r['texts'][i]}`" for arm, r in results.items())
+        for i, row in enumerate(heldout[:12])
+    )
+    run.save_text("samples.md", samples + "\n")
+    summary = (
+        f"## BLEUBERI on {task}, seed {args.seed}, {args.steps} steps x {args.batch_size} completions "
+        f"(G={args.num_generations}), loss {args.loss_type}, lr {args.lr}\n\n"
+        + "\n".join(notes)
+        + f"\n\nGreedy exact match (EM) and BLEU on {len(heldout)} held-out prompts "
+        f"(SE of EM ~ {standard_error:.3f}):\n\n"
+        + format_table(rows)
+        + "\n\nPer group, EM / BLEU:\n\n"
+        + format_table(group_rows)
+    )
+    run.finish(summary)
+    return results
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,322 @@
+"""Tests of algos/bleuberi.py: the smoothed NMT-BLEU against hand values and sacrebleu, selection, GRPO maths
+(advantages, log-probs, the three loss aggregations, clipping, k3 KL), a smoke run, learning, the real path and
+the bad inputs of issue 4."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from sacrebleu.metrics import BLEU
+
+from algos import bleuberi
+from algos.bleuberi import Args, bleu_reward, group_advantages, grpo_loss, main, select_prompts
+
+TINY = dict(
+    pool_size=48,
+    num_examples=16,
+    num_eval=16,
+    steps=2,
+    batch_size=16,
+    num_generations=4,
+    micro_batch_size=4,
+    max_completion_length=12,
+)
+
+
+# the reward ------------------------------------------------------------------------------------------------------
+def test_bleu_hand_values():
+    # fully wrong 6-token answer, 6-token reference: p = 1/7, 1/6, 1/5, 1/4 and BP = 1 -> (1/840)^(1/4) = 0.186
+    assert bleu_reward("a b c d e f", ["g h i j k l"]) == pytest.approx((1 / 840) ** 0.25)
+    assert bleu_reward("a b c d e f", ["g h i j k l"]) == pytest.approx(0.1858, abs=1e-4)
+    # `c b a` vs `a b c`: p = 4/4, 1/3, 1/2, 1/1 (no 4-gram: +1/+1) -> (1/6)^(1/4) = 0.639
+    assert bleu_reward("c b a", ["a b c"]) == pytest.approx((1 / 6) ** 0.25)
+    # one-token output: every order has p = 1, BP = exp(1 - 4/1)
+    assert bleu_reward("a", ["a b c d"]) == pytest.approx(math.exp(-3))
+    # multi-reference clipping with the max count over references: p = 3/5, 2/4, 1/3, 2/2... see below
+    # hyp a a a a; refs `a b`, `a a c`: m1 = min(4, 2) = 2 -> 3/5; `a a` x3 vs max 1 -> 2/4; `a a a` -> 1/3;
+    # `a a a a` -> 1/2; shortest ref 2 < 4 -> BP 1
+    assert bleu_reward("a a a a", ["a b", "a a c"]) == pytest.approx((3 / 5 * 2 / 4 * 1 / 3 * 1 / 2) ** 0.25)
+    # brevity penalty from the SHORTEST reference: 3 tokens vs refs of 3 and 8 tokens -> BP = 1
+    assert bleu_reward("a b c", ["a b c", "a b c d e f g h"]) == pytest.approx(1.0)
+    assert bleu_reward("x y z w", ["x y z w"]) == 1.0
+    assert bleu_reward("X y z w", ["x y z w"]) < 1.0  # case-sensitive
+    assert bleu_reward("Hello, world.", ["Hello , world ."]) == 1.0  # 13a splits punctuation
+    assert bleu_reward("", ["a b"]) == 0.0 and bleu_reward("  \n ", ["a b"]) == 0.0
+    with pytest.raises(ValueError):
+        bleu_reward("a b", [])
+    with pytest.raises(ValueError):
+        bleu_reward("a b", ["a b", "  "])
+
+
+def test_bleu_agrees_with_sacrebleu_add_k_where_it_should():
+    """sacrebleu add-k (k = 1) skips unigrams and uses the closest reference length: equal when every output
+    unigram is matched and the brevity penalties coincide (one reference, or output >= every reference)."""
+    add_k = BLEU(smooth_method="add-k", smooth_value=1, effective_order=True)
+    agree = [
+        ("c b a", ["a b c"]),
+        ("a b c d e", ["e d c b a"]),
+        ("a b", ["a b c d e f"]),
+        ("b a c a", ["a b c a", "a b"]),
+        ("the cat sat on the mat .", ["on the mat the cat sat .", "a cat sat"]),
+    ]
+    for hypothesis, references in agree:
+        assert bleu_reward(hypothesis, references) == pytest.approx(
+            add_k.sentence_score(hypothesis, references).score / 100, abs=1e-9
+        )
+    # they differ: an unmatched unigram (add-k leaves unigrams unsmoothed) ...
+    assert bleu_reward("a b x y", ["a b c d"]) != pytest.approx(
+        add_k.sentence_score("a b x y", ["a b c d"]).score / 100
+    )
+    # ... and a reference set whose closest length (8) is not the shortest (3): BP 1 here, < 1 in sacrebleu
+    ours, theirs = (
+        bleu_reward("a b c d e f g", ["a b c", "a b c d e f g h"]),
+        add_k.sentence_score("a b c d e f g", ["a b c", "a b c d e f g h"]).score / 100,
+    )
+    assert theirs < ours - 0.05
+
+
+def test_bleu_equals_sacrebleu_counts_plus_one_with_shortest_reference():
+    """In general: ours = sacrebleu's BLEU formula on the clipped counts + 1 at every order, ref_len = shortest."""
+    raw = BLEU(smooth_method="none", effective_order=False)
+    rng = random.Random(0)
+    words = list("abcde") + [",", ".", "A", "3.5"]
+    for _ in range(200):
+        hypothesis = " ".join(rng.choices(words, k=rng.randint(1, 9)))
+        references = [" ".join(rng.choices(words, k=rng.randint(1, 9))) for _ in range(rng.randint(1, 3))]
+        stats = raw.sentence_score(hypothesis, references)
+        shortest = min(len(bleuberi.tokenize_13a(r)) for r in references)
+        expected = (
+            BLEU.compute_bleu(
+                [c + 1 for c in stats.counts], [t + 1 for t in stats.totals], stats.sys_len, shortest
+            ).score
+            / 100
+        )
+        assert bleu_reward(hypothesis, references) == pytest.approx(expected, abs=1e-9), (hypothesis, references)
+
+
+def test_answer_tags_and_rewards():
+    assert bleuberi.answer_text("<think>x y</think><answer> a b c </answer>") == "a b c"
+    assert bleuberi.answer_text("  a b <answer>") == "a b <answer>"  # no closing tag: the whole stripped text
+    texts, refs = ["<think>q</think><answer>a b c d</answer>", "a b c d"], [["a b c d"], ["a b c d"]]
+    assert bleuberi.compute_rewards("bleu", texts, refs).tolist() == [1.0, 1.0]
+    assert bleuberi.compute_rewards("bleu", texts, refs, extract=False)[0] < 1.0  # selection scores the raw text
+    assert bleuberi.compute_rewards("exact_match", ["a  b", "a b c"], [["a b"], ["a b"]]).tolist() == [1.0, 0.0]
+
+
+# selection and GRPO maths ----------------------------------------------------------------------------------------
+def test_select_prompts():
+    scores = [0.5, 0.1, 0.9, 0.1, 0.3, 0.7]
+    assert select_prompts(scores, 3, "hard") == [1, 3, 4]  # tie 0.1: pool order kept
+    assert select_prompts(scores, 2, "easy") == [2, 5]
+    assert select_prompts(scores, 2, "medium") == [4, 0]  # ascending [1, 3, 4, 0, 5, 2], start (6 - 2) // 2 = 2
+    np.random.seed(7)
+    assert select_prompts(scores, 4, "random", seed=7) == np.random.choice(6, 4, replace=False).tolist()
+    assert select_prompts(scores, 6, "hard") == list(range(6)) == select_prompts(scores, 9, "random")
+    with pytest.raises(ValueError):
+        select_prompts(scores, 2, "hardest")
+
+
+def test_group_advantages():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.5, 0.5, 0.5, 0.5])
+    expected = []
+    for group in rewards.view(2, 4).numpy():
+        expected += list((group - group.mean()) / (group.std(ddof=1) + 1e-4))
+    assert torch.allclose(group_advantages(rewards, 4), torch.tensor(expected), atol=1e-6)
+    assert torch.equal(group_advantages(rewards, 4)[4:], torch.zeros(4))  # a constant group carries no signal
+    centred = group_advantages(rewards, 4, scale_rewards=False)
+    assert torch.allclose(centred[:4], torch.tensor([-2.0, -1.0, 0.0, 3.0]))
+    assert not torch.allclose(group_advantages(rewards, 2), group_advantages(rewards, 4))  # groups are contiguous
+    with pytest.raises(ValueError):
+        group_advantages(rewards, 3)
+    with pytest.raises(ValueError):
+        group_advantages(rewards, 1)
+
+
+def test_grpo_loss_aggregations_and_reinforce_gradient():
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.2, -0.1]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    advantages = torch.tensor([1.0, -2.0])
+    loss = {
+        t: grpo_loss(logp, logp.detach(), None, advantages, mask, 0.0, 0.2, t, 4) for t in ("grpo", "bnpo", "dr_grpo")
+    }
+    # on-policy, beta 0: every token's loss is -A; grpo = mean(-1, 2), bnpo = (-1*2 + 2*3)/5, dr_grpo = 4 / (2*4)
+    assert loss["grpo"].item() == pytest.approx(0.5)
+    assert loss["bnpo"].item() == pytest.approx(0.8)
+    assert loss["dr_grpo"].item() == pytest.approx(0.5)
+    (grad,) = torch.autograd.grad(loss["bnpo"], logp)  # REINFORCE: d loss / d logp = -A mask / sum(mask)
+    assert torch.allclose(grad, -advantages[:, None] * mask / 5)
+    with pytest.raises(ValueError):
+        grpo_loss(logp, logp.detach(), None, advantages, mask, 0.0, 0.2, "dapo", 4)
+
+
+def test_grpo_loss_k3_kl_and_clip():
+    logp = torch.full((1, 2), -1.0, requires_grad=True)
+    mask, zero = torch.ones(1, 2), torch.zeros(1)
+    # k3 with pi_ref / pi = 2: e^x - x - 1 = 1 - log 2; A = 0 leaves only beta * KL
+    kl_loss = grpo_loss(logp, logp.detach(), logp.detach() + math.log(2), zero, mask, 0.5, 0.2, "bnpo", 2)
+    assert kl_loss.item() == pytest.approx(0.5 * (1 - math.log(2)))
+    same = grpo_loss(logp, logp.detach(), logp.detach(), torch.ones(1), mask, 0.04, 0.2, "bnpo", 2)
+    assert same.item() == pytest.approx(
+        grpo_loss(logp, logp.detach(), None, torch.ones(1), mask, 0.0, 0.2, "bnpo", 2).item()
+    )
+    # ratio 1.5 or 0.5 against the sampling policy; the clip binds (value 1 +- eps, no gradient) only where it
+    # would otherwise let the update go further: rho > 1.2 with A > 0, rho < 0.8 with A < 0
+    cases = [(1.5, 1.0, -1.2, True), (0.5, 1.0, -0.5, False), (0.5, -1.0, 0.8, True), (1.5, -1.0, 1.5, False)]
+    for ratio, advantage, value, clipped in cases:
+        old = logp.detach() - math.log(ratio)
+        out = grpo_loss(logp, old, None, torch.tensor([advantage]), mask, 0.0, 0.2, "bnpo", 2)
+        (grad,) = torch.autograd.grad(out, logp)
+        assert out.item() == pytest.approx(value)
+        assert (grad.abs().sum().item() == 0) == clipped
+        metrics = bleuberi.ratio_and_kl_metrics(logp, old, None, torch.tensor([advantage]), mask, 0.2)
+        assert metrics["clip_ratio/region_mean"] == float(clipped)
+
+
+def test_per_token_logps_match_generate_scores():
+    """logits / T gathered on the completion tokens, with position ids from the mask, equal generate's scores."""
+    from transformers import GenerationConfig
+
+    from shared.lm import build_tiny_lm, completion_mask, encode_prompts
+
+    model, tokenizer = build_tiny_lm(seed=3)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, ["copy : a b", "sort : c a b d e f g"])  # left-padded
+    config = GenerationConfig(
+        do_sample=True, temperature=0.7, top_k=0, max_new_tokens=6, pad_token_id=0, eos_token_id=tokenizer.eos_token_id
+    )
+    torch.manual_seed(0)
+    out = model.generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        generation_config=config,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    completion_ids = out.sequences[:, prompt_ids.size(1) :]
+    mask = completion_mask(completion_ids, [tokenizer.eos_token_id])
+    expected = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, completion_ids[..., None])[..., 0]
+    logps, entropy = bleuberi.per_token_logps(model, prompt_ids, prompt_mask, completion_ids, mask, 0.7)
+    assert torch.allclose(logps[mask.bool()], expected[mask.bool()], atol=1e-5)
+    assert (entropy >= 0).all()
+
+
+# runs ------------------------------------------------------------------------------------------------------------
+def run_folder(runs_in_tmp):
+    (folder,) = list(runs_in_tmp.iterdir())
+    return folder
+
+
+def test_smoke_every_arm_changes_parameters(runs_in_tmp):
+    from shared.lm import load_causal_lm
+
+    results = main(Args(model_name="tiny", save_model=True, **TINY))
+    assert set(results) == {"start", "bleuberi", "grpo-bleu-random", "sft-hard", "grpo-em"}
+    folder = run_folder(runs_in_tmp)
+    start, _ = load_causal_lm("tiny", seed=1)
+    for arm in ("bleuberi", "grpo-bleu-random", "sft-hard", "grpo-em"):
+        trained, _ = load_causal_lm(str(folder / arm))
+        changed = any(not torch.equal(a, b) for a, b in zip(start.state_dict().values(), trained.state_dict().values()))
+        # a random model never matches exactly: every EM reward is 0, every advantage 0, and at the start the KL
+        # gradient is 0 too, so the exact-match arm must stay put while the others move
+        assert changed == (arm != "grpo-em"), arm
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*lines)
+    for key in (
+        "reward/bleuberi",
+        "reward_std/bleuberi",
+        "kl/grpo-em",
+        "clip_ratio/region_mean/bleuberi",
+        "completions/mean_length/bleuberi",
+        "losses/sft_loss/sft-hard",
+        "eval/exact_match/bleuberi",
+    ):
+        assert key in keys
+    assert "| bleuberi" in (folder / "summary.md").read_text()
+
+
+def test_bleuberi_learns(tmp_path, runs_in_tmp):
+    """GRPO-BLEU through main() on a weak warm start: 25 steps towards a fixed reference raise held-out BLEU."""
+    from shared.tasks import get_task
+
+    prompts = get_task("string_ops").dataset(300, seed=0)["prompt"]
+    Dataset.from_dict({"prompt": prompts, "reference": ["a b c d e"] * 300}).save_to_disk(str(tmp_path / "data"))
+    args = Args(
+        arms=("bleuberi",),
+        warm_start_steps=200,
+        dataset_name=str(tmp_path / "data"),
+        group_column=None,
+        pool_size=200,
+        num_examples=100,
+        num_eval=50,
+        steps=25,
+        lr=3e-4,
+        max_completion_length=10,
+    )
+    results = main(args)
+    assert results["bleuberi"]["bleu"] > results["start"]["bleu"] + 0.05
+    rewards = [
+        json.loads(line)["reward/bleuberi"]
+        for line in (run_folder(runs_in_tmp) / "metrics.jsonl").open()
+        if "reward/bleuberi" in line
+    ]
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:5])
+
+
+def test_real_path_local_model_and_dataset(tmp_path, runs_in_tmp):
+    from shared.lm import build_tiny_lm
+
+    model, tokenizer = build_tiny_lm(seed=5)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    rows = [
+        {"prompt": f"copy : {x} {y}", "reference": f"{x} {y}", "reference2": f"{x} , {y}", "source": s}
+        for x, y, s in zip("abcdefghijkl" * 3, "bcdefghijkla" * 3, ["s1", "s2"] * 18)
+    ]
+    rows[0]["reference2"] = ""  # excluded: a row needs all of its references
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "data"))
+    args = Args(
+        model_name=str(tmp_path / "model"),
+        dataset_name=str(tmp_path / "data"),
+        group_column="source",
+        reference_columns=("reference", "reference2"),
+        arms=("bleuberi", "sft-hard"),
+        num_iterations=2,
+        **{**TINY, "num_eval": 8},
+    )
+    results = main(args)
+    assert set(results["bleuberi"]["groups"]) == {"s1", "s2"}
+    assert (run_folder(runs_in_tmp) / "summary.md").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(batch_size=18, num_generations=4), "multiple of --num-generations"),
+        (dict(num_generations=1, batch_size=16), "groups of at least 2"),
+        (dict(lr=0.0), "--lr"),
+        (dict(lr=-1e-4), "--lr"),
+        (dict(micro_batch_size=5), "--micro-batch-size"),
+        (dict(model_name="nobody/no-such-model-xyz"), "cannot load"),
+    ],
+)
+def test_bad_options_fail_fast(change, message, runs_in_tmp):
+    with pytest.raises(SystemExit, match=message):
+        main(Args(**{**TINY, **change}))
+    assert not runs_in_tmp.exists() or not any(runs_in_tmp.iterdir())  # nothing left as if it were a result
+
+
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        ({"prompt": ["copy : a b"] * 40, "answer": ["a b"] * 40}, "lacks the column"),
+        ({"prompt": ["copy : a b"] * 40, "reference": [""] * 20 + ["  "] * 20}, "non-empty references"),
+    ],
+)
+def test_bad_datasets_fail_fast(columns, message, tmp_path, runs_in_tmp):
+    Dataset.from_dict(columns).save_to_disk(str(tmp_path / "data"))
+    with pytest.raises(SystemExit, match=message):
+        main(Args(dataset_name=str(tmp_path / "data"), model_name="tiny", **TINY))
+    assert not runs_in_tmp.exists() or not any(runs_in_tmp.iterdir())
