@@ -122,7 +122,7 @@ class RunLogger:
         self.print_every = print_every
         self.start = self._last_time = time.time()
         self._last_step = None
-        self._calls = 0
+        self._calls = self._last_calls = 0
 
     def log(self, step: int, metrics: dict[str, Any], echo: bool | None = None) -> None:
         """Record `metrics` at `step`. NaN or infinite losses stop the run with a clear message."""
@@ -144,12 +144,14 @@ class RunLogger:
             self.wandb.log(row, step=step)
         self._calls += 1
         if echo or (echo is None and self._calls % self.print_every == 0):
-            steps = step - self._last_step if self._last_step is not None else self._calls
+            # steps since the last print; a script that restarts its step count (a new arm) counts log calls
+            fresh = self._last_step is None or step <= self._last_step
+            steps = self._calls - self._last_calls if fresh else step - self._last_step
             sps = steps / max(now - self._last_time, 1e-9)
             self.writer.add_scalar("charts/steps_per_sec", sps, step)
             shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, (int, float)))
             print(f"step {step} | {sps:.2f} steps/s | {shown}", flush=True)
-            self._last_time, self._last_step = now, step
+            self._last_time, self._last_step, self._last_calls = now, step, self._calls
 
     def save_text(self, name: str, text: str) -> Path:
         """Write a text file (samples, notes) into the run folder."""

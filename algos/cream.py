@@ -1,0 +1,655 @@
+# arXiv:2410.12735 | README: #cream
+"""CREAM: Consistency Regularized Self-Rewarding Language Models
+(Wang et al., ICLR 2025, https://arxiv.org/abs/2410.12735; code https://github.com/Raibows/CREAM).
+
+Idea: a self-rewarding LM (SRLM) samples N responses per prompt, ranks them itself with its DPO implicit reward,
+and trains on the best-vs-worst pair with DPO, iteration after iteration; ranking errors compound. CREAM measures
+how far the current model's ranking of the same N responses agrees with the previous model's (Kendall tau) and
+uses that agreement C as a soft label: weight C on "chosen > rejected", 1 - C on the reverse.
+
+    s_M(x, y) = sum_t log pi_M(y_t | x, y_<t)                    summed over the response tokens only
+    r_M(x, y) = s_M(x, y) - s_M0(x, y)                            self-reward (no beta: it does not change a ranking)
+    C_j = (tau(rank_ord(r_Mt), rank_ord(r_Mt-1)) + 1) / 2          per prompt; C = mean_j C_j (avg) or C_j (dyn)
+    h = [s_theta(y+) - s_ref(y+)] - [s_theta(y-) - s_ref(y-)],   ref = M_t (the model at the start of iteration t)
+    L = C softplus(-beta h) + (1 - C) softplus(beta h)            C = 1: plain DPO (the SRLM arm)
+
+Implementation details ([code] = Raibows/CREAM @ de1d04b; [card] = shared/specs/cream.md, built from that code):
+1. Self-reward [code rewarding.py]: summed response log-probs of the current model minus those of the frozen M0;
+   the previous model M0 (t = 1) is scored by its mean token log-likelihood s_M0 / |y| [code normalized_by_length].
+   For t >= 2 the previous model's score is its own DPO reward. Which reference the ranking uses at t >= 2 is
+   unverified (the README shows t = 1 only): --rank-ref m0 (default, a summary of Algorithm 1) or prev (M_{t-1}).
+2. DIFFERENCE: scored tokens are the response and its end-of-turn token; the code also scores the assistant header.
+   The header adds the same log-ratio to every response of a prompt, so rankings and DPO margins are unchanged; only
+   the t = 1 mean log-likelihood shifts by header/|y|.
+3. Pairs [code cal_consistency.py]: chosen = argmax, rejected = argmin of the current reward, first index on ties
+   (numpy's rule); a prompt whose rewards are all equal is dropped.
+4. Consistency [code cal_consistency.py]: scipy-style ordinal ranks (ties broken by response index) of both scores,
+   Kendall tau of the ranks (no ties remain, so tau-a), C_j = (tau + 1) / 2. The average is over the prompts kept for
+   DPO [card 5]; dyn uses C_j per pair. The code's zip of a set of keys with a list that skips prompts (card 5) cannot
+   misalign here: every prompt has both scores.
+5. Loss [code sft_dpo_trainer.py]: C * (-logsigmoid(beta h)) + (1 - C) * (-logsigmoid(-beta h)), batch mean, beta 0.1;
+   the reference log-probs are computed once, before the first update, with the model at the start of the iteration
+   (M_t). At the first step of every iteration policy = reference, so the loss is exactly ln 2 (logged as
+   losses/first_loss). The tiny Qwen2 has no dropout (the card's GPT-2 prototype kept dropout 0.1, under which this
+   does not hold); a real model with dropout would need model.eval()-style training to keep it.
+6. Arms, all from the same M1, prompt subsets and sampling seeds: srlm (C = 1), cream (C from --consistency), oracle
+   (pairs ranked by the true quality, C = 1), optional fixed (the paper's "w/o RC": C = --fixed-c). With one seed every
+   arm samples the same responses at t = 1, so C at t = 1 is the same in every arm (a bug check).
+7. Loop [card 3.4]: M0 = the start model, M1 = SFT of M0 on seed data, iterations t = 1..3 on disjoint prompt subsets,
+   N = 5 samples at T 0.8, top-p 0.95 [code config.py]; one DPO epoch, AdamW (weight decay 0.01), grad clip 1.0.
+   SIMPLIFICATIONS: constant learning rate (no warmup / cosine), no vLLM, prompt tokens masked in SFT (the code trains
+   M1 to predict pad there, card 5).
+8. DIFFERENCE from the card's toy: prompts go through the chat template (shared.lm) with left padding and position ids
+   from the mask, as generate uses them; the card's prototype used right-padded groups of equal prompt length.
+9. Toy [card 6]: sort 4-7 digits (shared.tasks.SortDigits); true quality q = 1 - Levenshtein / max length, EM = exact
+   match. M0 = the tiny Qwen2 SFT'd 100 x 32 steps (lr 3e-3) on a corpus whose references are 50% corrupted (a drop,
+   duplicate or swap); M1 = M0 + 50 x 32 SFT steps on 200 clean examples (lr 1e-3); 256 prompts per iteration; greedy
+   evaluation on 300 held-out prompts; seeds 1-3 (each with its own M0 and M1), arms paired within a seed.
+   DIFFERENCES, set on seed 1 so that the oracle improves and M1 has headroom: the card's 400 + 150 SFT steps give this
+   Qwen2 an M1 with EM 0.93 (most prompts' 5 samples identical), 100 + 50 land in the card's M1 regime (q 0.87, EM
+   0.52); one DPO epoch (the issue, the paper) at lr 3e-5, not the card's 2 epochs at 1e-4: at 1e-4 even the oracle
+   arm lost quality in one epoch.
+10. Real path: --model-name (hub id or folder, its chat template), --dataset-name with a `prompt` column (an optional
+   `reference` column enables the quality metrics and the oracle arm), --sft-dataset-name with prompt/completion
+   columns for M1 (without it M1 = M0). --lora-r > 0 trains a fresh LoRA adapter per stage (peft) and merges it
+   afterwards, so M_t stays a plain model. Memory: policy + M0 + up to two earlier snapshots (--rank-ref prev).
+
+Metrics (<tag> = <arm>_s<seed>; per iteration at step t): charts/consistency/<tag> (C_avg over kept prompts),
+charts/consistency_std/<tag>, charts/self_tau/<tag> (Kendall tau-b of self-reward vs true quality, mean over prompts
+where both vary), charts/pair_accuracy/<tag> (self-reward pairs: q(chosen) > q(rejected), ties excluded),
+charts/length_gap/<tag> (trained pairs: chosen minus rejected tokens), charts/kept_pairs/<tag>, losses/first_loss/<tag>,
+eval/quality/<tag>, eval/exact_match/<tag>, eval/length/<tag> (greedy, held out; m0_s<seed>, m1_s<seed> at step 0);
+per DPO step: losses/loss/<tag>, rewards/margins/<tag>, rewards/accuracies/<tag>; losses/sft_loss/s<seed>. The run
+folder also holds rows.json (every row of every seed) and samples.txt (pairs with their C_j).
+
+Commands:
+    python algos/cream.py                                        # offline toy: seeds 1-3, srlm / cream / oracle
+    python algos/cream.py --seed 4 --arms srlm cream oracle fixed --rank-ref prev --consistency dyn
+    python algos/cream.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name prompts_folder \\
+        --sft-dataset-name seed_sft_folder --num-seeds 1 --arms srlm cream --prompts-per-iter 2000 --num-eval 0 \\
+        --max-new-tokens 512 --learning-rate 1e-6 --sft-learning-rate 5e-6 --sft-steps 0 --sft-epochs 5 \\
+        --dpo-batch-size 8 --score-batch-size 16          # add --lora-r 32 when full fine-tuning does not fit
+
+Measured on 2 loaded CPU cores, one torch thread (no GPU was lent to this task): the default run (seeds 1-3) took
+113 s with cold warm starts, `--seed 4` (seeds 4-6) 93 s. Over the 6 paired seeds, greedy q / EM after t = 3: M1
+0.870 / 0.516, SRLM 0.751 / 0.204, CREAM 0.755 / 0.223, oracle 0.895 / 0.588. CREAM - SRLM in q per seed: +0.000
++0.005 -0.012 +0.014 +0.010 +0.011 (mean +0.005, s.e. 0.004; EM +0.018, s.e. 0.010): within noise, as in the card's
+prototype. C is 0.62 at t = 1 (M0 likelihood vs M1 reward) and 0.87-0.91 at t >= 2 while the self-reward's tau with
+the truth falls from +0.37 to +0.08-0.10 and chosen responses are 0.5-0.9 tokens longer: C measures stability, not
+correctness. Unlike the card's GPT-2 the self-reward starts aligned (pair accuracy 0.76) and drifts by its length bias.
+--rank-ref prev (seeds 1-3): faster drift (tau -0.29 at t = 3, SRLM q 0.713), CREAM - SRLM -0.001.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared.data import load_data  # noqa: E402
+from shared.lm import load_causal_lm, position_ids_from_mask, sample  # noqa: E402
+from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa: E402
+from shared.tasks import levenshtein  # noqa: E402
+from shared.warmstart import sft_batch, sft_loss, warm_start  # noqa: E402
+
+Arm = Literal["srlm", "cream", "oracle", "fixed"]
+STEP_METRICS = {"loss": "losses/loss", "margins": "rewards/margins", "accuracies": "rewards/accuracies"}
+ITERATION_METRICS = {
+    "C": "charts/consistency",
+    "C_std": "charts/consistency_std",
+    "self_tau": "charts/self_tau",
+    "pair_acc": "charts/pair_accuracy",
+    "len_gap": "charts/length_gap",
+    "kept_pairs": "charts/kept_pairs",
+    "first_loss": "losses/first_loss",
+    "greedy_quality": "eval/quality",
+    "greedy_exact_match": "eval/exact_match",
+    "greedy_length": "eval/length",
+}
+
+
+@dataclass
+class Args:
+    exp_name: str = "cream"
+    """name of this experiment (part of the run folder name)"""
+    seed: int = 1
+    """first seed (of the warm start, the data, sampling and training; arms share it: paired)"""
+    num_seeds: int = 3
+    """seeds seed, seed + 1, ... run one after the other, each with its own M0 and M1"""
+    cuda: bool = True
+    """use the GPU when one is visible"""
+    dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16"""
+    num_threads: int = 1
+    """torch CPU threads (1 is fastest for the tiny model)"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    save_model: bool = False
+    """save each arm's final model to the run folder"""
+
+    model_name: str = "tiny:sort_digits"
+    """M0: tiny:<task> (the tiny LM warm-started on the task's corrupted corpus), a folder or a hub chat model"""
+    dataset_name: str = "tiny:sort_digits"
+    """prompts D_U: tiny:<task>, a save_to_disk folder, a json/csv/parquet file or a hub id with a `prompt` column"""
+    sft_dataset_name: Optional[str] = "tiny:sort_digits"
+    """seed SFT data D_S (prompt/completion columns; tiny:<task> uses its clean answers); None: M1 = M0"""
+    chat: bool = True
+    """wrap prompts in the tokenizer's chat template"""
+    m0_steps: int = 100
+    """toy M0: warm-start steps on the corrupted corpus [card 6]"""
+    m0_learning_rate: float = 3e-3
+    """toy M0: warm-start learning rate"""
+    m0_corrupt_rate: float = 0.5
+    """toy M0: share of corrupted references in the warm-start corpus"""
+    num_sft_examples: int = 200
+    """seed SFT examples used for M1"""
+    sft_steps: int = 50
+    """SFT steps for M1 (0: use --sft-epochs)"""
+    sft_epochs: int = 5
+    """SFT epochs for M1 when --sft-steps is 0 [code: 5]"""
+    sft_batch_size: int = 32
+    """SFT batch size"""
+    sft_learning_rate: float = 1e-3
+    """SFT learning rate [code: 5e-6 on 7B]"""
+    lora_r: int = 0
+    """LoRA rank for SFT and DPO (needs peft); 0 trains every weight (the paper)"""
+    lora_alpha: int = 0
+    """LoRA alpha (0: 2 x rank, the code's 64 for r 32)"""
+
+    arms: tuple[Arm, ...] = ("srlm", "cream", "oracle")
+    """arms, each from the same M1: srlm (C = 1), cream, oracle (true-quality pairs, C = 1), fixed (C = --fixed-c)"""
+    iterations: int = 3
+    """self-rewarding iterations (M2..M4), each on its own prompt subset"""
+    prompts_per_iter: int = 256
+    """prompts per iteration subset (disjoint subsets)"""
+    num_eval: int = 300
+    """held-out prompts for the greedy evaluation (needs a `reference` column)"""
+    num_samples: int = 5
+    """N responses sampled per prompt [code: 5]"""
+    temperature: float = 0.8
+    """sampling temperature [code: 0.8]"""
+    top_p: float = 0.95
+    """nucleus sampling [code: 0.95]"""
+    max_new_tokens: int = 10
+    """longest sampled or greedy response [code: 768]"""
+    beta: float = 0.1
+    """DPO beta [code: 0.1]"""
+    consistency: Literal["avg", "dyn"] = "avg"
+    """avg: every pair gets the mean C_j (the code README's default); dyn: each pair its own C_j"""
+    rank_ref: Literal["m0", "prev"] = "m0"
+    """reference of the self-reward: M0 for every t, or the model's own DPO reference M_{t-1} (unverified choice)"""
+    fixed_c: float = 0.9
+    """C of the `fixed` arm (the paper's hand-tuned "w/o RC" ablation)"""
+    learning_rate: float = 3e-5
+    """DPO learning rate [code: 1e-6 on 7B]"""
+    dpo_epochs: int = 1
+    """DPO epochs per iteration [code: 1]"""
+    dpo_batch_size: int = 32
+    """pairs per DPO step [code: 4 x 8 GPUs]"""
+    weight_decay: float = 0.01
+    """AdamW weight decay [code: 0.01]"""
+    max_grad_norm: float = 1.0
+    """gradient clipping [code: 1.0]"""
+    score_batch_size: int = 512
+    """sequences per no-grad scoring forward pass"""
+
+
+# ---------------------------------------------------------------- the maths
+def ordinal_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """scipy's rankdata(method='ordinal') along the last dim: 1..N, ties broken by position."""
+    return torch.argsort(torch.argsort(scores, dim=-1, stable=True), dim=-1) + 1  # [..., N]
+
+
+def kendall_tau(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Kendall tau-b along the last dim, (n_c - n_d) / sqrt(untied_x * untied_y); NaN where x or y is constant."""
+    n = x.shape[-1]
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), diagonal=1)  # [N, N] pairs i < j
+    sign_x = torch.sign(x.unsqueeze(-1) - x.unsqueeze(-2))[..., upper]  # [..., N(N-1)/2]
+    sign_y = torch.sign(y.unsqueeze(-1) - y.unsqueeze(-2))[..., upper]  # [..., N(N-1)/2]
+    untied = ((sign_x != 0).sum(-1) * (sign_y != 0).sum(-1)).double()  # [...]
+    return (sign_x * sign_y).sum(-1).double() / untied.sqrt()  # [...]; 0/0 = NaN when a side is constant
+
+
+def batched_consistency(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """C_j = (tau(ordinal ranks of current, ordinal ranks of previous) + 1) / 2 for [P, N] scores -> [P]."""
+    tau = kendall_tau(ordinal_ranks(current), ordinal_ranks(previous))  # [P]; ordinal ranks never tie: tau-a
+    return (tau + 1) / 2
+
+
+def consistency(current_scores: Sequence[float], previous_scores: Sequence[float]) -> float:
+    """C_j of one prompt [code cal_consistency.py]: (kendalltau(rankdata(cur, 'ordinal'), rankdata(prev)) + 1) / 2."""
+    current = torch.as_tensor(current_scores, dtype=torch.float64)
+    previous = torch.as_tensor(previous_scores, dtype=torch.float64)
+    if current.ndim != 1 or current.shape != previous.shape or len(current) < 2:
+        fail(f"consistency needs two score lists of one equal length >= 2, got {len(current)} and {len(previous)}")
+    if not (torch.isfinite(current).all() and torch.isfinite(previous).all()):
+        fail("consistency got a NaN or infinite score")
+    return batched_consistency(current[None], previous[None]).item()
+
+
+def select_pairs(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """chosen = argmax, rejected = argmin per row of [P, N] (first index on ties); keep = they differ. -> 3 x [P]."""
+    chosen, rejected = rewards.argmax(dim=-1), rewards.argmin(dim=-1)  # [P], [P]; torch returns the first index
+    return chosen, rejected, chosen != rejected  # argmax == argmin only when every reward is equal
+
+
+def select_pair(rewards: Sequence[float]) -> tuple[int, int] | None:
+    """(chosen, rejected) indices of one prompt's rewards, or None when all rewards are equal [code cal_consistency]."""
+    values = torch.as_tensor(rewards, dtype=torch.float64)
+    if values.ndim != 1 or len(values) < 2 or not torch.isfinite(values).all():
+        fail(f"select_pair needs >= 2 finite rewards, got {list(rewards)}")
+    chosen, rejected, keep = select_pairs(values[None])
+    return (int(chosen), int(rejected)) if bool(keep) else None
+
+
+def cream_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    consistency: float | torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """Per-pair soft-label DPO loss [B]: C softplus(-beta h) + (1 - C) softplus(beta h) [code sft_dpo_trainer.py].
+
+    All log-probs are summed response log-probs [B]; C = 1 gives plain DPO, and C = 1 - eps is DPO with label
+    smoothing eps (cDPO). The optimum of one pair is sigmoid(beta h) = C."""
+    if not beta > 0:
+        fail(f"beta must be > 0, got {beta}")
+    c = torch.as_tensor(consistency, dtype=policy_chosen_logps.dtype, device=policy_chosen_logps.device)  # [] or [B]
+    if not bool(((c >= 0) & (c <= 1)).all()):
+        fail(f"consistency must lie in [0, 1], got {c.tolist()}")
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps  # [B]
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps  # [B]
+    logits = beta * (chosen_logratios - rejected_logratios)  # [B] z = beta h
+    return c * F.softplus(-logits) + (1 - c) * F.softplus(logits)  # [B]
+
+
+def response_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """s(x, y) = sum_t log pi(y_t | x, y_<t) over the response tokens [B]; prompt and padding are masked out."""
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T] left-padded prompt, right-padded response
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
+    position_ids = position_ids_from_mask(attention_mask)  # [B, P+T] positions skip the left padding, as in generate
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = logits[:, prompt_ids.shape[1] - 1 : -1].float()  # [B, T, V] the positions that predict y_1..y_T
+    token_logps = logits.log_softmax(-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
+    return (token_logps * completion_mask).sum(-1)  # [B] summed, no length normalisation
+
+
+# ---------------------------------------------------------------- helpers (data, scoring, evaluation, training)
+def rows_of(samples, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """prompt ids/mask, completion ids/mask of the given sample rows, with all-padding columns trimmed."""
+    prompt_ids, prompt_mask = samples.prompt_ids[rows], samples.prompt_mask[rows]  # [b, P], [b, P]
+    completion_ids, completion_mask = samples.completion_ids[rows], samples.completion_mask[rows]  # [b, T], [b, T]
+    first = int(prompt_mask.any(0).long().argmax())  # first prompt column that is not padding in every row
+    last = int(completion_mask.any(0).long().cumsum(0).argmax()) + 1  # one past the last used response column
+    return prompt_ids[:, first:], prompt_mask[:, first:], completion_ids[:, :last], completion_mask[:, :last]
+
+
+@torch.no_grad()
+def score_all(model, samples, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Summed response log-probs of `rows` under a frozen model, in batches -> [len(rows)] (fp64 on the CPU)."""
+    was_training = model.training
+    model.eval()
+    out = [response_logps(model, *rows_of(samples, rows[i : i + batch_size])) for i in range(0, len(rows), batch_size)]
+    model.train(was_training)
+    return torch.cat(out).double().cpu()
+
+
+def quality(completion: str, reference: str) -> float:
+    """True quality [card 6]: 1 - word Levenshtein / max length (1 = exact)."""
+    answer, truth = completion.split(), reference.split()
+    return 1.0 - levenshtein(answer, truth) / max(len(answer), len(truth), 1)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, prompts, references, args) -> dict[str, float]:
+    """Greedy true quality, exact match and length (words) on the held-out prompts ({} without references)."""
+    if not references:
+        return {}
+    texts, bs = [], args.score_batch_size
+    for i in range(0, len(prompts), bs):
+        texts += sample(model, tokenizer, prompts[i : i + bs], max_new_tokens=args.max_new_tokens, greedy=True).texts
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    return {
+        "quality": mean([quality(text, ref) for text, ref in zip(texts, references)]),
+        "exact_match": mean([float(text.split() == ref.split()) for text, ref in zip(texts, references)]),
+        "length": mean([len(text.split()) for text in texts]),
+    }
+
+
+def add_lora(model, args):
+    """A fresh LoRA adapter on every linear layer (B = 0: the outputs are unchanged), or the model as it is."""
+    if args.lora_r == 0:
+        return model
+    import peft  # lazy: only behind --lora-r
+
+    alpha = args.lora_alpha or 2 * args.lora_r
+    config = peft.LoraConfig(r=args.lora_r, lora_alpha=alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, config)
+
+
+def merge_lora(model, args):
+    return model.merge_and_unload() if args.lora_r > 0 else model
+
+
+def make_optimizer(model, lr: float, args) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
+
+
+def supervised_fine_tune(model, tokenizer, prompts, completions, args, seed: int, device):
+    """M1 = M0 + completion-only SFT on the seed data (shared.warmstart's batch and loss: prompt tokens masked)."""
+    model = add_lora(model, args)
+    optimizer = make_optimizer(model, args.sft_learning_rate, args)
+    generator = torch.Generator().manual_seed(seed)
+    steps = args.sft_steps or args.sft_epochs * math.ceil(len(prompts) / args.sft_batch_size)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(prompts), (args.sft_batch_size,), generator=generator).tolist()
+        batch = sft_batch(tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], device=device)
+        loss = sft_loss(model, *batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+    return merge_lora(model, args), loss.item()
+
+
+def dpo_iteration(policy, samples, chosen_rows, rejected_rows, pair_c, args, seed, log) -> tuple[object, float, float]:
+    """Steps 6-7: M_{t+1} = M_t + one epoch of the soft-label loss, ref = M_t -> (M_{t+1}, first loss, steps/s)."""
+    device = next(policy.parameters()).device
+    policy = add_lora(policy, args)  # with --lora-r: a fresh adapter (B = 0), merged again at the end
+
+    # 6. the reference is M_t, the weights at the start of the iteration: its log-probs, once, before any update
+    ref_chosen_logps = score_all(policy, samples, chosen_rows, args.score_batch_size).float()  # [B] no gradient
+    ref_rejected_logps = score_all(policy, samples, rejected_rows, args.score_batch_size).float()  # [B]
+
+    # 7. one epoch of the soft-label DPO loss on the pairs
+    optimizer = make_optimizer(policy, args.learning_rate, args)
+    generator = torch.Generator().manual_seed(seed)
+    losses_seen, start = [], time.time()
+    policy.train()
+    for _ in range(args.dpo_epochs):
+        for idx in torch.randperm(len(chosen_rows), generator=generator).split(args.dpo_batch_size):
+            batch = rows_of(samples, torch.cat([chosen_rows[idx], rejected_rows[idx]]))  # [2b, ...] chosen, rejected
+            policy_chosen_logps, policy_rejected_logps = response_logps(policy, *batch).chunk(2)  # [b], [b]
+            ref_chosen, ref_rejected = ref_chosen_logps[idx].to(device), ref_rejected_logps[idx].to(device)  # [b], [b]
+            c = pair_c[idx].to(device)  # [b]
+            losses = cream_loss(
+                policy_chosen_logps, policy_rejected_logps, ref_chosen, ref_rejected, c, args.beta
+            )  # [b]
+            loss = losses.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+            optimizer.step()
+            margins = args.beta * ((policy_chosen_logps - ref_chosen) - (policy_rejected_logps - ref_rejected))  # [b]
+            losses_seen.append(loss.item())
+            log(loss=loss.item(), margins=margins.mean().item(), accuracies=(margins > 0).float().mean().item())
+    return merge_lora(policy, args).eval(), losses_seen[0], len(losses_seen) / max(time.time() - start, 1e-9)
+
+
+def check_args(args: Args) -> None:
+    """Fail early, before any data, model or training, on every option the run cannot use."""
+    if args.num_samples < 2:
+        fail(f"--num-samples {args.num_samples}: a ranking needs at least 2 responses per prompt")
+    if not args.beta > 0:
+        fail(f"--beta {args.beta} must be > 0")
+    if not 0 <= args.fixed_c <= 1:
+        fail(f"--fixed-c {args.fixed_c} must lie in [0, 1] (it is the probability that chosen beats rejected)")
+    positive = "iterations prompts_per_iter dpo_epochs dpo_batch_size sft_batch_size score_batch_size max_new_tokens"
+    for name in positive.split() + ["num_threads", "num_seeds"]:
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if min(args.num_eval, args.lora_r, args.sft_steps, args.sft_epochs) < 0:
+        fail("--num-eval, --lora-r, --sft-steps and --sft-epochs must be >= 0")
+    if not args.temperature > 0 or not 0 < args.top_p <= 1:
+        fail(f"--temperature {args.temperature} must be > 0 and --top-p {args.top_p} in (0, 1]")
+    if not args.arms or len(set(args.arms)) != len(args.arms):
+        fail(f"--arms {args.arms}: give each arm once, at least one")
+    if args.lora_r > 0:
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            fail("--lora-r needs peft: pip install -e '.[lora]' (or --lora-r 0 for full fine-tuning)")
+
+
+def load_prompt_data(args: Args, seed: int):
+    """Disjoint prompt subsets for the iterations and held-out evaluation prompts (with references when present)."""
+    need = args.iterations * args.prompts_per_iter
+    if args.dataset_name.startswith("tiny:"):  # the task's train and test splits are disjoint by construction
+        train = load_data(args.dataset_name, "train", ["prompt"], num_examples=need, seed=seed)
+        test = load_data(args.dataset_name, "test", ["prompt"], num_examples=args.num_eval, seed=seed)
+    else:
+        data = load_data(args.dataset_name, "train", ["prompt"]).shuffle(seed=seed)
+        num_eval = max(0, min(args.num_eval, len(data) - need))  # held out: the rows after the iteration subsets
+        train, test = data.select(range(min(need, len(data)))), data.select(list(range(need, need + num_eval)))
+    if len(train) < need:
+        fail(
+            f"dataset {args.dataset_name!r} has {len(train)} prompts, fewer than --iterations x --prompts-per-iter "
+            f"= {args.iterations} x {args.prompts_per_iter} = {need}"
+        )
+    if "oracle" in args.arms and "reference" not in train.column_names:
+        fail(
+            f"the oracle arm ranks by true quality: dataset {args.dataset_name!r} needs a `reference` column "
+            f"(it has {train.column_names}); drop oracle from --arms"
+        )
+    references = train["reference"] if "reference" in train.column_names else None
+    eval_references = test["reference"] if "reference" in test.column_names and len(test) else None
+    return train["prompt"], references, (test["prompt"] if eval_references else []), eval_references
+
+
+def load_sft_data(args: Args, seed: int):
+    """Seed SFT data D_S as (prompts, completions); the tiny task's clean answers play the human answers."""
+    if args.sft_dataset_name is None:
+        return [], []
+    column = "clean" if args.sft_dataset_name.startswith("tiny:") else "completion"
+    data = load_data(args.sft_dataset_name, "train", ["prompt", column], args.num_sft_examples, seed=seed + 1)
+    return data["prompt"], data[column]
+
+
+def load_m0(args: Args, seed: int, device, dtype):
+    """M0: the toy's tiny LM warm-started on a corrupted corpus (cached, one per seed), or any causal LM by name."""
+    if not args.model_name.startswith("tiny:"):
+        return load_causal_lm(args.model_name, device=device, dtype=dtype, seed=seed)
+    task = args.model_name.split(":", 1)[1]
+    kwargs = {"corrupt_rate": args.m0_corrupt_rate} if task == "sort_digits" else {}
+    folder = warm_start(task, seed, steps=args.m0_steps, batch_size=32, lr=args.m0_learning_rate, task_kwargs=kwargs)
+    return load_causal_lm(str(folder), device=device, dtype=dtype)
+
+
+def run_seed(args: Args, seed: int, run: RunLogger, device, dtype, named_m0=None) -> tuple[list[dict], dict]:
+    """The self-rewarding loop for one seed: M0, M1, then every arm from M1 over the same prompt subsets."""
+    seed_everything(seed)
+    prompts, references, eval_prompts, eval_references = load_prompt_data(args, seed)
+    sft_prompts, sft_completions = load_sft_data(args, seed)
+    start = time.time()
+
+    # 1. M0: the start model, frozen (the self-reward's reference and the t = 1 "previous model")
+    m0, tokenizer = named_m0 or load_m0(args, seed, device, dtype)
+    m0.eval().requires_grad_(False)
+
+    # 2. M1 = SFT of M0 on the seed data D_S
+    m1 = copy.deepcopy(m0).requires_grad_(True)
+    if sft_prompts:
+        m1, sft_loss_last = supervised_fine_tune(m1, tokenizer, sft_prompts, sft_completions, args, seed, device)
+        run.log(0, {f"losses/sft_loss/s{seed}": sft_loss_last}, echo=False)
+    m1.eval().requires_grad_(False)
+    rows = []
+    for name, model in (("m0", m0), ("m1", m1)):
+        evaluation = evaluate(model, tokenizer, eval_prompts, eval_references, args)
+        run.log(0, {f"eval/{k}/{name}_s{seed}": v for k, v in evaluation.items()}, echo=False)
+        rows.append({"seed": seed, "arm": name, "t": 0, **{f"greedy_{k}": v for k, v in evaluation.items()}})
+    shown = " ".join(f"{r['arm']} quality {r.get('greedy_quality', math.nan):.3f}" for r in rows)
+    print(f"seed {seed}: M0 and M1 ready in {time.time() - start:.1f} s: {shown}", flush=True)
+
+    def reward_ref(k: int) -> int:  # the model whose log-probs are subtracted in M_k's self-reward
+        return 0 if args.rank_ref == "m0" else k - 1
+
+    policies, samples_text = {}, []
+    for arm in args.arms:
+        arm_start, tag, step = time.time(), f"{arm}_s{seed}", 0
+        policy = copy.deepcopy(m1).requires_grad_(True)
+
+        def log_step(**values: float) -> None:  # one DPO step, on this arm's own step axis
+            nonlocal step
+            step += 1
+            run.log(step, {f"{name}/{tag}": values[k] for k, name in STEP_METRICS.items()}, echo=False)
+
+        frozen = {0: m0}  # frozen snapshots M_k that the self-rewards still need
+        for t in range(1, args.iterations + 1):
+            iter_start, n = time.time(), args.num_samples
+            offset = (t - 1) * args.prompts_per_iter
+            subset = prompts[offset : offset + args.prompts_per_iter]
+            num_prompts = len(subset)
+
+            # 3. sample N responses per prompt from M_t (the same seed in every arm: the same responses at t = 1)
+            torch.manual_seed(seed * 1000 + t)
+            sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+            samples = sample(policy, tokenizer, subset, num_samples=n, chat=args.chat, **sampling)
+            lengths = samples.completion_mask.sum(1).double().cpu()  # [P*N] response tokens incl. end of turn
+
+            # 4. score them: summed log-probs under every model that the two self-rewards need
+            frozen[t] = copy.deepcopy(policy).eval().requires_grad_(False)  # M_t, next iteration's M_{t-1}
+            needed = {t, reward_ref(t), t - 1} | ({reward_ref(t - 1)} if t >= 2 else set())
+            all_rows = torch.arange(num_prompts * n)
+            logps = {k: score_all(frozen[k], samples, all_rows, args.score_batch_size) for k in sorted(needed)}
+            current = (logps[t] - logps[reward_ref(t)]).view(num_prompts, n)  # [P, N] r_{M_t}, the DPO reward
+            if t == 1:
+                previous = (logps[0] / lengths).view(num_prompts, n)  # [P, N] M0: mean token log-likelihood
+            else:
+                previous = (logps[t - 1] - logps[reward_ref(t - 1)]).view(num_prompts, n)  # [P, N] r_{M_{t-1}}
+            for k in [k for k in frozen if k not in (0, t, t - 1)]:
+                del frozen[k]
+
+            # 5. pairs from the current self-reward; per-prompt consistency C_j with the previous ranking
+            chosen, rejected, keep = select_pairs(current)  # [P] x 3
+            c_j = batched_consistency(current, previous)  # [P]
+            c_avg = c_j[keep].mean().item()  # over the prompts kept for DPO, as the code averages its DPO file
+            row = {"seed": seed, "arm": arm, "t": t, "C": c_avg, "C_std": c_j[keep].std().item()}
+            if references is not None:
+                q = torch.tensor([quality(y, references[offset + i // n]) for i, y in enumerate(samples.texts)])
+                q = q.double().view(num_prompts, n)  # [P, N] true quality
+                q_chosen, q_rejected = q.gather(1, chosen[:, None])[:, 0], q.gather(1, rejected[:, None])[:, 0]  # [P]
+                decided = keep & (q_chosen != q_rejected)
+                row["self_tau"] = kendall_tau(current, q).nanmean().item()
+                row["pair_acc"] = (q_chosen > q_rejected)[decided].double().mean().item()
+                if arm == "oracle":
+                    chosen, rejected, keep = select_pairs(q)  # the oracle arm: pairs ranked by the true quality
+            c_of_arm = {"srlm": 1.0, "oracle": 1.0, "fixed": args.fixed_c, "cream": c_avg}[arm]
+            pair_c = (c_j if arm == "cream" and args.consistency == "dyn" else torch.full_like(c_j, c_of_arm))[keep]
+            kept = keep.nonzero().squeeze(1)  # [B] prompts with a pair
+            if len(kept) == 0:
+                fail(f"{arm} t={t}: every prompt's responses got equal rewards, no pair to train on")
+            chosen_rows, rejected_rows = kept * n + chosen[kept], kept * n + rejected[kept]  # [B], [B] sample rows
+            row["len_gap"] = (lengths[chosen_rows] - lengths[rejected_rows]).mean().item()
+            row["kept_pairs"] = len(kept)
+
+            # 6-7. M_{t+1} = M_t + one DPO epoch on the soft-label loss, ref = M_t with precomputed log-probs
+            policy, row["first_loss"], steps_per_sec = dpo_iteration(
+                policy, samples, chosen_rows, rejected_rows, pair_c, args, seed * 1000 + t, log_step
+            )
+
+            # 8. evaluate M_{t+1} greedily on the held-out prompts
+            evaluation = evaluate(policy, tokenizer, eval_prompts, eval_references, args)
+            row.update({f"greedy_{k}": v for k, v in evaluation.items()})
+            run.log(t, {f"{name}/{tag}": row[k] for k, name in ITERATION_METRICS.items() if k in row}, echo=False)
+            rows.append(row)
+            shown = " ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float))
+            print(
+                f"seed {seed} {arm} t={t}: {shown} | {steps_per_sec:.1f} DPO steps/s, {time.time() - iter_start:.1f} s"
+            )
+            samples_text += [
+                f"[seed {seed} {arm} t={t}] {subset[i]} | chosen: {samples.texts[i * n + chosen[i]]} | "
+                f"rejected: {samples.texts[i * n + rejected[i]]} | C_j={c_j[i]:.2f}"
+                for i in kept[:3].tolist()
+            ]
+        rows[-1]["arm_seconds"] = time.time() - arm_start
+        policies[arm] = policy
+        if args.save_model:
+            policy.save_pretrained(run.dir / f"model_{tag}")
+            tokenizer.save_pretrained(run.dir / f"model_{tag}")
+    with open(run.dir / "samples.txt", "a") as f:
+        f.write("\n".join(samples_text) + "\n")
+    return rows, {"m1": m1, **policies}
+
+
+def summarise(rows: list[dict], args: Args) -> str:
+    """Means over seeds per (arm, t), then the paired per-seed comparison after the last iteration."""
+    columns = "C self_tau pair_acc len_gap first_loss greedy_quality greedy_exact_match greedy_length arm_seconds"
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["arm"], row["t"]), []).append(row)
+    mean_rows = []
+    for (arm, t), group in groups.items():
+        mean_rows.append({"arm": arm, "t": t, "seeds": len(group)})
+        for column in columns.split():
+            values = [r[column] for r in group if r.get(column) is not None]
+            mean_rows[-1][column] = sum(values) / len(values) if values else None
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
+    text = [
+        f"Means over seeds {seeds}. t = 0: M0 and M1; t: after iteration t (greedy, {args.num_eval} held-out "
+        f"prompts). C = mean consistency; self_tau = Kendall tau(self-reward, true quality); pair_acc = self-reward "
+        f"pair accuracy; len_gap = chosen - rejected tokens of the trained pairs; first_loss must be ln 2 = "
+        f"{math.log(2):.4f}; arm_seconds = wall time of an arm per seed.",
+        "",
+        format_table(mean_rows),
+    ]
+    if "greedy_quality" not in rows[0]:
+        return "\n".join(text)
+    final = {(r["seed"], r["arm"]): r for r in rows if r["t"] in (0, args.iterations)}
+    paired = []
+    for seed in seeds:
+        paired.append({"seed": seed})
+        for arm in ["m1", *args.arms]:
+            paired[-1][f"q_{arm}"] = final[(seed, arm)]["greedy_quality"]
+            paired[-1][f"em_{arm}"] = final[(seed, arm)]["greedy_exact_match"]
+    text += [
+        "",
+        f"Paired by seed, after iteration {args.iterations} (q = greedy true quality, em = exact match):",
+        "",
+        format_table(paired),
+    ]
+    if {"srlm", "cream"} <= set(args.arms):
+        dq = [r["q_cream"] - r["q_srlm"] for r in paired]
+        dem = [r["em_cream"] - r["em_srlm"] for r in paired]
+        text.append(
+            f"\nCREAM - SRLM over {len(dq)} seeds: quality {sum(dq) / len(dq):+.3f} (per seed "
+            f"{', '.join(f'{d:+.3f}' for d in dq)}), exact match {sum(dem) / len(dem):+.3f}"
+        )
+    return "\n".join(text)
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    torch.set_num_threads(args.num_threads)
+    device = pick_device(args.cuda)
+    dtype = pick_dtype(args.dtype, device)
+    load_prompt_data(args, args.seed)  # fail on the data before any model is built
+    load_sft_data(args, args.seed)
+    # a named model is the same M0 for every seed: load it (or fail on it) before the run folder exists
+    named_m0 = None if args.model_name.startswith("tiny:") else load_m0(args, args.seed, device, dtype)
+    task = args.dataset_name.split(":", 1)[1] if args.dataset_name.startswith("tiny:") else "custom"
+    run = RunLogger(make_run_name(task, args.exp_name, args.seed), args, track=args.track)
+    rows, models = [], {}
+    for seed in range(args.seed, args.seed + args.num_seeds):
+        seed_rows, models = run_seed(args, seed, run, device, dtype, named_m0)
+        rows += seed_rows
+    (run.dir / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+    run.finish(summarise(rows, args))
+    return {"rows": rows, "run_dir": run.dir, "models": models}
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

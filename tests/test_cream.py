@@ -1,0 +1,270 @@
+"""Tests for algos/cream.py: the maths against independent values, the loop's bug signals, the real path, bad inputs."""
+
+import json
+import math
+import random
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from scipy.stats import kendalltau, rankdata
+
+from algos import cream
+from shared.lm import build_tiny_lm, sample
+
+LN2 = math.log(2)
+
+
+def tiny_args(**overrides) -> cream.Args:
+    """The tiniest toy: one seed, two iterations of a few prompts, the cached 100-step M0 warm start."""
+    base = dict(
+        exp_name="test",
+        num_seeds=1,
+        iterations=2,
+        prompts_per_iter=24,
+        num_samples=3,
+        num_eval=20,
+        sft_steps=5,
+        max_new_tokens=8,
+        cuda=False,
+    )
+    return cream.Args(**{**base, **overrides})
+
+
+def params_differ(a, b) -> bool:
+    return any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+# ---------------------------------------------------------------- cream_loss
+def test_cream_loss_matches_hand_values():
+    pc, pr = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0])
+    rc, rr = torch.tensor([-3.5, -4.0]), torch.tensor([-3.0, -2.5])
+    c, beta = torch.tensor([0.8, 0.3]), 0.5
+    got = cream.cream_loss(pc, pr, rc, rr, c, beta)
+    # pair 0: h = (0.5) - (-1.0) = 1.5; pair 1: h = (-1.0) - (0.5) = -1.5
+    for i, h in enumerate([1.5, -1.5]):
+        z = beta * h
+        want = c[i].item() * math.log1p(math.exp(-z)) + (1 - c[i].item()) * math.log1p(math.exp(z))
+        assert got[i].item() == pytest.approx(want, abs=1e-6)
+    assert got.shape == (2,)
+
+
+def test_cream_loss_limits_and_equivalences():
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(16, generator=g) * 5 for _ in range(4))
+    z = 0.1 * ((pc - rc) - (pr - rr))
+    dpo = -F.logsigmoid(z)
+    assert torch.allclose(cream.cream_loss(pc, pr, rc, rr, 1.0), dpo, atol=1e-6)  # C = 1: plain DPO
+    assert torch.allclose(cream.cream_loss(pc, pr, rc, rr, 0.0), cream.cream_loss(pr, pc, rr, rc, 1.0), atol=1e-6)
+    c = torch.rand(16, generator=g)
+    smoothed = (1 - (1 - c)) * -F.logsigmoid(z) + (1 - c) * -F.logsigmoid(-z)  # cDPO, label smoothing 1 - C
+    assert torch.allclose(cream.cream_loss(pc, pr, rc, rr, c), smoothed, atol=1e-6)
+    assert torch.allclose(cream.cream_loss(pc, pr, rc, rr, c), F.softplus(-z) + (1 - c) * z, atol=1e-5)
+    # policy = reference: ln 2 for every C (the first step of every iteration)
+    assert torch.allclose(cream.cream_loss(pc, pr, pc, pr, c), torch.full((16,), LN2), atol=1e-6)
+
+
+def test_cream_loss_optimum_is_sigmoid_z_equals_c():
+    c, beta = 0.7, 0.1
+    h_star = math.log(c / (1 - c)) / beta  # sigmoid(beta h*) = C
+    chosen = torch.tensor([h_star], requires_grad=True)
+    loss = cream.cream_loss(chosen, torch.zeros(1), torch.zeros(1), torch.zeros(1), c, beta).sum()
+    (grad,) = torch.autograd.grad(loss, chosen)
+    assert abs(grad.item()) < 1e-6
+    chosen = torch.tensor([0.0], requires_grad=True)  # at h = 0: dL/ds(y+) = -beta (C - 1/2)
+    loss = cream.cream_loss(chosen, torch.zeros(1), torch.zeros(1), torch.zeros(1), c, beta).sum()
+    (grad,) = torch.autograd.grad(loss, chosen)
+    assert grad.item() == pytest.approx(-beta * (c - 0.5), abs=1e-6)
+
+
+# ---------------------------------------------------------------- consistency, Kendall tau, pairs
+def test_consistency_matches_scipy_on_ordinal_ranks():
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(2, 8)
+        cur = [rng.choice([0.0, 1.0, 2.0, rng.random()]) for _ in range(n)]  # many ties
+        prev = [rng.choice([0.0, 1.0, rng.random()]) for _ in range(n)]
+        tau, _ = kendalltau(rankdata(cur, method="ordinal"), rankdata(prev, method="ordinal"))
+        assert cream.consistency(cur, prev) == pytest.approx((tau + 1) / 2, abs=1e-12)
+
+
+def test_consistency_limits():
+    x = [0.3, -1.0, 2.0, 0.5, 0.1]
+    assert cream.consistency(x, x) == 1.0
+    assert cream.consistency(x, [-v for v in x]) == 0.0
+    assert cream.consistency([1.0] * 5, [1.0] * 5) == 1.0  # ties broken by index on both sides: same order
+    assert cream.consistency([1.0] * 5, [5.0, 4.0, 3.0, 2.0, 1.0]) == 0.0  # tie order vs a strict reversal
+    values = {round(cream.consistency(x, random.Random(s).sample(x, 5)), 10) for s in range(50)}
+    assert values <= {round(k / 10, 10) for k in range(11)}  # N = 5: steps of 0.1
+
+
+def test_kendall_tau_b_matches_scipy_batched():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 4, (50, 6), generator=g).double()  # ties on both sides
+    y = torch.randint(0, 3, (50, 6), generator=g).double()
+    got = cream.kendall_tau(x, y)
+    for i in range(50):
+        want = kendalltau(x[i].numpy(), y[i].numpy()).statistic
+        if math.isnan(want):
+            assert math.isnan(got[i].item())
+        else:
+            assert got[i].item() == pytest.approx(want, abs=1e-12)
+
+
+def test_select_pair():
+    assert cream.select_pair([0.1, 0.9, 0.9, -2.0, -2.0]) == (1, 3)  # first index on ties, both ends
+    assert cream.select_pair([2.0, 1.0]) == (0, 1)
+    assert cream.select_pair([0.5, 0.5, 0.5]) is None
+    chosen, rejected, keep = cream.select_pairs(torch.tensor([[1.0, 3.0, 2.0], [4.0, 4.0, 4.0]]))
+    assert chosen.tolist() == [1, 0] and rejected.tolist() == [0, 0] and keep.tolist() == [True, False]
+
+
+# ---------------------------------------------------------------- summed response log-probs
+def test_response_logps_match_unpadded_forward():
+    model, tokenizer = build_tiny_lm(seed=3)
+    torch.manual_seed(0)
+    out = sample(model, tokenizer, ["sort 3 1", "sort 9 8 7 6 5 4 3"], num_samples=3, max_new_tokens=6)
+    for i, stop in enumerate([2, 6, 4, 1, 6, 3]):  # responses of different lengths: right padding after the stop
+        out.completion_mask[i, stop:] = 0
+        out.completion_ids[i, stop:] = tokenizer.pad_token_id
+    assert (out.prompt_mask == 0).any()  # left padding on the shorter prompt
+    got = cream.response_logps(model, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
+    for i in range(6):
+        prompt = out.prompt_ids[i][out.prompt_mask[i].bool()]
+        response = out.completion_ids[i][out.completion_mask[i].bool()]
+        logits = model(input_ids=torch.cat([prompt, response])[None]).logits[0, len(prompt) - 1 : -1]
+        want = logits.log_softmax(-1).gather(-1, response[:, None]).sum()
+        assert got[i].item() == pytest.approx(want.item(), abs=1e-4)
+
+
+# ---------------------------------------------------------------- the loop on the toy
+def test_smoke_main_bug_signals(runs_in_tmp):
+    result = cream.main(tiny_args())
+    run_dir = result["run_dir"]
+    assert (run_dir / "metrics.jsonl").stat().st_size > 0 and (run_dir / "summary.md").exists()
+    assert "CREAM - SRLM" in (run_dir / "summary.md").read_text()
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("losses/loss/cream_s1" in m for m in metrics)
+    rows = {(r["arm"], r["t"]): r for r in result["rows"]}
+    for arm in ("srlm", "cream", "oracle"):
+        assert params_differ(result["models"][arm], result["models"]["m1"])
+        for t in (1, 2):
+            assert rows[(arm, t)]["first_loss"] == pytest.approx(LN2, abs=1e-5)  # policy = reference at step 0
+    assert rows[("srlm", 1)]["C"] == rows[("cream", 1)]["C"] == rows[("oracle", 1)]["C"]  # same M1, same samples
+    assert 0 < rows[("cream", 1)]["C"] < 1
+    assert params_differ(result["models"]["srlm"], result["models"]["cream"])  # C < 1 changes the update
+
+
+def test_rank_ref_and_dyn_change_only_what_they_should(runs_in_tmp):
+    base = cream.main(tiny_args(arms=("cream",)))["rows"]
+    other = cream.main(tiny_args(arms=("cream",), rank_ref="prev", consistency="dyn"))["rows"]
+    by_t = lambda rows: {r["t"]: r for r in rows if r["arm"] == "cream"}  # noqa: E731
+    assert by_t(base)[1]["C"] == by_t(other)[1]["C"]  # t = 1: M1 vs M0 in both readings
+    assert by_t(base)[1]["greedy_quality"] != by_t(other)[1]["greedy_quality"]  # dyn: per-pair C_j
+    assert by_t(base)[2]["C"] != by_t(other)[2]["C"]  # t = 2: reward vs M0 or vs M1
+
+
+def test_it_learns_oracle_improves_and_srlm_lengthens(runs_in_tmp):
+    result = cream.main(
+        tiny_args(
+            iterations=2, prompts_per_iter=256, num_samples=5, num_eval=300, sft_steps=50, arms=("srlm", "oracle")
+        )
+    )
+    rows = {(r["arm"], r["t"]): r for r in result["rows"]}
+    m1, oracle, srlm = rows[("m1", 0)], rows[("oracle", 2)], rows[("srlm", 2)]
+    assert oracle["greedy_quality"] > m1["greedy_quality"] + 0.005  # true-quality pairs help
+    assert srlm["len_gap"] > 0 and srlm["greedy_length"] > m1["greedy_length"]  # the self-reward favours length
+    metrics = [json.loads(line) for line in (result["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+    accuracies = [m["rewards/accuracies/oracle_s1"] for m in metrics if "rewards/accuracies/oracle_s1" in m]
+    assert accuracies[0] == 0 and max(accuracies[-3:]) > 0.6  # margins start at 0 and grow the right way
+
+
+# ---------------------------------------------------------------- the real path
+def save_real_world(tmp_path, n_prompts=30):
+    model, tokenizer = build_tiny_lm(seed=5)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    rng = random.Random(0)
+    prompts = ["sort " + " ".join(str(rng.randrange(10)) for _ in range(4)) for _ in range(n_prompts)]
+    Dataset.from_dict({"prompt": prompts}).save_to_disk(str(tmp_path / "prompts"))
+    completions = [" ".join(sorted(p.split()[1:])) for p in prompts]
+    Dataset.from_dict({"prompt": prompts, "completion": completions}).save_to_disk(str(tmp_path / "sft"))
+    return model
+
+
+def real_args(tmp_path, **overrides):
+    real = dict(
+        model_name=str(tmp_path / "model"),
+        dataset_name=str(tmp_path / "prompts"),
+        sft_dataset_name=str(tmp_path / "sft"),
+        arms=("srlm", "cream"),
+        prompts_per_iter=8,
+        max_new_tokens=6,
+        temperature=1.5,
+    )
+    return tiny_args(**{**real, **overrides})
+
+
+def test_real_path_through_saved_folders(tmp_path, runs_in_tmp):
+    start = save_real_world(tmp_path)
+    result = cream.main(real_args(tmp_path))
+    assert (result["run_dir"] / "summary.md").exists()
+    assert params_differ(result["models"]["m1"], start)  # SFT on the prompt/completion folder ran
+    assert params_differ(result["models"]["cream"], result["models"]["m1"])
+    assert all(r["first_loss"] == pytest.approx(LN2, abs=1e-5) for r in result["rows"] if r["t"] > 0)
+
+
+def test_real_path_lora(tmp_path, runs_in_tmp):
+    pytest.importorskip("peft")
+    save_real_world(tmp_path)
+    result = cream.main(real_args(tmp_path, lora_r=4, arms=("cream",)))
+    policy = result["models"]["cream"]
+    assert type(policy).__name__ == "Qwen2ForCausalLM"  # the adapter was merged back
+    assert params_differ(policy, result["models"]["m1"])
+    assert all(r["first_loss"] == pytest.approx(LN2, abs=1e-5) for r in result["rows"] if r["t"] > 0)
+
+
+# ---------------------------------------------------------------- bad inputs fail early
+def expect_failure(args, *words):
+    start = time.time()
+    with pytest.raises(SystemExit) as error:
+        cream.main(args)
+    assert time.time() - start < 10
+    message = str(error.value).lower()
+    assert message.startswith("error:") and all(w in message for w in words), message
+
+
+def test_bad_options_fail_early(tmp_path):
+    expect_failure(tiny_args(num_samples=1), "num-samples", "at least 2")
+    expect_failure(tiny_args(beta=0.0), "beta")
+    expect_failure(tiny_args(fixed_c=1.5), "fixed-c", "[0, 1]")
+    expect_failure(tiny_args(iterations=0), "iterations")
+    expect_failure(tiny_args(arms=("cream", "cream")), "arms")
+    expect_failure(tiny_args(model_name="no-such-org/no-such-model"), "no-such-org/no-such-model")
+
+
+def test_bad_data_fails_early(tmp_path):
+    Dataset.from_dict({"question": ["sort 1 2"] * 50}).save_to_disk(str(tmp_path / "noprompt"))
+    expect_failure(tiny_args(dataset_name=str(tmp_path / "noprompt")), "prompt")
+    Dataset.from_dict({"prompt": ["sort 2 1"] * 10}).save_to_disk(str(tmp_path / "few"))
+    expect_failure(tiny_args(dataset_name=str(tmp_path / "few")), "fewer than", "2 x 24")
+    expect_failure(tiny_args(dataset_name=str(tmp_path / "few"), prompts_per_iter=4, arms=("oracle",)), "reference")
+    Dataset.from_dict({"prompt": ["sort 2 1"] * 10}).save_to_disk(str(tmp_path / "sft_no_completion"))
+    expect_failure(tiny_args(sft_dataset_name=str(tmp_path / "sft_no_completion")), "completion")
+
+
+def test_bad_maths_inputs_fail():
+    x = torch.zeros(3)
+    for bad in (1.2, -0.1, torch.tensor([0.5, 1.5, 0.2])):
+        with pytest.raises(SystemExit, match="consistency must lie in"):
+            cream.cream_loss(x, x, x, x, bad)
+    with pytest.raises(SystemExit, match="beta must be > 0"):
+        cream.cream_loss(x, x, x, x, 0.5, beta=-1.0)
+    with pytest.raises(SystemExit, match="length >= 2"):
+        cream.consistency([1.0], [1.0])
+    with pytest.raises(SystemExit, match="equal length"):
+        cream.consistency([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(SystemExit, match="finite"):
+        cream.select_pair([1.0, float("nan")])
