@@ -9,11 +9,13 @@ text is divisible by 5.
 - `string_ops`: `reverse : c a b` -> `b a c` for copy / reverse / sort / dedup / rotate (left 1) / rotate2.
 - `preferences`: pairs of 4-word responses to `topic t0`, ranked by a hidden per-topic word weight, with an exact
   share of label flips in the data (`noise_rate`); `score` is the hidden true reward.
+- `rule_categories`: string_ops restricted to copy / reverse / rotate2 / sort at 45 / 30 / 15 / 10 %, 4-6 letters.
 - `sort_digits`: `sort 3 1 2` -> `1 2 3`, graded by edit distance; optionally a corrupted reference corpus.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import zlib
 from dataclasses import dataclass
@@ -258,6 +260,15 @@ TASKS = {
     "string_ops": StringOps,
     "preferences": Preferences,
     "sort_digits": SortDigits,
+    # four rules with a rare hard one: copy 45%, reverse 30%, rotate-left-2 15%, sort 10% (the `op` is the category)
+    "rule_categories": functools.partial(
+        StringOps,
+        ops=("copy", "reverse", "rotate2", "sort"),
+        weights=(0.45, 0.3, 0.15, 0.1),
+        min_len=4,
+        max_len=6,
+        name="rule_categories",
+    ),
 }
 
 

@@ -315,3 +315,15 @@ def test_steps_per_second_printed_and_never_negative_when_steps_restart(capsys):
     run.close()
     rates = [float(line.split("|")[1].split()[0]) for line in capsys.readouterr().out.splitlines() if "steps/s" in line]
     assert len(rates) == 4 and all(r > 0 for r in rates)
+
+
+def test_rule_categories_is_imbalanced_string_ops():
+    from collections import Counter
+
+    from shared.tasks import get_task
+
+    task = get_task("rule_categories")
+    counts = Counter(task.dataset(2000, seed=0)["op"])
+    assert set(counts) == {"copy", "reverse", "rotate2", "sort"}
+    assert counts["copy"] > counts["reverse"] > counts["rotate2"] > counts["sort"] > 100
+    assert task.score("rotate2 : a b c d", "c d a b") == 1.0
