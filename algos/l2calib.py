@@ -1,0 +1,798 @@
+# arXiv:2508.06330 | README: #l2calib
+"""L2Calib: SE(3)-Manifold Reinforcement Learning for Robust Extrinsic Calibration with Degenerate Motion Resilience
+(Li et al., IROS 2025, https://arxiv.org/abs/2508.06330; code https://github.com/APRIL-ZJU/learn-to-calibrate).
+
+Idea: the LiDAR-IMU extrinsic X = (R(q), t) is the action of a state-less one-step RL problem (a bandit over SE(3)).
+Each candidate runs a LiDAR-inertial odometry with X fixed and is rewarded by how well that trajectory aligns with a
+reference. Rotations come from a Bingham distribution on unit quaternions (q and -q have one density), translations
+from a Gaussian; PPO moves the policy; an excitation score keeps only well-excited chunks of data.
+
+    t ~ N(mu, diag sigma^2),  q ~ Bingham(M, Z),  M = GramSchmidt(A),  Z = (-exp(zeta), 0),  mode m = M[:, 4]
+    p(q) = exp(sum_i z_i (m_i^T q)^2) / F,  F = 2 pi^2 int_0^1 e^{u (z1+z2)/2 + (1-u) z3/2} I0(u (z1-z2)/2)
+                                                 I0((1-u) z3/2) du,  H = log F - sum_i z_i dlogF/dz_i
+    r = exp(-e/2),  e = RMSE of LiDAR positions after Umeyama SE(3) alignment (m)
+    L = -min(A ratio, A clip(ratio, 1 -+ 0.2)) + 0.5 max((V - r)^2, (V_clip - r)^2) - c_ent (H_gauss + H_bingham)
+
+Implementation details ([code] = APRIL-ZJU/learn-to-calibrate @ 6639e06, [card] = shared/specs/l2calib.md):
+1. Scalar-last quaternions (x, y, z, w) as Eigen's Quaterniond(Vector4) [code evo_ape.hpp]; p_I = R p_L + t.
+2. Policy [code rl_solver/common.py CustomActor_B]: mu, log sigma (3), raw 4x4 A orthonormalised by classical
+   Gram-Schmidt (columns 1 -> 4), zeta (3), a scalar value V; no observation.
+3. Exact log F (128-node Gauss-Legendre, log space, i0e) and entropy (autograd); the code's MLP fit of F is off by up
+   to 2x and flat below z = -300 [card 5.2]. DIFFERENCE: z >= -5000 (--z-cap) keeps the quadrature exact [card 3].
+4. DIFFERENCE (found here, not in the card): the code's entropy [bingham/torch_bingham.py] takes log F and dlogF/dz on
+   a detached copy of Z, so its gradient in z is -E[(m_i^T q)^2] < 0: the bonus pushes towards concentration. We use
+   the true gradient; --bingham-entropy-as-written gives the code's.
+5. Kent-Ganeiber-Mardia ACG rejection sampler with the exact b, repeated until all samples are accepted; the code takes
+   b from the normaliser network and returns an unaccepted proposal when none of 10 tries passes [card 5.1].
+6. Reward [code evo_ape.hpp, solver.py]: positions p + R t per LiDAR pose, Umeyama SE(3) without scale, e = RMSE,
+   r = exp(-e/2), unclipped; e clipped to [0, 300] in the init search [train.py]. We output at the reference stamps,
+   so the code's 0.01 s nearest-stamp match is the identity.
+7. SIMPLIFICATION: a mini-LIO replaces Faster-LIO [card 6], one run per candidate, vectorised: start at the first pose
+   through X (velocity from the first two poses, exact under the IMU model), propagate (R, p, v) with the IMU
+   (zero-order hold, preintegrated between LiDAR stamps), then per pose R_m = R_WL R^T, p_m = p_WL - R_m t,
+   R <- R Exp(0.1 Log(R^T R_m)), p += 0.2 d, v += 0.05 d / dt, d = p_m - p. No bias estimation or deskewing; gravity
+   in the pose frame is given (--gravity). The simulator uses the same discrete model: e(X_true) < 1e-6 m noise-free.
+8. PPO [code ppo.py, solver.py, buffer.py]: per update 2 calls x 16 envs, env i of call c on chunk (i + 16 c) mod n
+   [code bind.cpp]; advantage r - V standardised; 8 full-batch epochs, clip 0.2, clipped value loss x0.5, entropy 0.01
+   halved after update 300; updates 1-49 train V only; Adam 1e-3, grad-norm 1 per parameter group, StepLR x10^-0.1
+   per 300 updates; after each step sigma in [1e-3, rho/2], mu in [-rho, rho].
+9. DIFFERENCE (code bug [card 5.3]): the code's clamp also hits the 16 entries of A; --clamp-as-written does that.
+10. Init [solver.py init_ppo]: random search, t ~ U[-rho, rho]^3, q uniform (normalised Gaussian = the code's
+   Shoemake law), score = mean reward over 2 x 16 chunk runs. SIMPLIFICATION: best of --init-candidates (64), not the
+   first of 8192 above 1e-3 that every toy candidate passes (--init-stop-reward 1e-3 restores the rule). Then mu = t,
+   A = [random orthonormal | q], z = -20 (x3), sigma = rho/2. --no-init-search starts from identity.
+11. Answer [solver.py]: the policy mean after the update whose batch had the lowest mean error (result.yml).
+12. Selection [code process_module compute_eigen.hpp]: H = sum_j [w_j]x^T [w_j]x over a chunk's LiDAR body rates,
+   (l1, l2, l3) = eig(H)/100, keep l1 l2 + l1 l3 + l2 l3 > 3e-3. SIMPLIFICATIONS: rates by finite differences (the code
+   fits a B-spline); chunks tile the data (no IMU start rule). --score-as-written: the code's rows overlap [card 5.4].
+13. --rot-dist gaussian [code Actor]: 7-D Gaussian on (t, raw q), q std 0.1, penalty 0.1 (|mu_q| - 1)^2, every std in
+   [1e-3, rho/2]. DIFFERENCE: sampled q is normalised before use (the code does not).
+14. Hand-eye [card 6]: AX = XB on 0.5 s relative poses; rotation = null vector of stacked L(q_A) - R(q_B) (singular
+   values printed), translation by least squares on (R_A - I) t = R t_B - t_A. A: noisy INS poses (toy) or the
+   integrated gyro (files: rotation only).
+15. All arms run in lockstep (one batched odometry call serves every arm), each from its own generator with the same
+   seed. Everything is float64 (tiny tensors), hence no --dtype. No GPU was lent to this task: --cuda is untested.
+
+Toy [card 6]: X_true rpy (10, -5, 30) deg, t (0.15, -0.10, 0.05) m, rho 0.3 m; 8 segments of 10 s, IMU 50 Hz, LiDAR
+10 Hz; motion full / weak / planar, excitation 0.15x..1x per segment; gyro noise 0.005 + bias 0.002 rad/s, accel
+0.05 + 0.02 m/s^2, odometry 3 mm / 0.05 deg.
+
+Metrics (<tag> = <data>_<arm>): reward/, reward_std/, entropy/, clip_ratio/, losses/policy_loss/, losses/value_loss/,
+charts/learning_rate/, charts/sigma_t_cm/, charts/bingham_min_abs_z/, charts/ape_cm/ (batch mean error), and in the toy
+charts/rot_err_deg/ and charts/t_err_cm/ (policy mean vs truth), each + <tag>. Also summary.md, result.json (answers),
+error_curves.png (with matplotlib).
+
+    python algos/l2calib.py                                           # toy: every arm on full and planar motion
+    python algos/l2calib.py --motions weak --arms l2calib hand-eye --updates 1000
+    python algos/l2calib.py --imu imu.csv --lidar-poses lidar.tum --rho 0.1 --updates 8000 --arms l2calib hand-eye
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python algos/l2calib.py` from the repo root
+from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, seed_everything  # noqa: E402
+
+TRUE_RPY_DEG, TRUE_T = (10.0, -5.0, 30.0), (0.15, -0.10, 0.05)
+LIO_GAINS = (0.1, 0.2, 0.05)  # mini-LIO gains on rotation, position, velocity [card 6]
+F64 = torch.float64
+
+
+@dataclass
+class Args:
+    exp_name: str = "toy"
+    """name of this experiment (part of the run folder name)"""
+    seed: int = 1
+    """seed of the simulator, the init search and the policies"""
+    cuda: bool = True
+    """run the odometry and the policies on the GPU when one is visible"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    imu: Optional[str] = None
+    """IMU CSV (time s, gyro xyz rad/s, accel xyz m/s^2); with --lidar-poses, calibrate on these files"""
+    lidar_poses: Optional[str] = None
+    """LiDAR odometry in TUM format (time x y z qx qy qz qw): the filter's input and the reference"""
+    gravity: tuple[float, float, float] = (0.0, 0.0, -9.81)
+    """gravity in the pose file's world frame, m/s^2"""
+    chunk_seconds: float = 15.0
+    """length of a chunk of the files [code: 15 s]"""
+    motions: tuple[Literal["full", "weak", "planar"], ...] = ("full", "planar")
+    """toy motions"""
+    segments: int = 8
+    """toy segments (chunks) per motion"""
+    segment_seconds: float = 10.0
+    """length of a toy segment"""
+    noise: bool = True
+    """add IMU and odometry noise in the toy"""
+    arms: tuple[Literal["l2calib", "hand-eye", "gaussian", "no-select"], ...] = (
+        "l2calib", "hand-eye", "gaussian", "no-select")  # fmt: skip
+    """l2calib (the flags as given), hand-eye, gaussian (= --rot-dist gaussian), no-select (= --no-select)"""
+    rot_dist: Literal["bingham", "gaussian"] = "bingham"
+    """rotation distribution of the l2calib arm"""
+    select: bool = True
+    """keep only chunks whose excitation score passes --select-threshold"""
+    select_threshold: float = 3e-3
+    """excitation-score threshold [code process_bag.cpp]"""
+    score_as_written: bool = False
+    """score with the code's overlapping rows [card 5.4] instead of the intended H"""
+    updates: int = 500
+    """PPO updates per arm [code: 1000, demos 8000]"""
+    num_envs: int = 16
+    """environments per call"""
+    num_collects: int = 32
+    """actions per update, a multiple of num_envs"""
+    ppo_epochs: int = 8
+    """full-batch epochs per update"""
+    clip_coef: float = 0.2
+    """PPO ratio clip and value clip"""
+    vf_coef: float = 0.5
+    """value-loss coefficient"""
+    ent_coef: float = 0.01
+    """entropy coefficient"""
+    ent_halve_after: int = 300
+    """halve the entropy coefficient after this update"""
+    warmup_updates: int = 50
+    """updates before this one train the value only"""
+    learning_rate: float = 1e-3
+    """Adam learning rate of every parameter"""
+    lr_step: int = 300
+    """StepLR period in updates"""
+    lr_gamma: float = 10**-0.1
+    """StepLR factor"""
+    max_grad_norm: float = 1.0
+    """gradient-norm clip per parameter group"""
+    rho: float = 0.3
+    """translation box [-rho, rho] m: init range and clamp on mu; sigma starts at and is capped to rho/2"""
+    z_init: float = -20.0
+    """initial Bingham concentrations (x3)"""
+    z_cap: float = 5000.0
+    """keep every z >= -z_cap (normaliser accuracy); not in the code"""
+    init_search: bool = True
+    """random-search initialisation; --no-init-search starts from t = 0, q = identity"""
+    init_candidates: int = 64
+    """random-search candidates"""
+    init_stop_reward: float = 0.0
+    """take the first candidate above this mean reward (code: 1e-3, of 8192); 0 takes the best"""
+    clamp_as_written: bool = False
+    """also clamp the 16 entries of A to [-rho, rho], like the code [card 5.3]"""
+    bingham_entropy_as_written: bool = False
+    """the code's detached entropy gradient (pushes towards concentration)"""
+
+
+# ---------------------------------------------------------------- rotations (scalar-last quaternions)
+def so3_hat(w: torch.Tensor) -> torch.Tensor:
+    x, y, z = w.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*w.shape[:-1], 3, 3)
+
+
+def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
+    """[..., 4] (x, y, z, w) -> [..., 3, 3]: ((w^2 - v.v) I + 2 v v^T + 2 w [v]x) / |q|^2 (q need not be unit)."""
+    v, w = q[..., :3], q[..., 3, None, None]
+    eye = torch.eye(3, dtype=q.dtype, device=q.device)
+    rot = (w**2 - (v * v).sum(-1)[..., None, None]) * eye + 2 * v[..., :, None] * v[..., None, :] + 2 * w * so3_hat(v)
+    return rot / (q * q).sum(-1)[..., None, None]
+
+
+def quat_mul(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Hamilton product p (x) q, scalar-last."""
+    pv, pw, qv, qw = p[..., :3], p[..., 3:], q[..., :3], q[..., 3:]
+    return torch.cat([pw * qv + qw * pv + torch.cross(pv, qv, dim=-1), pw * qw - (pv * qv).sum(-1, keepdim=True)], -1)
+
+
+def quat_conj(q: torch.Tensor) -> torch.Tensor:
+    return torch.cat([-q[..., :3], q[..., 3:]], -1)
+
+
+def quat_exp(phi: torch.Tensor) -> torch.Tensor:
+    """Rotation vector [..., 3] -> unit quaternion."""
+    theta = phi.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+    return torch.cat([phi * torch.sin(theta / 2) / theta, torch.cos(theta / 2)], -1)
+
+
+def quat_angle_deg(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Geodesic angle between the rotations of p and q, degrees (sign-invariant)."""
+    d = quat_mul(quat_conj(p), q)
+    return torch.rad2deg(2 * torch.atan2(d[..., :3].norm(dim=-1), d[..., 3].abs()))
+
+
+def rpy_to_quat(rpy_deg) -> torch.Tensor:
+    """Roll, pitch, yaw (degrees, R = Rz Ry Rx) -> quaternion."""
+    qx, qy, qz = quat_exp(torch.eye(3, dtype=F64) * torch.deg2rad(torch.tensor(rpy_deg, dtype=F64))[:, None])
+    return quat_mul(qz, quat_mul(qy, qx))
+
+
+def so3_exp(phi: torch.Tensor) -> torch.Tensor:
+    """Rotation vector [..., 3] -> [..., 3, 3] (Rodrigues, through the unit quaternion)."""
+    return quat_to_rotmat(quat_exp(phi))
+
+
+def so3_log(r: torch.Tensor) -> torch.Tensor:
+    """[..., 3, 3] -> rotation vector (exact below pi; at pi itself the direction is lost)."""
+    s = 0.5 * torch.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
+    sin = s.norm(dim=-1, keepdim=True)
+    cos = 0.5 * (r.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True) - 1)
+    theta = torch.atan2(sin, cos)
+    return s * torch.where(sin < 1e-9, 1 + theta**2 / 6, theta / sin.clamp_min(1e-9))
+
+
+# ---------------------------------------------------------------- Bingham distribution on S^3
+_GL_U, _GL_W = np.polynomial.legendre.leggauss(128)
+
+
+def _check_bingham(z: torch.Tensor, m: torch.Tensor | None = None) -> None:
+    if not torch.isfinite(z).all() or (z > 0).any():
+        fail(f"Bingham concentrations must be finite and <= 0 (z_4 = 0 belongs to the mode), got {z.tolist()}")
+    if m is not None:
+        err = (m.transpose(-1, -2) @ m - torch.eye(4, dtype=m.dtype, device=m.device)).abs().max().item()
+        if not err < (1e-6 if m.dtype == F64 else 1e-4):
+            fail(f"the Bingham matrix M must be orthonormal (max |M^T M - I| = {err:.2e}): pass A through gram_schmidt")
+
+
+def gram_schmidt(a: torch.Tensor) -> torch.Tensor:
+    """Classical Gram-Schmidt on the columns of [..., 4, 4], first to last [code bingham/gram_schmidt.py]."""
+    cols = []
+    for j in range(a.shape[-1]):
+        v = a[..., :, j]
+        for c in cols:
+            v = v - (c * v).sum(-1, keepdim=True) * c
+        cols.append(v / v.norm(dim=-1, keepdim=True).clamp_min(1e-9))
+    return torch.stack(cols, -1)
+
+
+def bingham_log_normalizer(z: torch.Tensor) -> torch.Tensor:
+    """log F for z [..., 3] (<= 0; z_4 = 0), F w.r.t. the surface measure of S^3 (F(0) = 2 pi^2):
+    F = 2 pi^2 int_0^1 exp(u (z1+z2)/2 + (1-u) z3/2) I0(u (z1-z2)/2) I0((1-u) z3/2) du, 128-node Gauss-Legendre.
+    Accurate to ~3e-5 for |z| <= 5000 [card 3]; dlogF/dz_i = E[(m_i^T q)^2]."""
+    _check_bingham(z)
+    u = torch.as_tensor((_GL_U + 1) / 2, dtype=z.dtype, device=z.device)  # [128]
+    log_w = torch.as_tensor(np.log(_GL_W / 2), dtype=z.dtype, device=z.device)  # [128]
+    z1, z2, z3 = (c[..., None] for c in z.unbind(-1))  # [..., 1] each
+    x1, x2 = u * (z1 - z2).abs() / 2, (1 - u) * z3.abs() / 2  # [..., 128]
+    log_i0 = lambda x: torch.log(torch.special.i0e(x)) + x  # noqa: E731
+    g = u * (z1 + z2) / 2 + (1 - u) * z3 / 2 + log_i0(x1) + log_i0(x2)  # [..., 128]
+    return math.log(2 * math.pi**2) + torch.logsumexp(g + log_w, -1)
+
+
+def bingham_entropy(z: torch.Tensor, as_written: bool = False) -> torch.Tensor:
+    """H = log F - sum_i z_i dlogF/dz_i. as_written: gradient through the explicit z only, like the code."""
+    graph = torch.is_grad_enabled() and z.requires_grad and not as_written
+    zz = z if graph else z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        log_f = bingham_log_normalizer(zz)
+        (dlog_f,) = torch.autograd.grad(log_f.sum(), zz, create_graph=graph)
+    if not graph:
+        return log_f.detach() - (z * dlog_f.detach()).sum(-1)
+    return log_f - (z * dlog_f).sum(-1)
+
+
+def bingham_log_prob(q: torch.Tensor, m: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(q) = sum_{i<=3} z_i (m_i^T q)^2 - log F, q [..., 4], m [4, 4] (columns, mode m[:, 3]), z [3]."""
+    _check_bingham(z, m)
+    return (z * (q @ m[:, :3]) ** 2).sum(-1) - bingham_log_normalizer(z)
+
+
+def sample_bingham(m: torch.Tensor, z: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
+    """Kent, Ganeiber & Mardia (2013): rejection from an angular central Gaussian; [num_samples, 4], no gradient."""
+    _check_bingham(z, m)
+    m, z = m.detach(), z.detach()
+    lam = torch.cat([-z, z.new_zeros(1)])  # eigenvalues of B = -M diag(z, 0) M^T
+    lam_np, lo, hi = lam.cpu().double().numpy(), 1e-12, 4.0
+    for _ in range(100):  # bisection: b in (0, 4] with sum_i 1 / (b + 2 lam_i) = 1
+        b = 0.5 * (lo + hi)
+        lo, hi = (b, hi) if (1 / (b + 2 * lam_np)).sum() > 1 else (lo, b)
+    omega = 1 + 2 * lam / b  # eigenvalues of Omega = I + 2B/b
+    log_m_star = -(4 - b) / 2 + 2 * math.log(4 / b)
+    out, have, kw = [], 0, dict(generator=generator, dtype=m.dtype, device=m.device)
+    for _ in range(10_000):
+        n = 2 * (num_samples - have) + 16
+        y = torch.randn(n, 4, **kw) / omega.sqrt() @ m.T  # y ~ N(0, Omega^-1)
+        x = y / y.norm(dim=-1, keepdim=True)  # ACG proposal, [n, 4]
+        x_m2 = (x @ m) ** 2
+        log_accept = -(lam * x_m2).sum(-1) - log_m_star + 2 * torch.log((omega * x_m2).sum(-1))
+        out.append(x[torch.rand(n, **kw).log() < log_accept])
+        have += len(out[-1])
+        if have >= num_samples:
+            return torch.cat(out)[:num_samples]
+    raise RuntimeError("Bingham sampler: no acceptance")
+
+
+def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    return (-0.5 * ((x - mu) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_entropy(log_sigma: torch.Tensor) -> torch.Tensor:
+    return (0.5 + 0.5 * math.log(2 * math.pi) + log_sigma).sum(-1)
+
+
+# ---------------------------------------------------------------- reward: mini-LIO + Umeyama
+def umeyama_rmse(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """RMSE after the best SE(3) alignment (no scale) of estimate onto reference: [..., N, 3] x 2 -> [...]."""
+    mu_e, mu_r = estimate.mean(-2, keepdim=True), reference.mean(-2, keepdim=True)
+    u, _, vh = torch.linalg.svd((reference - mu_r).transpose(-1, -2) @ (estimate - mu_e))  # [..., 3, 3]
+    d = torch.ones_like(u[..., 0])
+    d[..., 2] = torch.det(u) * torch.det(vh)  # a rotation, not a reflection
+    aligned = (estimate - mu_e) @ (u @ (d[..., :, None] * vh)).transpose(-1, -2) + mu_r
+    return ((aligned - reference) ** 2).sum(-1).mean(-1).sqrt()
+
+
+def preintegrate(imu_t, gyro, acc, pose_t) -> dict:
+    """IMU deltas between consecutive pose stamps, each IMU sample held until the next (zero-order hold). With them
+    R_j+1 = R_j dR, v_j+1 = v_j + R_j dv + g dt, p_j+1 = p_j + v_j dt + R_j dp + g dt^2/2: exactly the per-sample
+    model R <- R Exp(w h), p <- p + v h + (R a + g) h^2/2, v <- v + (R a + g) h."""
+    imu_t, pose_t = imu_t.contiguous(), pose_t.contiguous()
+    breaks = torch.unique(torch.cat([imu_t[(imu_t > pose_t[0]) & (imu_t < pose_t[-1])], pose_t]))  # sorted
+    start, h = breaks[:-1], breaks.diff()
+    sample = torch.searchsorted(imu_t, start, right=True) - 1  # held IMU sample of each piece
+    interval = torch.searchsorted(pose_t, start, right=True) - 1  # pose interval of each piece
+    n_int = len(pose_t) - 1
+    slot = torch.arange(len(start)) - torch.searchsorted(interval, torch.arange(n_int))[interval]
+    w_pad, a_pad, h_pad = (imu_t.new_zeros(n_int, int(slot.max()) + 1, *s) for s in ((3,), (3,), ()))
+    w_pad[interval, slot], a_pad[interval, slot], h_pad[interval, slot] = gyro[sample], acc[sample], h
+    dq, dv, dp = torch.tensor([0.0, 0, 0, 1], dtype=F64).repeat(n_int, 1), imu_t.new_zeros(n_int, 3), 0
+    for k in range(h_pad.shape[1]):  # vectorised over intervals
+        h_k, acc_k = h_pad[:, k, None], (quat_to_rotmat(dq) @ a_pad[:, k, :, None])[..., 0]
+        dp, dv = dp + dv * h_k + 0.5 * acc_k * h_k**2, dv + acc_k * h_k
+        dq = quat_mul(dq, quat_exp(w_pad[:, k] * h_k))
+    return {"dq": dq, "dR": quat_to_rotmat(dq), "dv": dv, "dp": dp, "dt": pose_t.diff()}
+
+
+def lio_rmse(data: dict, chunk: torch.Tensor, q_hat: torch.Tensor, t_hat: torch.Tensor, gravity) -> torch.Tensor:
+    """One mini-LIO run per candidate X_hat = (q_hat [B, 4], t_hat [B, 3]) on chunk [B]; returns e [B] in metres."""
+    k_r, k_p, k_v = LIO_GAINS
+    r_wl, p_wl, d_r = data["R"][chunk], data["p"][chunk], data["dR"][chunk]  # [B, N, 3, 3], [B, N, 3], [B, N-1, 3, 3]
+    d_pv = torch.stack([data["dp"][chunk], data["dv"][chunk]], -1)  # [B, N-1, 3, 2]
+    dt = data["dt"][chunk, :, None]  # [B, N-1, 1]
+    g_dt, g_dt2 = gravity * dt, 0.5 * gravity * dt**2  # [B, N-1, 3]
+    r_m = r_wl @ quat_to_rotmat(q_hat).transpose(-1, -2)[:, None]  # IMU orientations implied by X_hat, [B, N, 3, 3]
+    p_m = p_wl - (r_m @ t_hat[:, None, :, None])[..., 0]  # IMU positions implied by X_hat, [B, N, 3]
+    rot, pos = r_m[:, 0], p_m[:, 0]
+    vel = (p_m[:, 1] - pos - (rot @ d_pv[:, 0, :, :1])[..., 0] - g_dt2[:, 0]) / dt[:, 0]  # exact under the IMU model
+    rots, poss = [rot], [pos]
+    for j in range(r_wl.shape[1] - 1):
+        inc = rot @ d_pv[:, j]  # [B, 3, 2]
+        pos, vel = pos + vel * dt[:, j] + inc[..., 0] + g_dt2[:, j], vel + inc[..., 1] + g_dt[:, j]  # 1. propagate
+        rot = rot @ d_r[:, j]
+        rot = rot @ so3_exp(k_r * so3_log(rot.transpose(-1, -2) @ r_m[:, j + 1]))  # 2. correct towards the pose
+        delta = p_m[:, j + 1] - pos
+        pos, vel = pos + k_p * delta, vel + k_v * delta / dt[:, j]
+        rots.append(rot)
+        poss.append(pos)
+    lidar_pos = torch.stack(poss, 1) + (torch.stack(rots, 1) @ t_hat[:, None, :, None])[..., 0]  # 3. output, [B, N, 3]
+    return torch.nan_to_num(umeyama_rmse(lidar_pos, p_wl), nan=1e3, posinf=1e3)  # a diverged run scores badly
+
+
+def excitation_score(r_wl: torch.Tensor, dt: torch.Tensor, as_written: bool = False) -> torch.Tensor:
+    """From a chunk's LiDAR orientations [N, 3, 3]: H = sum_j [w_j]x^T [w_j]x, (l1, l2, l3) = eig(H)/100,
+    score = l1 l2 + l1 l3 + l2 l3. as_written: 3x3 blocks written one row apart, so they overlap [card 5.4]."""
+    hats = so3_hat(so3_log(r_wl[:-1].transpose(-1, -2) @ r_wl[1:]) / dt[:, None])  # body rates, [N-1, 3, 3]
+    # H = J^T J with the blocks stacked 3 rows apart; as written, 1 row apart: row k = first row of block k
+    jac = torch.cat([hats[:, 0], hats[-1, 1:]]) if as_written else hats.reshape(-1, 3)
+    lam = torch.linalg.eigvalsh(jac.T @ jac) / 100
+    return lam[0] * lam[1] + lam[0] * lam[2] + lam[1] * lam[2]
+
+
+# ---------------------------------------------------------------- hand-eye baseline
+def hand_eye(relative_a, relative_b):
+    """Closed-form AX = XB. relative_a / relative_b: (quaternions [K, 4], translations [K, 3] or None) of the IMU and
+    LiDAR relative motions. Returns (q_x [4], t_x [3] or None, the 4 singular values of the rotation system: two
+    near zero mean the rotation is not observable, e.g. planar motion)."""
+    (qa, ta), (qb, tb) = relative_a, relative_b
+    qa, qb = qa * torch.sign(qa[:, 3:]), qb * torch.sign(qb[:, 3:])  # one sign convention (w >= 0)
+    eye = torch.eye(3, dtype=qa.dtype)
+
+    def mult(q, left):  # [K, 4, 4]: q (x) p = L(q) p, p (x) q = R(q) p
+        top = q[:, 3, None, None] * eye + (1 if left else -1) * so3_hat(q[:, :3])
+        return torch.cat([torch.cat([top, q[:, :3, None]], -1), torch.cat([-q[:, None, :3], q[:, 3:, None]], -1)], 1)
+
+    _, sing, vh = torch.linalg.svd((mult(qa, True) - mult(qb, False)).reshape(-1, 4))  # q_A (x) q_X = q_X (x) q_B
+    q_x = vh[-1] * torch.sign(vh[-1, 3])
+    if ta is None:
+        return q_x, None, sing
+    rhs = (quat_to_rotmat(q_x) @ tb[..., None])[..., 0] - ta  # (R_A - I) t = R t_B - t_A
+    t_x = torch.linalg.lstsq((quat_to_rotmat(qa) - eye).reshape(-1, 3), rhs.reshape(-1, 1), driver="gelsd").solution
+    return q_x, t_x[:, 0], sing
+
+
+# ---------------------------------------------------------------- data: toy simulator, files, chunks
+def simulate(motion: str, n_seg: int, seconds: float, noise: bool, gen, imu_rate: int = 50, every: int = 5) -> dict:
+    """n_seg segments with the filter's own discrete model: IMU [S, K+1, 3], LiDAR and INS poses every `every`."""
+    steps, dt, g = int(seconds * imu_rate) // every * every, 1 / imu_rate, torch.tensor([0.0, 0, -9.81], dtype=F64)
+    t = torch.arange(steps + 1, dtype=F64) * dt
+    rand, randn = (lambda *s, f=f: f(*s, generator=gen, dtype=F64) for f in (torch.rand, torch.randn))
+    level = torch.linspace(1.0, 0.15, n_seg, dtype=F64)[torch.randperm(n_seg, generator=gen)]  # excitation per segment
+
+    def sines(amplitude):  # [S, K+1, 3], three sines of 0.05-0.5 Hz, rms level * amplitude / sqrt 2
+        w, f, phase = rand(n_seg, 3, 3), 0.05 + 0.45 * rand(n_seg, 3, 3), 2 * math.pi * rand(n_seg, 3, 3)
+        s = torch.sin(2 * math.pi * f[:, None] * t[:, None, None] + phase[:, None])  # [S, K+1, 3, 3]
+        amplitude = level[:, None, None] * torch.tensor(amplitude, dtype=F64)
+        return amplitude * (s * (w / w.norm(dim=-1, keepdim=True))[:, None]).sum(-1)
+
+    omega = sines([math.radians(a) for a in {"full": (40, 40, 60), "weak": (3, 3, 40), "planar": (0, 0, 40)}[motion]])
+    if motion == "full":  # random attitude, world accelerations +-1.5 m/s^2
+        q, vel, acc_w = torch.nn.functional.normalize(randn(n_seg, 4), dim=-1), 0.5 * randn(n_seg, 3), sines([1.5] * 3)
+    else:  # car-like: level start, 2 +- 0.5 m/s forward, a = R (w x v_b + dv_b/dt)
+        q = quat_exp(torch.cat([torch.zeros(n_seg, 2, dtype=F64), 2 * math.pi * rand(n_seg, 1)], -1))
+        phase = 2 * math.pi * rand(n_seg, 1)
+        v_b = torch.stack([2 + 0.5 * torch.sin(0.3 * t + phase), 0 * t.expand(n_seg, -1), 0 * t.expand(n_seg, -1)], -1)
+        acc_b = torch.cross(omega, v_b, dim=-1) + 0.15 * torch.cos(0.3 * t + phase)[..., None] * torch.eye(3)[0]
+        vel = (quat_to_rotmat(q) @ v_b[:, 0, :, None])[..., 0]
+    pos, qs, ps, specific = torch.zeros(n_seg, 3, dtype=F64), [], [], []
+    for k in range(steps + 1):
+        rot = quat_to_rotmat(q)
+        a_w = acc_w[:, k] if motion == "full" else (rot @ acc_b[:, k, :, None])[..., 0]
+        qs.append(q)
+        ps.append(pos)
+        specific.append((rot.transpose(-1, -2) @ (a_w - g)[..., None])[..., 0])  # accelerometer: R^T (a - g)
+        pos, vel, q = pos + vel * dt + 0.5 * a_w * dt**2, vel + a_w * dt, quat_mul(q, quat_exp(omega[:, k] * dt))
+    sd = (0.005, 0.002, 0.05, 0.02, 0.003, math.radians(0.05)) if noise else (0.0,) * 6
+    gyro = omega + sd[0] * randn(n_seg, steps + 1, 3) + sd[1] * randn(n_seg, 1, 3)
+    acc = torch.stack(specific, 1) + sd[2] * randn(n_seg, steps + 1, 3) + sd[3] * randn(n_seg, 1, 3)
+    q_i, p_i = torch.stack(qs, 1)[:, ::every], torch.stack(ps, 1)[:, ::every]  # IMU poses at the LiDAR stamps
+    x_q, x_t = rpy_to_quat(TRUE_RPY_DEG).expand_as(q_i), torch.tensor(TRUE_T, dtype=F64)
+    noisy = lambda qq, pp: (quat_mul(qq, quat_exp(sd[5] * randn(*pp.shape))), pp + sd[4] * randn(*pp.shape))  # noqa
+    q_l, p_l = noisy(quat_mul(q_i, x_q), p_i + (quat_to_rotmat(q_i) @ x_t[:, None])[..., 0])  # T_WL = T_WI X
+    q_ins, p_ins = noisy(q_i, p_i)
+    return dict(imu_t=t, gyro=gyro, acc=acc, pose_t=t[::every], q_l=q_l, p_l=p_l, q_ins=q_ins, p_ins=p_ins)
+
+
+def read_table(path: str, columns: int, what: str) -> torch.Tensor:
+    """Rows of a CSV / whitespace file; '#' lines and one header line skipped; errors name the line."""
+    if not Path(path).is_file():
+        fail(f"{what} file {path} does not exist")
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        fields = line.replace(",", " ").split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            values = [float(f) for f in fields]
+        except ValueError:
+            if number == 1:
+                continue  # a header
+            fail(f"{path}:{number}: not numbers: {line.strip()!r}")
+        if len(values) != columns:
+            fail(f"{path}:{number}: {what} needs {columns} columns, got {len(values)}")
+        if not all(map(math.isfinite, values)):
+            fail(f"{path}:{number}: NaN or infinite value in {what}")
+        if rows and values[0] <= rows[-1][0]:
+            fail(f"{path}:{number}: time {values[0]} does not come after {rows[-1][0]}")
+        rows.append(values)
+    if len(rows) < 2:
+        fail(f"{path}: fewer than 2 rows of {what}")
+    return torch.tensor(rows, dtype=F64)
+
+
+def load_files(args: Args) -> dict:
+    """The real path: IMU CSV + TUM poses -> one recording laid out like a toy segment."""
+    imu, tum = read_table(args.imu, 7, "IMU (time, gyro xyz, accel xyz)"), read_table(args.lidar_poses, 8, "TUM poses")
+    accel = imu[:, 4:].norm(dim=-1).median().item()
+    if not 0.5 < accel / float(np.linalg.norm(args.gravity)) < 1.5:
+        fail(f"median |accel| is {accel:.3g}, far from |gravity|: give the accelerations in m/s^2")
+    keep = (tum[:, 0] >= imu[0, 0]) & (tum[:, 0] <= imu[-1, 0])
+    if not keep.any():
+        fail(f"IMU times [{imu[0, 0]:.3f}, {imu[-1, 0]:.3f}] and pose times [{tum[0, 0]:.3f}, {tum[-1, 0]:.3f}] do "
+             "not overlap: both files must use one clock")  # fmt: skip
+    tum, norm = tum[keep], tum[keep, 4:].norm(dim=-1, keepdim=True)
+    if (norm < 0.5).any():
+        fail(f"{args.lidar_poses}: a quaternion has norm {norm.min().item():.3g}; expected unit qx qy qz qw")
+    rec = dict(imu_t=imu[:, 0], gyro=imu[:, 1:4], acc=imu[:, 4:], pose_t=tum[:, 0], p_l=tum[:, 1:4])
+    return dict(rec, q_l=tum[:, 4:] / norm)
+
+
+def make_chunks(recordings: list[dict], size: int | None, score_as_written: bool) -> dict:
+    """Cut recordings into chunks of `size` poses (None: one per recording), preintegrate and score each."""
+    out = {}
+    for rec in recordings:
+        n = len(rec["pose_t"])
+        if n < (size or 3):
+            fail(f"only {n} poses lie inside the IMU time range, but a chunk needs {size or 3}: record longer or "
+                 "lower --chunk-seconds")  # fmt: skip
+        for s in range(0, n - (size or n) + 1, size or n):
+            part = {k: rec[k][s : s + (size or n)] for k in ("pose_t", "q_l", "p_l", "q_ins", "p_ins") if k in rec}
+            chunk = preintegrate(rec["imu_t"], rec["gyro"], rec["acc"], part.pop("pose_t"))
+            chunk.update(part, R=quat_to_rotmat(part["q_l"]), p=part["p_l"])
+            chunk["score"] = excitation_score(chunk["R"], chunk["dt"], score_as_written)
+            for k, v in chunk.items():
+                out.setdefault(k, []).append(v)
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------- policies
+def init_policy(kind: str, t0: torch.Tensor, q0: torch.Tensor, args: Args, gen) -> dict[str, torch.nn.Parameter]:
+    """mu = t0, sigma = rho/2; Bingham: A = [random orthonormal | q0], z = z_init; Gaussian: mu_q = q0, std 0.1."""
+    half = math.log(args.rho / 2)
+    if kind == "gaussian":
+        log_sigma = torch.tensor([half] * 3 + [math.log(0.1)] * 4, dtype=t0.dtype, device=t0.device)
+        pol = {"mu": torch.cat([t0, q0]), "log_sigma": log_sigma}
+    else:
+        rand = torch.rand(4, 3, generator=gen, dtype=t0.dtype, device=t0.device)  # the code uses np.random.rand
+        a = gram_schmidt(torch.cat([q0[:, None], rand], 1))[:, [1, 2, 3, 0]]  # last column: q0 itself
+        zeta = torch.full_like(t0, math.log(-args.z_init))
+        pol = {"mu": t0, "log_sigma": torch.full_like(t0, half), "a": a, "zeta": zeta}
+    return {k: torch.nn.Parameter(v.clone()) for k, v in pol.items()}
+
+
+def policy_mean(pol: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mode quaternion, mean translation)."""
+    if "a" in pol:
+        return gram_schmidt(pol["a"])[:, 3], pol["mu"]
+    return pol["mu"][3:] / pol["mu"][3:].norm(), pol["mu"][:3]
+
+
+def sample_actions(pol: dict, n: int, gen) -> torch.Tensor:
+    """[n, 7] actions (t, q); with the Gaussian, q is the raw unnormalised sample."""
+    eps = torch.randn(n, len(pol["mu"]), generator=gen, dtype=pol["mu"].dtype, device=pol["mu"].device)
+    x = pol["mu"] + pol["log_sigma"].exp() * eps
+    return torch.cat([x, sample_bingham(gram_schmidt(pol["a"]), -pol["zeta"].exp(), n, gen)], 1) if "a" in pol else x
+
+
+def log_prob_entropy(pol: dict, actions: torch.Tensor, as_written: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(a) [n] and the entropy of the policy (Gaussian + Bingham)."""
+    if "a" not in pol:
+        return gaussian_log_prob(actions, pol["mu"], pol["log_sigma"]), gaussian_entropy(pol["log_sigma"])
+    z = -pol["zeta"].exp()
+    log_p = gaussian_log_prob(actions[:, :3], pol["mu"], pol["log_sigma"])
+    log_p = log_p + bingham_log_prob(actions[:, 3:], gram_schmidt(pol["a"]), z)
+    return log_p, gaussian_entropy(pol["log_sigma"]) + bingham_entropy(z, as_written)
+
+
+def rotation_spread_deg(pol: dict) -> torch.Tensor:
+    """Rotation std per IMU axis: Bingham axis i turns about a_i = vec(m_i (x) m*) with variance 2/|z_i|."""
+    m = gram_schmidt(pol["a"])
+    axes = quat_mul(m[:, :3].T, quat_conj(m[:, 3]).expand(3, 4))[:, :3]  # [3 Bingham axes, xyz]
+    return torch.rad2deg(((2 / pol["zeta"].exp())[:, None] * axes**2).sum(0).sqrt())
+
+
+# ---------------------------------------------------------------- the method: init search + state-less PPO
+def calibrate(args: Args, chunks: torch.Tensor, pol_kind: str, truth, gen, run: RunLogger, tag: str):
+    """One L2Calib arm as a generator: yields candidates (q [B, 4], t [B, 3], chunk ids [B]) and is sent back their
+    odometry errors [B] (m); returns the best-batch answer, the final spread and the curves."""
+    device, calls = chunks.device, 0
+
+    def envs(rows: int) -> torch.Tensor:  # env i of call c runs chunk (i + num_envs c) mod n [code bind.cpp]
+        nonlocal calls
+        ids = chunks[(torch.arange(rows, device=device) + args.num_envs * calls) % len(chunks)]
+        calls += rows // args.num_envs
+        return ids
+
+    # 1. random-search init: each candidate's mean reward over num_collects chunk runs, e clipped to [0, 300]
+    t0, q0 = torch.zeros(3, dtype=F64, device=device), torch.tensor([0.0, 0, 0, 1], dtype=F64, device=device)
+    if args.init_search:
+        t_c = args.rho * (2 * torch.rand(args.init_candidates, 3, generator=gen, dtype=F64, device=device) - 1)
+        q_c = torch.randn(args.init_candidates, 4, generator=gen, dtype=F64, device=device)
+        q_c = q_c / q_c.norm(dim=-1, keepdim=True)  # uniform on S^3
+        rep = lambda x: x.repeat_interleave(args.num_collects, 0)  # noqa: E731
+        err = yield rep(q_c), rep(t_c), envs(args.init_candidates * args.num_collects)
+        score = torch.exp(-err.clamp(0, 300) / 2).reshape(-1, args.num_collects).mean(1)  # [candidates]
+        above = (score > args.init_stop_reward).nonzero()[:, 0]
+        best = int(above[0]) if args.init_stop_reward > 0 and len(above) else int(score.argmax())
+        t0, q0 = t_c[best], q_c[best]
+    # 2. policy from the init; one Adam over two parameter groups (policy, value) as in the code
+    pol = init_policy(pol_kind, t0, q0, args, gen)
+    value = torch.nn.Parameter(torch.zeros((), dtype=F64, device=device))
+    opt = torch.optim.Adam([{"params": list(pol.values())}, {"params": [value]}], lr=args.learning_rate)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step, gamma=args.lr_gamma)
+    best_err, answer, curves = math.inf, policy_mean(pol), []
+    for update in range(1, args.updates + 1):
+        # 3. sample num_collects actions, one odometry run each, r = exp(-e/2)
+        with torch.no_grad():
+            actions = sample_actions(pol, args.num_collects, gen)  # [n, 7]
+            old_log_p, _ = log_prob_entropy(pol, actions)  # [n]
+            old_value = value.detach().clone()
+        err = yield actions[:, 3:] / actions[:, 3:].norm(dim=-1, keepdim=True), actions[:, :3], envs(len(actions))
+        reward = torch.exp(-err / 2)  # [n]
+        # 4. advantage r - V standardised over the batch (one-step episodes: no discount, no GAE)
+        adv = reward - old_value
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        # 5. full-batch PPO epochs; during the warm-up only V learns
+        warm = update < args.warmup_updates
+        ent_coef = args.ent_coef / 2 if update > args.ent_halve_after else args.ent_coef
+        pg_loss = entropy = clip_frac = torch.zeros(())
+        for _ in range(args.ppo_epochs):
+            v_clip = old_value + (value - old_value).clamp(-args.clip_coef, args.clip_coef)
+            loss = v_loss = args.vf_coef * torch.max((value - reward) ** 2, (v_clip - reward) ** 2).mean()
+            if not warm:
+                log_p, entropy = log_prob_entropy(pol, actions, args.bingham_entropy_as_written)
+                ratio = torch.exp(log_p - old_log_p)  # [n]
+                pg_loss = -torch.min(adv * ratio, adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                loss = pg_loss + v_loss - ent_coef * entropy
+                if "a" not in pol:  # the Gaussian's unit-norm penalty on mu_q [code ppo.py]
+                    loss = loss + 0.1 * (pol["mu"][3:].norm() - 1) ** 2
+                clip_frac = ((ratio - 1).abs() > args.clip_coef).double().mean()
+            opt.zero_grad()
+            loss.backward()
+            for group in opt.param_groups:
+                torch.nn.utils.clip_grad_norm_(group["params"], args.max_grad_norm)
+            opt.step()
+            if not warm:  # 6. clamps after every step
+                with torch.no_grad():
+                    pol["log_sigma"].clamp_(math.log(1e-3), math.log(args.rho / 2))
+                    pol["mu"][:3].clamp_(-args.rho, args.rho)
+                    if "a" in pol:
+                        pol["zeta"].clamp_(max=math.log(args.z_cap))
+                        if args.clamp_as_written:
+                            pol["a"].clamp_(-args.rho, args.rho)
+        sched.step()
+        # 7. keep the policy mean of the update whose batch had the lowest mean error; log
+        with torch.no_grad():
+            q_mean, t_mean = policy_mean(pol)
+            point = {"update": update, "ape_cm": 100 * err.mean().item()}
+            if truth is not None:
+                point["rot_err_deg"] = quat_angle_deg(q_mean, truth[0]).item()
+                point["t_err_cm"] = 100 * (t_mean - truth[1]).norm().item()
+            curves.append(point)
+            if err.mean().item() < best_err:
+                best_err, answer = err.mean().item(), (q_mean.clone(), t_mean.clone())
+            metrics = {f"reward/{tag}": reward.mean(), f"reward_std/{tag}": reward.std(), f"entropy/{tag}": entropy,
+                       f"clip_ratio/{tag}": clip_frac, f"losses/policy_loss/{tag}": pg_loss,
+                       f"losses/value_loss/{tag}": v_loss, f"charts/learning_rate/{tag}": opt.param_groups[0]["lr"],
+                       f"charts/sigma_t_cm/{tag}": 100 * pol["log_sigma"][:3].exp().mean()}  # fmt: skip
+            metrics.update({f"charts/{k}/{tag}": v for k, v in point.items() if k != "update"})
+            if "a" in pol:
+                metrics[f"charts/bingham_min_abs_z/{tag}"] = pol["zeta"].exp().min()
+            run.log(update, metrics)
+    with torch.no_grad():
+        spread = rotation_spread_deg(pol) if "a" in pol else None
+        sigma_t = 100 * pol["log_sigma"][:3].exp()
+        return dict(q=answer[0], t=answer[1], sigma_t_cm=sigma_t, sigma_rot_deg=spread, curves=curves)
+
+
+def run_lockstep(arms: dict, bank: dict, gravity: torch.Tensor, rows: int = 1024) -> dict:
+    """Drive every arm generator at once: one batched odometry call serves all their candidates."""
+    pending, results = {key: next(arm) for key, arm in arms.items()}, {}
+    while pending:
+        q, t, ids = (torch.cat(x) for x in zip(*pending.values()))
+        err = torch.cat([lio_rmse(bank, ids[s : s + rows], q[s : s + rows], t[s : s + rows], gravity)
+                         for s in range(0, len(q), rows)])  # fmt: skip
+        for key, e in zip(list(pending), err.split([len(r[0]) for r in pending.values()])):
+            try:
+                pending[key] = arms[key].send(e)
+            except StopIteration as stop:
+                results[key] = stop.value
+                del pending[key]
+    return results
+
+
+def run_hand_eye(data: dict) -> dict:
+    """AX = XB on relative poses 0.5 s apart: INS poses in the toy, the integrated gyro (rotation only) on files."""
+    gap = max(1, round(0.5 / data["dt"].median().item()))
+    data = {k: v.cpu() for k, v in data.items()}
+
+    def relative(q, p):  # [C, N, 4], [C, N, 3] -> motions from pose j to pose j + gap
+        dp = (quat_to_rotmat(q[:, :-gap]).transpose(-1, -2) @ (p[:, gap:] - p[:, :-gap])[..., None])[..., 0]
+        return quat_mul(quat_conj(q[:, :-gap]), q[:, gap:]).reshape(-1, 4), dp.reshape(-1, 3)
+
+    lidar = relative(data["q_l"], data["p_l"])
+    if "q_ins" in data:
+        imu = relative(data["q_ins"], data["p_ins"])
+    else:
+        q_a, dq, span = data["dq"][:, : 1 - gap or None], data["dq"], data["dq"].shape[1] - gap + 1
+        for k in range(1, gap):
+            q_a = quat_mul(q_a, dq[:, k : k + span])
+        imu, lidar = (q_a.reshape(-1, 4), None), (lidar[0], None)
+    q_x, t_x, sing = hand_eye(imu, lidar)
+    return {"q": q_x, "t": t_x, "singular_values": sing}
+
+
+def save_curves(path: Path, curves: dict, keys: list[str]) -> None:
+    """Error of each arm's policy mean against the update, one row per data set. Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return print("matplotlib is not installed: no error_curves.png")
+    fig, axes = plt.subplots(len(curves), len(keys), figsize=(5.5 * len(keys), 3.3 * len(curves)), squeeze=False)
+    for row, (name, arms) in enumerate(curves.items()):
+        for ax, key in zip(axes[row], keys):
+            for arm, points in arms.items():
+                ax.plot([p["update"] for p in points], [p[key] for p in points], label=arm, lw=1)
+            ax.set(title=f"{name}: {key}", xlabel="update", yscale="log")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(args: Args) -> None:
+    # 0. fail early: options, files and the data selection are checked before the run folder exists
+    if args.num_collects % args.num_envs:
+        fail(f"--num-collects {args.num_collects} must be a multiple of --num-envs {args.num_envs}")
+    if (args.imu is None) != (args.lidar_poses is None):
+        fail("give both --imu and --lidar-poses (real files), or neither (the offline toy)")
+    if not -args.z_cap < args.z_init < 0:
+        fail(f"--z-init must be negative (Bingham concentrations are <= 0) and above -z_cap, got {args.z_init}")
+    if min(args.rho, args.updates, args.init_candidates, args.segments, args.segment_seconds - 1) <= 0:
+        fail("--rho, --updates, --init-candidates and --segments must be positive, --segment-seconds above 1")
+    if len(set(args.arms)) != len(args.arms) or len(set(args.motions)) != len(args.motions):
+        fail(f"--arms and --motions must not repeat, got {args.arms} and {args.motions}")
+    seed_everything(args.seed)
+    device = pick_device(args.cuda)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # tiny tensors: more threads only add synchronisation (10-50x slower on a busy box)
+    gravity = torch.tensor(args.gravity, dtype=F64, device=device)
+    datasets, truth = {}, None  # name -> chunks; the truth is known in the toy only
+    if args.imu is not None:
+        rec = load_files(args)
+        size = max(3, round(args.chunk_seconds / rec["pose_t"].diff().median().item()))
+        datasets["files"] = make_chunks([rec], size, args.score_as_written)
+    else:
+        truth = (rpy_to_quat(TRUE_RPY_DEG).to(device), torch.tensor(TRUE_T, dtype=F64, device=device))
+    for i, motion in enumerate(() if args.imu else args.motions):
+        gen = torch.Generator().manual_seed(100 * args.seed + i)
+        sim = simulate(motion, args.segments, args.segment_seconds, args.noise, gen)
+        recs = [{k: v if k.endswith("_t") else v[s] for k, v in sim.items()} for s in range(args.segments)]
+        datasets[motion] = make_chunks(recs, None, args.score_as_written)
+    # 1. excitation-score selection: the chunks each arm may use (ids into the bank of every chunk)
+    notes, chosen, ranges, offset = [], {}, {}, 0
+    for name, data in datasets.items():
+        kept, ranges[name] = data["score"] > args.select_threshold, torch.arange(offset, offset + len(data["score"]))
+        scores = [round(s, 4) for s in data["score"].tolist()]
+        notes.append(f"{name}: excitation scores {scores}, {int(kept.sum())} of {len(kept)} kept")
+        for arm in args.arms:
+            if args.select and arm != "no-select" and not kept.any():
+                fail(f"no chunk of {name} has an excitation score above --select-threshold {args.select_threshold} "
+                     f"({notes[-1]}): lower it or pass --no-select")  # fmt: skip
+            chosen[name, arm] = ranges[name][kept] if args.select and arm != "no-select" else ranges[name]
+        offset += len(kept)
+    bank = {k: torch.cat([d[k] for d in datasets.values()]).to(device) for k in next(iter(datasets.values()))}
+    every = 50 * max(1, sum(arm != "hand-eye" for _, arm in chosen))  # print every 50 updates
+    run = RunLogger(make_run_name("l2calib", args.exp_name, args.seed), args, track=args.track, print_every=every)
+    # 2. the closed-form hand-eye baseline, then every RL arm in lockstep from one seed each
+    arms, results = {}, {}
+    for (name, arm), ids in chosen.items():
+        if arm == "hand-eye":
+            results[name, arm] = run_hand_eye({k: v[ids] for k, v in bank.items()})
+            sing = [float(f"{v:.3g}") for v in results[name, arm]["singular_values"]]
+            notes.append(f"{name} hand-eye: singular values of the rotation system {sing}")
+        else:
+            gen = torch.Generator(device).manual_seed(args.seed)
+            kind = "gaussian" if arm == "gaussian" else args.rot_dist
+            arms[name, arm] = calibrate(args, ids.to(device), kind, truth, gen, run, f"{name}_{arm}")
+    print("\n".join(notes), flush=True)
+    results.update(run_lockstep(arms, bank, gravity))
+    # 3. each answer: error against the truth, policy spread, odometry RMSE over every chunk of its data
+    rows, answers, curves = [], {}, {}
+    fmt = lambda v, d=2: None if v is None else "/".join(f"{x:.{d}f}" for x in v.tolist())  # noqa: E731
+    for name, arm in chosen:
+        res, ids = results[name, arm], ranges[name].to(device)
+        q_x, t_x = res["q"].to(device), None if res["t"] is None else res["t"].to(device)
+        t_eval = torch.zeros(3, dtype=F64, device=device) if t_x is None else t_x
+        ape = 100 * lio_rmse(bank, ids, q_x.expand(len(ids), 4), t_eval.expand(len(ids), 3), gravity).mean().item()
+        row = {"data": name, "arm": arm}
+        if truth is not None:
+            t_err = [None] * 3 if t_x is None else (100 * (t_x - truth[1]).abs()).tolist()
+            row["rot_err_deg"] = quat_angle_deg(q_x, truth[0]).item()
+            row.update(zip(("t_err_x_cm", "t_err_y_cm", "t_err_z_cm"), t_err))
+        else:
+            row.update(t_cm=None if t_x is None else fmt(100 * t_x, 1), q_xyzw=fmt(q_x, 4))
+        rows.append(dict(row, sigma_t_cm=fmt(res.get("sigma_t_cm")), sigma_rot_deg=fmt(res.get("sigma_rot_deg"))))
+        rows[-1]["ape_cm"] = ape
+        answers[f"{name}_{arm}"] = {"q_xyzw": q_x.tolist(), "t_m": None if t_x is None else t_x.tolist()}
+        t_norm = math.nan if t_x is None or truth is None else 100 * (t_x - truth[1]).norm().item()
+        flat = [
+            dict(update=u, ape_cm=ape, rot_err_deg=row.get("rot_err_deg"), t_err_cm=t_norm) for u in (1, args.updates)
+        ]
+        curves.setdefault(name, {})[arm] = res.get("curves", flat)
+    run.save_text("result.json", json.dumps(answers, indent=2) + "\n")
+    save_curves(run.dir / "error_curves.png", curves, ["rot_err_deg", "t_err_cm"] if truth else ["ape_cm"])
+    head = ("L2Calib (policy mean of the best batch) against its ablations and hand-eye. rot_err: geodesic (deg); "
+            "t_err: |error| per axis (cm); sigma: final policy spread per axis x/y/z; ape: odometry RMSE of the "
+            "answer over every chunk of its data (cm).")  # fmt: skip
+    run.finish("\n".join([head, "", format_table(rows, floatfmt=".2f"), "", *notes]))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
