@@ -142,7 +142,7 @@ def hub_reachable(timeout: float = 5.0) -> bool:
         return False
 
 
-def _check_hub_id(name: str) -> None:
+def check_hub_id(name: str) -> None:
     """Fail within seconds when a hub id is neither in the local cache nor reachable (no retry back-off)."""
     try:
         AutoConfig.from_pretrained(name, local_files_only=True)
@@ -190,7 +190,7 @@ def load_causal_lm(
 
         name_or_path = str(warm_start(name_or_path.split(":", 1)[1], seed=seed))
     if not Path(name_or_path).is_dir():
-        _check_hub_id(name_or_path)
+        check_hub_id(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     model = model_class.from_pretrained(name_or_path, dtype=dtype, local_files_only=offline(), **model_kwargs)
     if getattr(model.config, "pad_token_id", None) is None:

@@ -1,0 +1,798 @@
+# arXiv:2309.06256 | README: #ama
+"""AMA / HMA: adaptive (heterogeneous) layer-wise model averaging against the alignment tax
+(Lin et al., "Mitigating the Alignment Tax of RLHF", EMNLP 2024, https://arxiv.org/abs/2309.06256;
+code https://github.com/avalonstrel/Mitigating-the-Alignment-Tax-of-RLHF on LMFlow).
+
+Idea: RLHF raises the reward but erodes earlier abilities (the alignment tax). Interpolating the weights of the
+pre-RLHF model theta0 and the post-RLHF model theta traces a good reward-tax front, and layer groups trade off
+differently. AMA splits the transformer into K groups with one ratio each, fixes their mean (a proxy for a fixed tax)
+and tunes the K ratios to maximise the likelihood of high-reward samples of the RLHF policy. No data of the protected
+abilities is used.
+
+RATIO CONVENTION (the official code's; the paper writes alpha = 1 - gamma on theta): gamma is the weight on the
+PRE-RLHF model theta0, so gamma = 1 is theta0 and gamma = 0 is theta; the recommended 0.2 means 80 % RLHF weights.
+Every ratio in this script, flag and table (`--pre-weights`, `--mean-pre-weights`, `gamma_k`) is that pre weight.
+
+    W_m(gamma) = gamma_k(m) W0_m + (1 - gamma_k(m)) W1_m                 every nn.Linear m of layer group k(m)
+    gamma_k = gbar K (sigmoid(s_k) + eps) / sum_j (sigmoid(s_j) + eps)    mean_k gamma_k = gbar; init s = logit(gbar)
+    max_s  1/|D| sum_(x,a) in D log pi_theta(gamma(s))(a | x) - lambda sum_m w(l_m) |gamma_k(m) - gbar|
+    w(l) = 25 / (|l - c| + 1),  c = L // 2                                 (code: c = 13 hard-coded for 26 layers)
+
+Implementation details ([code] = avalonstrel/Mitigating-the-Alignment-Tax-of-RLHF @ 40165e6; [card] =
+shared/specs/ama.md, built from paper and code):
+1. Merge [paper D.4, code mask_trainer.py]: only nn.Linear weights and biases of the decoder layers get the group
+   ratios; the lm_head sits at gbar. Non-Linear tensors (embeddings, RMSNorms) are copied from theta0 as in the code
+   (`--nonlinear pre`), or interpolated at gbar (`--nonlinear interp`). A model with tied embeddings (e.g.
+   Qwen2.5-0.5B) has one tensor for both: it is treated as the head (gbar). The toy model is untied (as the card's).
+2. Parameterisation [code mask_norm_sigmoid_linear; paper Eq. 11 omits the factor K]: exact mean constraint, init at
+   s = logit(gbar) (= plain averaging of the Linear weights), no clamping (gamma_k may exceed 1 for large gbar).
+3. DIFFERENCE (the paper's intent, card 5.2-5.3): the live s forms the ratios every step (the code caches a stale
+   copy of the numerator), and each group logit is one Adam parameter with an explicit lr (3e-2, card 6) instead of
+   the code's duplicated optimiser entries (effective lr 1.4e-4 to 1.4e-3 at a nominal 2e-5).
+4. The merged weights are formed functionally every step (torch.func.functional_call over {name: merged tensor});
+   theta0 and theta are frozen tensors, only the K logits receive gradients. Evaluation copies the final merge once
+   into a scratch model for batched generation.
+5. Groups [code, issue]: `block3` splits at layers 8/16 (L <= 30) and 11/21 (L > 30) when that leaves every group
+   non-empty, and equal thirds otherwise (the 6-layer toy: 0,0,1,1,2,2); `block<N>`: floor(L/N) layers per block,
+   remainder to the last; `layerwise`: K = L.
+6. Regulariser [code sum_reg_type]: summed per Linear module (7 per Qwen2/LLaMA layer), centre L // 2 instead of 13;
+   lambda 1e-4 [code].
+7. Loss [paper Eq. 9]: response-only NLL (mean over tokens, incl. the end-of-turn token); `--loss-on all` adds the
+   prompt tokens as the code's text_only data does (without its 512-token packing across samples).
+8. Partwise MA [paper Fig. 4, code weight_interpolation.py]: one third (block3 groups) at pre weight r, the rest at
+   theta; every tensor of a layer is interpolated, the embedding takes the input part's ratio, final norm and head 0.
+   Plain MA interpolates every tensor with one gamma.
+9. RLHF = RSF [paper main experiments]: best-of-n samples at T = 1 on the RLHF prompts, one SFT epoch on the best,
+   no ability data; reward and tax are logged after every iteration (the early-stopping baseline). D = the top
+   `--num-d-keep` of `--num-d-samples` policy samples by reward (the paper: ~2000 of the top 5000).
+10. Toy (the tiny world of shared/, not the card's digit vocabulary: same roles, one tokenizer for everything):
+   theta0 = the tiny Qwen2 with 6 layers (hidden 64, untied head) after mixture SFT on the ability `string_ops`
+   copy/reverse (3-6 letters) and the alignment task `preferences` (prompt `topic tK`, K < 4) whose SFT responses are
+   4 uniformly random words, so the start reward is ~0; the reward is the hidden true reward
+   `Preferences.score` in [-4, 4]. The tax is greedy exact match on held-out string_ops prompts, which AMA never sees.
+   The reward is the mean over --num-eval fresh samples at T = 1 (same sampling seed for every arm).
+11. Hypervolume: 2-D, both axes maximised, reference point (reward of theta0, accuracy of theta), divided by the
+   area of that box (1 = the corner point "theta's reward at theta0's accuracy"). MA and AMA are compared on the same
+   mean ratios, both fronts including the end points theta and theta0; `hv_ma_all` uses the whole MA grid.
+
+Metrics: rsf: reward, losses/sft_loss, eval/tax_accuracy (per RSF iteration); AMA (per step, tag g<gbar>):
+losses/proxy_nll/<tag>, losses/reg/<tag>, charts/gamma_<k>/<tag>; evaluation: eval/reward/<arm>,
+eval/tax_accuracy/<arm>. The run folder also holds fronts.png, results.json and samples.txt.
+
+Commands:
+    python algos/ama.py                                            # offline toy: theta0, RSF, D, MA, partwise, AMA
+    python algos/ama.py --seed 2 --groups layerwise
+    python algos/ama.py --pre-model HuggingFaceH4/mistral-7b-sft-beta --post-model HuggingFaceH4/zephyr-7b-beta \\
+        --dataset-name prompts_folder --reward-model RM_folder --tax-dataset-name qa_folder --mean-pre-weights 0.2 \\
+        --num-d-samples 4000 --num-d-keep 2000 --max-new-tokens 256 --batch-size 1 --num-eval 200
+
+Measured (2 CPU cores shared with other jobs, load ~4; 1 thread; no GPU lent): 118 s cold (theta0 SFT ~57 s), 52 s
+cached. RSF: reward -0.04 -> 3.41 / 0.10 -> 3.33, tax accuracy 1.00 -> 0.64 / 0.19 (seeds 1 / 2). Hypervolume on the
+shared grid, MA vs AMA: 0.850 vs 0.844 (seed 1), 0.707 vs 0.573 (seed 2): no gain; AMA moves theta0 weight out of the
+input third, and partwise input-third MA alone gives 0.849 / 0.766. The real path was not run on a GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+import tyro
+from torch.func import functional_call
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import shared.warmstart  # noqa: E402
+from shared.data import load_data  # noqa: E402
+from shared.lm import check_hub_id, build_tokenizer, load_causal_lm, sample, tiny_config  # noqa: E402
+from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa: E402
+from shared.tasks import Preferences, StringOps  # noqa: E402
+from shared.warmstart import sft_batch, sft_loss  # noqa: E402
+
+ABILITY = dict(ops=("copy", "reverse"), min_len=3, max_len=5)  # the toy's protected ability (string_ops)
+NUM_TOPICS = 4  # preference prompts `topic t0` .. `topic t3`
+RECIPE_VERSION = 2
+COLUMNS = ("gamma (pre weight)", "MA reward", "MA tax acc", "AMA@init reward", "AMA@init acc", "AMA reward")
+COLUMNS += ("AMA tax acc", "AMA gamma_k", "D NLL init -> AMA")
+
+
+@dataclass
+class Args:
+    exp_name: str = "ama"
+    """name of this experiment (part of the run folder name)"""
+    seed: int = 1
+    """seed of theta0, RSF, D, AMA and the evaluation samples"""
+    cuda: bool = True
+    """use the GPU when one is visible"""
+    dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16"""
+    num_threads: int = 1
+    """torch CPU threads (1 is fastest for the tiny model)"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    save_model: bool = False
+    """save theta (toy) and the AMA merge at each mean pre weight to the run folder"""
+
+    pre_model: Optional[str] = None
+    """theta0, the pre-RLHF model (hub id or save_pretrained folder); with --post-model skips the toy's SFT and RSF"""
+    post_model: Optional[str] = None
+    """theta, the post-RLHF model (same architecture and shapes as --pre-model)"""
+    dataset_name: str = "tiny:preferences"
+    """RLHF prompts (a `prompt` column) for RSF and D; tiny:preferences has the known true reward"""
+    reward_model: Optional[str] = None
+    """sequence-classification reward model that scores D and the reward (needed unless tiny:preferences)"""
+    tax_dataset_name: str = "tiny:string_ops"
+    """held-out ability data (prompt/reference), greedy exact match = the tax metric; never seen by AMA"""
+    chat: bool = True
+    """wrap prompts in the tokenizer's chat template"""
+    cache_dir: Optional[str] = None
+    """where theta0 of the toy is cached (default: shared.warmstart.CACHE_DIR)"""
+
+    num_layers: int = 6
+    """toy: decoder layers of the tiny Qwen2"""
+    hidden_size: int = 64
+    """toy: hidden size of the tiny Qwen2"""
+    sft_steps: int = 800
+    """toy: mixture SFT steps of theta0 (ability + alignment prompts)"""
+    sft_batch_size: int = 64
+    """toy: mixture SFT batch size"""
+    sft_lr: float = 3e-3
+    """toy: mixture SFT learning rate (AdamW, warm-up then linear decay)"""
+    ability_share: float = 0.5
+    """toy: share of ability (string_ops) rows in each mixture SFT batch"""
+
+    rsf_iterations: int = 6
+    """RSF iterations (toy only)"""
+    rsf_prompts: int = 256
+    """prompts per RSF iteration"""
+    rsf_samples: int = 8
+    """n of best-of-n"""
+    rsf_lr: float = 5e-4
+    """RSF SFT learning rate (Adam)"""
+    rsf_batch_size: int = 32
+    """RSF SFT batch size"""
+    temperature: float = 1.0
+    """sampling temperature of RSF, D and the reward evaluation"""
+    max_new_tokens: int = 4
+    """response length cap for RLHF prompts (4: the toy's responses are 4 words, so longer ones cannot add reward)"""
+    tax_max_new_tokens: int = 10
+    """response length cap for the tax task"""
+
+    num_d_samples: int = 2500
+    """policy samples drawn for D"""
+    num_d_keep: int = 1000
+    """the highest-reward samples kept in D"""
+    pre_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    """plain MA grid of gamma (weight on theta0: 0 = theta, 1 = theta0)"""
+    partwise_pre_weights: tuple[float, ...] = (0.25, 0.5, 1.0)
+    """partwise MA: pre weight r of the averaged third (input, middle or output)"""
+    mean_pre_weights: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+    """AMA mean pre weights gbar, each in (0, 1)"""
+    groups: str = "block3"
+    """layer groups: block3 (official splits), block<N>, layerwise"""
+    eps: float = 0.2
+    """boundary constant eps of the ratio parameterisation"""
+    reg_coef: float = 1e-4
+    """lambda of the weighted L1 regulariser (0 turns it off)"""
+    lr: float = 3e-2
+    """Adam learning rate of the K logits"""
+    batch_size: int = 8
+    """AMA batch size over D"""
+    epochs: int = 1
+    """AMA epochs over D"""
+    loss_on: Literal["response", "all"] = "response"
+    """proxy NLL on response tokens (paper) or prompt + response (code's text_only)"""
+    nonlinear: Literal["pre", "interp"] = "pre"
+    """AMA's non-Linear tensors: copied from theta0 (code) or interpolated at gbar"""
+    arms: tuple[str, ...] = ("ma", "partwise", "ama")
+    """arms to evaluate: ma, partwise, ama (ama also reports AMA at initialisation)"""
+    num_eval: int = 512
+    """evaluation prompts for the reward and for the tax"""
+
+
+# ---------------------------------------------------------------- the maths
+
+
+def group_ratios(logits: torch.Tensor, mean_ratio: float, eps: float) -> torch.Tensor:
+    """gamma_k = gbar K (sigmoid(s_k) + eps) / sum_j (sigmoid(s_j) + eps): weights on theta0 with mean exactly gbar."""
+    lifted = torch.sigmoid(logits) + eps  # [K]
+    return mean_ratio * logits.numel() * lifted / lifted.sum()  # [K]
+
+
+def layer_groups(num_layers: int, scheme: str) -> list[int]:
+    """The group index of each layer for `block3` (official splits), `block<N>` or `layerwise`."""
+    if num_layers < 1:
+        fail(f"the model has {num_layers} layers")
+    if scheme == "layerwise":
+        return list(range(num_layers))
+    match = re.fullmatch(r"block(\d+)", scheme)
+    if not match or int(match.group(1)) < 1:
+        fail(f"--groups {scheme!r} is not one of block3, block<N> (N >= 1), layerwise")
+    num_groups = int(match.group(1))
+    if num_groups > num_layers:
+        fail(f"--groups {scheme}: K = {num_groups} groups exceed the model's {num_layers} layers")
+    if num_groups == 3:  # the official splits where every group stays non-empty [code scripts/mask_post]
+        cuts = (8, 16) if num_layers <= 30 else (11, 21)
+        if cuts[1] < num_layers:
+            return [sum(layer >= c for c in cuts) for layer in range(num_layers)]
+    size = num_layers // num_groups
+    return [min(layer // size, num_groups - 1) for layer in range(num_layers)]
+
+
+def regulariser_weights(num_layers: int, centre: int | None = None) -> torch.Tensor:
+    """w(l) = 25 / (|l - c| + 1) per 0-based layer l; c = L // 2 by default (the code hard-codes 13 for L = 26)."""
+    centre = num_layers // 2 if centre is None else centre
+    layers = torch.arange(num_layers, dtype=torch.float32)  # [L]
+    return 25.0 / ((layers - centre).abs() + 1.0)  # [L]
+
+
+def merge_linear(w_pre: torch.Tensor, w_post: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """gamma W0 + (1 - gamma) W1; written so that gamma = 1 gives exactly W0 and gamma = 0 exactly W1."""
+    return ratio * w_pre + (1 - ratio) * w_post  # [*w.shape]
+
+
+def l1_regulariser(
+    ratios: torch.Tensor, mean_ratio: float, groups: list[int], layer_weights: torch.Tensor
+) -> torch.Tensor:
+    """sum_l layer_weights[l] |gamma_g(l) - gbar|; layer_weights = w(l) x (Linear modules in layer l)."""
+    per_layer = ratios[torch.as_tensor(groups)]  # [L]
+    return (layer_weights * (per_layer - mean_ratio).abs()).sum()
+
+
+def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated by `points` (both coordinates maximised) above the reference point `ref`."""
+    kept = sorted((x, y) for x, y in points if x > ref[0] and y > ref[1])
+    area, best_y = 0.0, ref[1]
+    for i in range(len(kept) - 1, -1, -1):  # sweep from the largest x: each strip adds its new height
+        x, y = kept[i]
+        next_x = kept[i - 1][0] if i > 0 else ref[0]
+        best_y = max(best_y, y)
+        area += (x - next_x) * (best_y - ref[1])
+    return area
+
+
+# ---------------------------------------------------------------- the merged model
+
+
+class Merger:
+    """Frozen theta0 / theta tensors and, per tensor, which ratio slot it takes.
+
+    Slots: [0, L) Linear tensors of layer l, [L, 2L) other tensors of layer l, 2L embedding, 2L + 1 head,
+    2L + 2 everything else (final norm)."""
+
+    def __init__(self, pre, post):
+        self.num_layers = num_layers_of(post)
+        pre_params, post_params = dict(pre.named_parameters()), dict(post.named_parameters())
+        self.pre = {n: p.detach() for n, p in pre_params.items()}
+        self.post = {n: p.detach() for n, p in post_params.items()}
+        linear = {
+            f"{m}.{k}"
+            for m, mod in post.named_modules()
+            if isinstance(mod, torch.nn.Linear)
+            for k in ("weight", "bias")
+        }
+        embed = {id(p) for p in post.get_input_embeddings().parameters()}
+        head_module = post.get_output_embeddings()
+        head = {id(p) for p in head_module.parameters()} if head_module is not None else set()
+        L, self.slot, self.linears_per_layer = self.num_layers, {}, [0] * self.num_layers
+        for name, param in post_params.items():
+            layer = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name)
+            if id(param) in head:  # a tied embedding is the head too: it follows the head (gbar)
+                self.slot[name] = 2 * L + 1
+            elif layer is not None and int(layer.group(1)) < L:
+                index = int(layer.group(1))
+                self.slot[name] = index if name in linear else L + index
+                self.linears_per_layer[index] += name.endswith("weight") and name in linear
+            else:
+                self.slot[name] = 2 * L if id(param) in embed else 2 * L + 2
+        if sum(self.linears_per_layer) == 0:
+            fail("AMA averages nn.Linear weights of the decoder layers, and this model has none there")
+
+    def merged(self, slot_ratios: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: merge_linear(W0, W1, ratio of its slot)}; differentiable in slot_ratios."""
+        return {n: merge_linear(self.pre[n], self.post[n], slot_ratios[s]) for n, s in self.slot.items()}
+
+    def ma_slots(self, gamma: float) -> torch.Tensor:
+        return torch.full((2 * self.num_layers + 3,), float(gamma))
+
+    def partwise_slots(self, part: int, ratio: float) -> torch.Tensor:
+        in_part = torch.tensor([g == part for g in layer_groups(self.num_layers, "block3")], dtype=torch.float32)
+        zero = torch.zeros(1)
+        return torch.cat([ratio * in_part, ratio * in_part, ratio * in_part[:1], zero, zero])  # [2L + 3]
+
+    def ama_slots(self, ratios: torch.Tensor, groups: list[int], mean: float, nonlinear: str) -> torch.Tensor:
+        other = torch.full((self.num_layers,), 1.0 if nonlinear == "pre" else mean)  # [L]
+        rest = torch.tensor([1.0 if nonlinear == "pre" else mean, mean, 1.0 if nonlinear == "pre" else mean])
+        return torch.cat([ratios[torch.as_tensor(groups)], other, rest])  # [2L + 3]
+
+    @torch.no_grad()
+    def load_into(self, model, slot_ratios: torch.Tensor):
+        """Copy one merge into `model` (for generation); done once per evaluated point, not per training step."""
+        merged = self.merged(slot_ratios.detach())
+        for name, param in model.named_parameters():
+            param.copy_(merged[name])
+        return model
+
+
+def num_layers_of(model) -> int:
+    layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
+    return layers if isinstance(layers, int) else fail(f"cannot tell the layer count of {type(model).__name__}")
+
+
+# ---------------------------------------------------------------- data, rewards and evaluation
+
+
+def make_reward_fn(args: Args, device, dtype):
+    """(prompts, completions) -> rewards [N]: the hidden true reward of tiny:preferences, or a reward model."""
+    if args.dataset_name.startswith("tiny:preferences"):
+        task = Preferences(num_topics=NUM_TOPICS)
+        return lambda prompts, texts: torch.tensor([task.score(p, c) for p, c in zip(prompts, texts)])
+    if args.reward_model is None:
+        return None
+    from transformers import AutoModelForSequenceClassification
+
+    rm, rm_tok = load_causal_lm(
+        args.reward_model, device, dtype, model_class=AutoModelForSequenceClassification, num_labels=1
+    )
+    rm.eval()
+
+    @torch.no_grad()
+    def score(prompts, texts, batch: int = 16):
+        out = []
+        for i in range(0, len(prompts), batch):
+            pairs = zip(prompts[i : i + batch], texts[i : i + batch])
+            if rm_tok.chat_template:
+                chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": c}] for p, c in pairs]
+                strings = [rm_tok.apply_chat_template(c, tokenize=False) for c in chats]
+            else:
+                strings = [f"{p} {c}" for p, c in pairs]
+            enc = rm_tok(strings, return_tensors="pt", padding=True, truncation=True).to(device)
+            out.append(rm(**enc).logits[:, 0].float().cpu())
+        return torch.cat(out)
+
+    return score
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, reward_fn, eval_prompts, tax_prompts, tax_refs, args: Args, batch: int = 512) -> dict:
+    """reward: mean over one T = 1 sample per prompt (fixed sampling seed); tax_accuracy: greedy exact match."""
+    result = {}
+    if reward_fn is not None and eval_prompts:
+        torch.manual_seed(args.seed + 777)  # common random numbers: every arm draws the same uniforms
+        texts = []
+        for i in range(0, len(eval_prompts), batch):
+            out = sample(
+                model, tokenizer, eval_prompts[i : i + batch], 1, args.max_new_tokens, args.temperature, chat=args.chat
+            )
+            texts += out.texts
+        result["reward"] = reward_fn(eval_prompts, texts).float().mean().item()
+    if tax_prompts:
+        hits = 0
+        for i in range(0, len(tax_prompts), batch):
+            out = sample(
+                model, tokenizer, tax_prompts[i : i + batch], 1, args.tax_max_new_tokens, greedy=True, chat=args.chat
+            )
+            hits += sum(t.split() == r.split() for t, r in zip(out.texts, tax_refs[i : i + batch]))
+        result["tax_accuracy"] = hits / len(tax_prompts)
+    return result
+
+
+def toy_theta0(args: Args, device):
+    """theta0 of the toy: mixture SFT on string_ops copy/reverse + preferences with random responses (cached)."""
+    from transformers import AutoModelForCausalLM
+
+    recipe = {
+        k: getattr(args, k) for k in "seed num_layers hidden_size sft_steps sft_batch_size sft_lr ability_share".split()
+    }
+    recipe.update(ability=ABILITY, num_topics=NUM_TOPICS, version=RECIPE_VERSION)
+    key = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+    folder = Path(args.cache_dir or shared.warmstart.CACHE_DIR) / f"ama-theta0-{key}"
+    if (folder / "recipe.json").exists():
+        return load_causal_lm(str(folder), device=device)
+    start = time.time()
+    tokenizer = build_tokenizer()
+    config = tiny_config(tokenizer, num_layers=args.num_layers, hidden_size=args.hidden_size)
+    config.tie_word_embeddings = False  # an untied Linear head, as the card's toy (the head is merged at gbar)
+    torch.manual_seed(args.seed)
+    model = AutoModelForCausalLM.from_config(config).to(device)
+    n_ability = round(args.ability_share * args.sft_batch_size)
+    n_pref = args.sft_batch_size - n_ability
+    ability = StringOps(**ABILITY).dataset(min(20000, max(1, args.sft_steps * n_ability)), seed=args.seed)
+    rng, words = random.Random(args.seed), Preferences().words
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.sft_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 50) * (1 - s / max(1, args.sft_steps))
+    )
+    generator = torch.Generator().manual_seed(args.seed)
+    for step in range(args.sft_steps):
+        rows = ability[torch.randint(len(ability), (n_ability,), generator=generator).tolist()]
+        prompts = rows["prompt"] + [f"topic t{rng.randrange(NUM_TOPICS)}" for _ in range(n_pref)]
+        targets = rows["reference"] + [" ".join(rng.choices(words, k=4)) for _ in range(n_pref)]
+        loss = sft_loss(model, *sft_batch(tokenizer, prompts, targets, device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % max(1, args.sft_steps // 4) == 0:
+            print(f"theta0 mixture SFT: step {step + 1}/{args.sft_steps} loss {loss.item():.4f}", flush=True)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")  # write aside, then rename
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "recipe.json").write_text(json.dumps({**recipe, "seconds": round(time.time() - start, 1)}, indent=2))
+    shutil.rmtree(tmp) if folder.exists() else tmp.rename(folder)
+    print(f"theta0 ready in {time.time() - start:.1f} s -> {folder}", flush=True)
+    return load_causal_lm(str(folder), device=device)
+
+
+def check_args(args: Args) -> None:
+    """Fail early, before any model or training, on every option the run cannot use."""
+    if not args.mean_pre_weights or any(not 0 < g < 1 for g in args.mean_pre_weights):
+        fail(f"--mean-pre-weights {list(args.mean_pre_weights)}: each mean pre weight must lie in (0, 1)")
+    if any(not 0 <= g <= 1 for g in args.pre_weights + args.partwise_pre_weights):
+        fail("--pre-weights and --partwise-pre-weights must lie in [0, 1] (weight on theta0)")
+    if args.num_d_keep < 1 or args.num_d_samples < args.num_d_keep:
+        fail(
+            f"D would be empty or over-asked: need 1 <= --num-d-keep ({args.num_d_keep}) <= --num-d-samples "
+            f"({args.num_d_samples})"
+        )
+    if (args.pre_model is None) != (args.post_model is None):
+        fail("give both --pre-model and --post-model (the real path), or neither (the toy)")
+    if args.pre_model is None:
+        layer_groups(args.num_layers, args.groups)  # K > L fails here, before the SFT
+        if not args.dataset_name.startswith("tiny:preferences"):
+            fail(
+                "the toy's RSF needs the known reward: keep --dataset-name tiny:preferences or pass --pre/--post-model"
+            )
+    else:
+        layer_groups(10**6, args.groups)  # the scheme's spelling; K vs L is checked once the config is read
+    unknown = set(args.arms) - {"ma", "partwise", "ama"}
+    if unknown or not args.arms:
+        fail(f"--arms {list(args.arms)}: choose from ma, partwise, ama")
+    for name in "rsf_prompts rsf_samples rsf_batch_size batch_size epochs num_threads max_new_tokens".split():
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1")
+    if args.eps < 0 or args.reg_coef < 0 or not args.lr > 0 or not args.temperature > 0:
+        fail("--eps and --reg-coef must be >= 0, --lr and --temperature > 0")
+
+
+def load_pair(args: Args, device, dtype):
+    """theta0 and theta by name; fail clearly unless they share the architecture and every tensor shape."""
+    from transformers import AutoConfig
+
+    configs = []
+    for flag, name in (("--pre-model", args.pre_model), ("--post-model", args.post_model)):
+        if Path(name).is_dir() and not (Path(name) / "config.json").exists():
+            fail(f"{flag} {name}: the folder has no config.json (save it with save_pretrained)")
+        if not Path(name).is_dir():
+            check_hub_id(name)  # fails within seconds offline, with the loader's message
+        configs.append(AutoConfig.from_pretrained(name))
+    kinds = [(c.model_type, getattr(c, "num_hidden_layers", None), getattr(c, "hidden_size", None)) for c in configs]
+    if kinds[0] != kinds[1]:
+        fail(f"--pre-model and --post-model differ in architecture (type, layers, hidden): {kinds[0]} vs {kinds[1]}")
+    layer_groups(kinds[0][1] or 0, args.groups)  # K > L fails here, before the weights load
+    pre, tokenizer = load_causal_lm(args.pre_model, device, dtype)
+    post, _ = load_causal_lm(args.post_model, device, dtype)
+    shapes = [{n: tuple(p.shape) for n, p in m.named_parameters()} for m in (pre, post)]
+    if shapes[0] != shapes[1]:
+        diff = sorted(n for n in shapes[0].keys() | shapes[1].keys() if shapes[0].get(n) != shapes[1].get(n))
+        fail(f"--pre-model and --post-model have different tensors or shapes, e.g. {diff[:3]}")
+    return pre, post, tokenizer
+
+
+def proxy_batches(tokenizer, prompts, texts, args: Args, device, generator):
+    """Tokenised batches of D in a fresh random order: (ids, mask, positions, labels) with the loss tokens."""
+    order = torch.randperm(len(prompts), generator=generator).tolist()
+    for i in range(0, len(order), args.batch_size):
+        rows = order[i : i + args.batch_size]
+        ids, mask, positions, labels = sft_batch(
+            tokenizer, [prompts[j] for j in rows], [texts[j] for j in rows], device
+        )
+        if args.loss_on == "all":  # the code's text_only data: prompt tokens count too
+            labels = ids.masked_fill(mask == 0, -100)  # [B, T]
+        yield ids, mask, positions, labels
+
+
+def proxy_nll(merger: Merger, model, slots: torch.Tensor, batch) -> torch.Tensor:
+    """Mean NLL of the loss tokens of one batch of D under the merged weights (functional: no weight copies)."""
+    ids, mask, positions, labels = batch
+    out = functional_call(
+        model, merger.merged(slots), (), {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    )
+    logits = out.logits[:, :-1].flatten(0, 1).float()  # [B * (T - 1), V]
+    return F.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100)
+
+
+@torch.no_grad()
+def full_nll(merger, model, slots, tokenizer, d_prompts, d_texts, args, device) -> float:
+    """The proxy NLL over all of D (token mean of batch means), fixed order."""
+    batches = list(proxy_batches(tokenizer, d_prompts, d_texts, args, device, torch.Generator().manual_seed(0)))
+    return sum(proxy_nll(merger, model, slots, b).item() for b in batches) / len(batches)
+
+
+def train_ama(merger: Merger, model, tokenizer, d_prompts, d_texts, mean, groups, layer_weights, args, run, step0):
+    """Adam on the K logits only: proxy NLL of D under the functionally merged model + lambda x weighted L1."""
+    device = next(iter(merger.post.values())).device
+    logits = torch.full((max(groups) + 1,), math.log(mean / (1 - mean)), requires_grad=True)  # [K] s = logit(gbar)
+    optimizer = torch.optim.Adam([logits], lr=args.lr)
+    generator, step, tag, start = torch.Generator().manual_seed(args.seed), step0, f"g{mean:g}", time.time()
+    for _ in range(args.epochs):
+        for batch in proxy_batches(tokenizer, d_prompts, d_texts, args, device, generator):
+            ratios = group_ratios(logits, mean, args.eps)  # [K], mean exactly gbar
+            nll = proxy_nll(merger, model, merger.ama_slots(ratios, groups, mean, args.nonlinear), batch)
+            reg = l1_regulariser(ratios, mean, groups, layer_weights)
+            optimizer.zero_grad(set_to_none=True)
+            (nll + args.reg_coef * reg).backward()  # gradients reach the K logits only
+            optimizer.step()
+            step += 1
+            gammas = {f"charts/gamma_{k}/{tag}": r for k, r in enumerate(ratios.tolist())}
+            run.log(
+                step, {f"losses/proxy_nll/{tag}": nll.item(), f"losses/reg/{tag}": reg.item(), **gammas}, echo=False
+            )
+    print(f"AMA gbar {mean:g}: {step - step0} steps ({(step - step0) / (time.time() - start):.1f} steps/s)", flush=True)
+    return group_ratios(logits.detach(), mean, args.eps), step
+
+
+def rsf(pre, tokenizer, reward_fn, pool, evaluate_small, args: Args, run, device):
+    """RLHF by RSF: best-of-n samples at T = 1, one SFT epoch on the best per prompt; no ability data."""
+    post = copy.deepcopy(pre).requires_grad_(True)
+    optimizer = torch.optim.Adam(post.parameters(), lr=args.rsf_lr)
+    generator = torch.Generator().manual_seed(args.seed)
+    for it in range(1, args.rsf_iterations + 1):
+        start = time.time()
+        prompts = [pool[i] for i in torch.randint(len(pool), (args.rsf_prompts,), generator=generator).tolist()]
+        out = sample(post, tokenizer, prompts, args.rsf_samples, args.max_new_tokens, args.temperature, chat=args.chat)
+        rewards = reward_fn([p for p in prompts for _ in range(args.rsf_samples)], out.texts)  # [P * n]
+        best_reward, best = rewards.view(len(prompts), args.rsf_samples).max(dim=1)  # [P] first best on ties
+        best_reward = best_reward.mean().item()
+        texts = [out.texts[i * args.rsf_samples + b] for i, b in enumerate(best.tolist())]
+        losses, order = [], torch.randperm(len(prompts), generator=generator).tolist()
+        for i in range(0, len(order), args.rsf_batch_size):  # one SFT epoch on the best responses
+            rows = order[i : i + args.rsf_batch_size]
+            batch = sft_batch(tokenizer, [prompts[j] for j in rows], [texts[j] for j in rows], device)
+            loss = sft_loss(post, *batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(post.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+        ev = evaluate_small(post.eval())
+        metrics = {"reward": rewards.mean().item(), "losses/sft_loss": sum(losses) / len(losses)}
+        run.log(it, {**metrics, **{f"eval/{k}/rsf": v for k, v in ev.items()}}, echo=False)
+        print(
+            f"RSF {it}/{args.rsf_iterations}: sample reward {rewards.mean():.3f}, best-of-n {best_reward:.3f}, "
+            f"eval {ev} ({time.time() - start:.1f} s)",
+            flush=True,
+        )
+    return post
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    torch.set_num_threads(args.num_threads)
+    seed_everything(args.seed)
+    device = pick_device(args.cuda)
+    dtype = pick_dtype(args.dtype, device)
+    toy = args.pre_model is None
+    reward_fn = make_reward_fn(args, device, dtype)
+    task_kwargs = {"num_topics": NUM_TOPICS} if args.dataset_name.startswith("tiny:preferences") else None
+    tiny_prompts = args.dataset_name.startswith("tiny:")
+    need = max(args.rsf_prompts, args.num_d_samples)
+    data = load_data(
+        args.dataset_name,
+        "train",
+        ["prompt"],
+        num_examples=need if tiny_prompts else None,
+        seed=args.seed,
+        task_kwargs=task_kwargs,
+    )
+    if tiny_prompts:
+        pool = data["prompt"]
+        eval_prompts = load_data(args.dataset_name, "test", ["prompt"], args.num_eval, args.seed, task_kwargs)["prompt"]
+    else:  # hold out the last num_eval prompts of the shuffled data for the reward evaluation
+        data = data.shuffle(seed=args.seed)
+        num_eval = min(args.num_eval, len(data) // 2) if reward_fn is not None else 0
+        pool, eval_prompts = data["prompt"][: len(data) - num_eval], data["prompt"][len(data) - num_eval :]
+    if not pool:
+        fail(f"dataset {args.dataset_name!r} has no prompts: D would be empty")
+    tax_prompts, tax_refs = [], []
+    if args.tax_dataset_name:
+        kwargs = ABILITY if args.tax_dataset_name == "tiny:string_ops" else None
+        tax = load_data(args.tax_dataset_name, "test", ["prompt", "reference"], args.num_eval, args.seed, kwargs)
+        tax_prompts, tax_refs = tax["prompt"], tax["reference"]
+    run = RunLogger(make_run_name("preferences" if toy else "real", args.exp_name, args.seed), args, track=args.track)
+    start = time.time()
+
+    def evaluate_at(model, n=None):
+        n = n or args.num_eval
+        return evaluate(model, tokenizer, reward_fn, eval_prompts[:n], tax_prompts[:n], tax_refs[:n], args)
+
+    # 1. theta0 (toy: mixture SFT of ability + alignment prompts, cached) and 2. theta = RSF(theta0); or both by name
+    if toy:
+        pre, tokenizer = toy_theta0(args, device)
+        pre.eval().requires_grad_(False)
+        ev = evaluate_at(pre, 128)
+        run.log(0, {f"eval/{k}/rsf": v for k, v in ev.items()}, echo=False)
+        print(f"theta0: {ev}", flush=True)
+        post = rsf(pre, tokenizer, reward_fn, pool, lambda m: evaluate_at(m, 128), args, run, device)
+    else:
+        pre, post, tokenizer = load_pair(args, device, dtype)
+    pre.eval().requires_grad_(False)
+    post.eval().requires_grad_(False)
+    rsf_seconds = time.time() - start
+
+    # 3. D: sample theta on the RLHF prompts, keep the highest-reward samples
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    d_prompts = [pool[i] for i in torch.randint(len(pool), (args.num_d_samples,), generator=generator).tolist()]
+    torch.manual_seed(args.seed + 2)
+    d_texts = []
+    for i in range(0, len(d_prompts), 512):
+        d_texts += sample(
+            post, tokenizer, d_prompts[i : i + 512], 1, args.max_new_tokens, args.temperature, chat=args.chat
+        ).texts
+    if reward_fn is not None:
+        d_rewards = reward_fn(d_prompts, d_texts).float()  # [N]
+        keep = torch.argsort(d_rewards, descending=True, stable=True)[: args.num_d_keep].tolist()
+        print(
+            f"D: the top {len(keep)} of {len(d_prompts)} samples, reward {d_rewards[keep].mean():.3f} "
+            f"(all: {d_rewards.mean():.3f})"
+        )
+    else:
+        keep = list(range(args.num_d_keep))
+        print("D: no reward model, so D keeps the first samples unfiltered (pass --reward-model)", flush=True)
+    d_prompts, d_texts = [d_prompts[i] for i in keep], [d_texts[i] for i in keep]
+    pairs = [(p, t) for p, t in zip(d_prompts, d_texts) if t]
+    if not pairs:
+        fail("D is empty: theta produced no non-empty response; raise --max-new-tokens or check the prompts")
+    d_prompts, d_texts = [p for p, _ in pairs], [t for _, t in pairs]
+    run.save_text("samples.txt", "".join(f"{p} ||| {t}\n" for p, t in pairs[:50]))
+
+    # 4-6. plain MA, partwise MA and AMA, all from the same theta0 / theta, evaluated the same way
+    merger = Merger(pre, post)
+    scratch = copy.deepcopy(post)
+    num_layers = merger.num_layers
+    groups = layer_groups(num_layers, args.groups)
+    layer_weights = regulariser_weights(num_layers) * torch.tensor(merger.linears_per_layer, dtype=torch.float32)
+    results, eval_step = [], 0
+
+    def point(arm: str, gamma: float, slots: torch.Tensor, **extra) -> dict:
+        nonlocal eval_step
+        ev = evaluate_at(merger.load_into(scratch, slots))
+        eval_step += 1
+        run.log(eval_step, {f"eval/{k}/{arm}": v for k, v in ev.items()}, echo=False)
+        results.append({"arm": arm, "pre_weight": gamma, **ev, **extra})
+        return results[-1]
+
+    eval_start = time.time()
+    ma_grid = sorted(set(args.pre_weights) | {0.0, 1.0} if "ma" in args.arms else {0.0, 1.0})
+    for gamma in ma_grid:  # 4. plain MA: every tensor at gamma (0 = theta, 1 = theta0)
+        point("ma", gamma, merger.ma_slots(gamma))
+    print(f"MA: {len(ma_grid)} points in {time.time() - eval_start:.1f} s", flush=True)
+    if "partwise" in args.arms:  # 5. one third at r, the rest at theta
+        for part, name in enumerate(("input", "middle", "output")):
+            for r in args.partwise_pre_weights:
+                point(f"partwise_{name}", r, merger.partwise_slots(part, r))
+    step = 0
+    if "ama" in args.arms:  # 6. AMA: K ratios at fixed mean, trained on the proxy NLL of D
+        for mean in args.mean_pre_weights:
+            init = group_ratios(torch.full((max(groups) + 1,), math.log(mean / (1 - mean))), mean, args.eps)
+            init_slots = merger.ama_slots(init, groups, mean, args.nonlinear)
+            nll0 = full_nll(merger, post, init_slots, tokenizer, d_prompts, d_texts, args, device)
+            point("ama_init", mean, init_slots, d_nll=nll0)
+            ratios, step = train_ama(
+                merger, post, tokenizer, d_prompts, d_texts, mean, groups, layer_weights, args, run, step
+            )
+            slots = merger.ama_slots(ratios, groups, mean, args.nonlinear)
+            nll = full_nll(merger, post, slots, tokenizer, d_prompts, d_texts, args, device)
+            row = point("ama", mean, slots, d_nll=nll, gammas=[round(g, 4) for g in ratios.tolist()])
+            print(
+                f"  gamma_k {row['gammas']}, D NLL {nll0:.4f} -> {nll:.4f}, reward {row.get('reward')}, "
+                f"tax accuracy {row.get('tax_accuracy')}",
+                flush=True,
+            )
+            if args.save_model:
+                merger.load_into(scratch, slots).save_pretrained(run.dir / f"ama_g{mean:g}")
+    if args.save_model and toy:
+        post.save_pretrained(run.dir / "theta")
+
+    # 7. fronts, hypervolumes, plot and table
+    summary = summarise(results, args, run, groups)
+    summary["rsf_seconds"] = round(rsf_seconds, 1)
+    summary["wall_seconds"] = round(time.time() - start, 1)
+    (run.dir / "results.json").write_text(json.dumps({"rows": results, **summary}, indent=2) + "\n")
+    return {"rows": results, "run_dir": run.dir, "post": post, "pre": pre, **summary}
+
+
+def summarise(results: list[dict], args: Args, run: RunLogger, groups: list[int]) -> dict:
+    """The MA vs AMA table at each mean pre weight, partwise rows, hypervolumes, and fronts.png."""
+    by = {(r["arm"], round(r["pre_weight"], 6)): r for r in results}
+    have_both = all("reward" in r and "tax_accuracy" in r for r in results)
+    out = {}
+    if have_both:
+        theta, theta0 = by[("ma", 0.0)], by[("ma", 1.0)]
+        ref = (theta0["reward"], theta["tax_accuracy"])
+        box = (theta["reward"] - ref[0]) * (theta0["tax_accuracy"] - ref[1])
+        ends = [(theta["reward"], theta["tax_accuracy"]), (theta0["reward"], theta0["tax_accuracy"])]
+
+        def hv(arm: str, means=None) -> float:
+            chosen = [r for r in results if r["arm"] == arm and (means is None or r["pre_weight"] in means)]
+            pts = [(r["reward"], r["tax_accuracy"]) for r in chosen]
+            return hypervolume(pts + ends, ref) / box if box > 0 else float("nan")
+
+        means = set(args.mean_pre_weights)
+        out = {"hv_ma": hv("ma", means), "hv_ma_all": hv("ma"), "box": box}
+        if "ama" in args.arms:
+            out.update(hv_ama=hv("ama"), hv_ama_init=hv("ama_init"))
+        if "partwise" in args.arms:
+            out["hv_partwise"] = {p: hv(f"partwise_{p}") for p in ("input", "middle", "output")}
+    rows = []
+    for gamma in sorted({r["pre_weight"] for r in results if r["arm"] in ("ma", "ama")}):
+        ma, init, ama = (by.get((arm, round(gamma, 6)), {}) for arm in ("ma", "ama_init", "ama"))
+        gammas = " ".join(f"{g:.2f}" for g in ama["gammas"]) if ama else None
+        nll = f"{init['d_nll']:.3f} -> {ama['d_nll']:.3f}" if ama else None
+        cells = (gamma, ma.get("reward"), ma.get("tax_accuracy"), init.get("reward"), init.get("tax_accuracy"))
+        rows.append(dict(zip(COLUMNS, cells + (ama.get("reward"), ama.get("tax_accuracy"), gammas, nll))))
+    parts = [
+        {"arm": r["arm"], "r": r["pre_weight"], "reward": r.get("reward"), "tax acc": r.get("tax_accuracy")}
+        for r in results
+        if r["arm"].startswith("partwise")
+    ]
+    text = (
+        f"groups {args.groups} {groups}, eps {args.eps}, lambda {args.reg_coef}, nonlinear={args.nonlinear}; "
+        "gamma = weight on theta0 (0 = theta after RSF, 1 = theta0)\n\n" + format_table(rows)
+    )
+    if parts:
+        text += "\n\npartwise MA (one third at pre weight r, rest theta):\n\n" + format_table(parts)
+    if out:
+        hv_line = ", ".join(f"{k} {v:.3f}" for k, v in out.items() if isinstance(v, float) and k != "box")
+        if "hv_partwise" in out:
+            hv_line += ", partwise " + " ".join(f"{k} {v:.3f}" for k, v in out["hv_partwise"].items())
+        text += f"\n\nhypervolume / box (ref = theta0's reward x theta's accuracy; same mean grid): {hv_line}"
+        plot_fronts(results, run.dir / "fronts.png")
+    run.finish(text)
+    return out
+
+
+def plot_fronts(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    styles = {"ma": ("o-", "plain MA"), "ama": ("s-", "AMA"), "ama_init": ("x:", "AMA at init")}
+    for arm, (style, label) in styles.items():
+        pts = sorted((r["pre_weight"], r["reward"], r["tax_accuracy"]) for r in results if r["arm"] == arm)
+        if pts:
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], style, label=label, ms=5)
+            for g, x, y in pts if arm != "ama_init" else []:
+                ax.annotate(f"{g:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for marker, part in zip("^v>", ("input", "middle", "output")):
+        pts = [(r["reward"], r["tax_accuracy"]) for r in results if r["arm"] == f"partwise_{part}"]
+        if pts:
+            ax.plot(*zip(*pts), marker, ls="none", label=f"partwise {part}", alpha=0.7)
+    ax.set_xlabel("reward (alignment, higher is better)")
+    ax.set_ylabel("held-out ability accuracy (tax, higher is better)")
+    ax.set_title("reward vs alignment tax; labels = pre weight gamma")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
