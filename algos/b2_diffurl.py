@@ -1,0 +1,797 @@
+# arXiv:2503.11240 | README: #b2-diffurl
+"""B²-DiffuRL: Towards Better Alignment: Training Diffusion Models with Reinforcement Learning Against Sparse Rewards
+(Hu et al., CVPR 2025, https://arxiv.org/abs/2503.11240; code https://github.com/hu-zijing/B2-DiffuRL).
+
+Idea: the reward of a text-to-image sample arrives only after the last of N denoising steps, and DDPO hands every step
+the same trajectory advantage. B² trains the last steps first and widens the trained interval towards x_T stage by stage
+(backward progressive training). Inside a stage, trajectories share one prefix up to the branch index b_k and split into
+S continuations, so comparing them isolates what the trained interval did; only the best and worst continuation of a
+branch group is trained on, and only when its per-prompt z-score is extreme enough.
+
+    eta=1 DDIM step:  x0 = (x_t - sqrt(1-a_t) eps)/sqrt(a_t),  sigma = eta sqrt((1-a_t')/(1-a_t)) sqrt(1 - a_t/a_t')
+                  mu = sqrt(a_t') x0 + sqrt(1-a_t'-sigma^2) eps,  x_t' = mu + sigma z,  eps = eps_u + w (eps_c-eps_u)
+                      log pi(x_t'|x_t) = mean_D [-(x_t'-mu)^2/(2 sigma^2) - log sigma - log(2 pi)/2]   (x_t' detached)
+    schedule:         s_k = s_min + floor(k (s_max - s_min + 1)/K),  b_k = N - s_k,  trained steps {b_k, ..., N-1}
+    advantage:        z = (r - m_p)/(s_p + 1e-8), m_p, s_p over prompt p's rewards of this stage + H previous stages
+    selection:        per branch group keep (argmax z) if z >= tau+, (argmin z) if z < tau-
+    loss:             L = mean max(-A rho, -A clip(rho, 1-eps, 1+eps)),  A = clip(z, -5, 5) beta+-,  rho = pi/pi_old
+
+Implementation details ([code] = hu-zijing/B2-DiffuRL @ e3a9129, [card] = shared/specs/b2_diffurl.md, [ddpo] =
+kvablack/ddpo-pytorch):
+1. `ddim_step_with_logprob` [ddpo ddim_with_logprob.py, code run_train.py] works on a diffusers DDIMScheduler (or the
+   toy's `ToyDDIM` with the same attributes): "leading" timesteps 951..1, t' = t - 50 (a_t' = final_alpha_cumprod =
+   a_0 below 0, SD's set_alpha_to_one=False), per-row timesteps for training; computed in fp32; log-prob a MEAN over
+   every non-batch entry with x_t' detached. eta <= 0 fails (the log-prob is undefined). Tested against
+   DDIMScheduler.step(eta=1, variance_noise=z).
+2. CFG in sampling and in the training recomputation [code]: one batched pass over [null; cond]. w=1 skips the null
+   pass. Toy: w=1 by default (the card allows it), a null class trained with 10% dropout so --guidance-scale works.
+3. Schedule [code run_process.sh, card 3.2]: `trained_step_indices`; --fixed-split s uses s_k = s at every stage.
+4. Branch sampling [code run_sample.py]: steps 0..b_k-1 once per prefix, then S copies with independent noise; rows are
+   prefix-major with explicit group ids (the code recovers groups by a reshape [card 5]). Only post-branch transitions
+   are stored, because only they are ever trained on [code run_select.py slices t_left:t_right].
+5. `PromptStatTracker` [code run_select.py score_fn1]: FIFO of the last H per-stage reward dicts; unbiased std; a
+   prompt seen once has z = 0 (the code would divide 0 by NaN).
+6. `select_from_branches` [code run_select.py]: asymmetric >= tau+ / < tau- tests; A = the per-prompt z-score, not a
+   within-branch difference. --select all keeps every sample with A = z; --no-branch uses S = 1 (thresholds only).
+7. PPO-clip with advantage clipping and beta+- [code run_train.py], eps 0.1, AdamW(lr, wd 1e-4), grad-norm 1, E = 2
+   epochs. One optimiser step per --train-batch-size samples, accumulated over all their trained transitions, which we
+   shuffle jointly (the code shuffles step order per sample; the gradient is the same). DIFFERENCE: the last partial
+   batch of a stage is stepped, not dropped [card 5]. Old log-probs come from the sampling pass (fp32).
+8. Weights and optimiser state carry across stages (one process, no pickles or PNGs) [card 7 simplifications]; the
+   toy trains the full MLP in fp32, the real path LoRA (peft, rank 4, to_q/k/v/out.0) on the UNet.
+9. DDPO arm [ddpo train.py, card 4]: S = 1, all N steps, per-prompt z over a 32-reward buffer (min_count 16, else batch
+   stats, population std + 1e-6), eps 1e-4, lr 3e-4, 1 inner epoch, the same reward calls per stage.
+10. Toy [card 6]: 2-D points, class c in {0..3} = a mixture of 4 Gaussians (std 0.15) on a radius-2 circle rotated by
+   c 22.5 deg; eps-MLP (x, 32-d sinusoidal t, 16-d class embedding, 3x128 SiLU) pretrained 3000 steps with the SD beta
+   schedule (cached under runs/cache/ by recipe). Reward precision r = exp(-d^2/(2 0.05^2)) (d = distance to the
+   nearest centre of c), or --reward-fn mode (1 if that centre is c's mode 0: decided by early steps).
+11. Real path: StableDiffusionPipeline.from_pretrained(--model-name) with a DDIMScheduler from its config; VAE, text
+   encoder and UNet frozen; reward --reward-fn clip (open_clip ViT-H-14 laion2b, fails at start-up without weights),
+   jpeg (JPEG size, weight-free, DDPO's compressibility) or module:function taking (images [B,3,H,W] in [0,1], prompts).
+
+Metrics (suffix /<arm>_s<seed>, step = cumulative reward calls): reward, reward_std (training samples), eval/reward,
+eval/entropy (mode occupancy, 1 = uniform), eval/spread (mean distance to the nearest centre), losses/policy_loss,
+clip_ratio/region_mean, kl (approx), charts/span, charts/selected. Also summary.md and b2_toy.png.
+
+    python algos/b2_diffurl.py                                   # toy: B², DDPO and the ablations, 3 seeds (~3 min)
+    python algos/b2_diffurl.py --reward-fn mode --arms main ddpo # the honesty variant: early-step reward
+    python algos/b2_diffurl.py --model-name CompVis/stable-diffusion-v1-4 --reward-fn clip --num-stages 100 \
+        --s-min 14 --s-max 20 --prefixes-per-stage 256 --train-batch-size 128 --train-micro-batch 2 --lr 1e-4
+
+Measured (toy default, 3 seeds, 2 shared cores, 82 s): eval precision reward after 6080 calls B² 0.449 +- 0.010, DDPO
+0.266 +- 0.012 at its eps 1e-4 (0.446 +- 0.010 with --ddpo-clip 0.1), no-branch 0.517, select-all 0.513, fixed-split
+0.455; mode entropy >= 0.95 everywhere. No GPU was lent to this task: --cuda and bf16 are untested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Literal, Optional
+
+import torch
+import torch.nn as nn
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python algos/b2_diffurl.py` from the repo root
+from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa
+
+CACHE_DIR = Path(os.environ.get("REWARDLAB_CACHE", Path(__file__).resolve().parents[1] / "runs" / "cache"))
+ARMS = ("main", "ddpo", "no-branch", "fixed-split", "select-all")
+
+
+@dataclass
+class Args:
+    exp_name: str = "toy"
+    """name of this experiment (part of the run folder name)"""
+    seed: int = 1
+    """seed of pretraining and of the first RL seed"""
+    num_seeds: int = 3
+    """toy: RL seeds seed, seed+1, ... for every arm"""
+    cuda: bool = True
+    """use the GPU when one is visible"""
+    dtype: str = "auto"
+    """real path: dtype of the frozen weights (auto = bf16 on GPU, fp32 on CPU); LoRA and the log-probs stay fp32"""
+    torch_threads: int = 1
+    """CPU threads for torch"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    arms: tuple[Literal["main", "ddpo", "no-branch", "fixed-split", "select-all"], ...] = ARMS
+    """toy arms; main = the flags as given (--method, --no-branch, --fixed-split, --select); the real path runs main"""
+    method: Literal["b2", "ddpo"] = "b2"
+    """b2 (branches, curriculum, selection) or plain DDPO"""
+    no_branch: bool = False
+    """ablation: keep the span schedule but S = 1, samples selected by the thresholds alone"""
+    fixed_split: Optional[int] = None
+    """ablation: branch at N - s at every stage (no curriculum); the fixed-split arm uses --s-max when unset"""
+    select: Literal["best-worst", "all"] = "best-worst"
+    """best-worst (the code) or all (every branch sample, advantage = z)"""
+    model_name: Optional[str] = None
+    """diffusers StableDiffusionPipeline (hub id or save_pretrained folder); None = the 2-D toy"""
+    prompt_file: Optional[str] = None
+    """real path: training prompts, .txt one per line or a .json list (default: animal-activity template)"""
+    reward_fn: Optional[str] = None
+    """toy: precision | mode; real: clip | jpeg | module:function (default precision / clip)"""
+    resolution: Optional[int] = None
+    """real path: image side in pixels (default: the UNet's sample_size x the VAE factor)"""
+    lora_rank: int = 4
+    """real path: LoRA rank on the UNet attention projections"""
+    num_steps: int = 20
+    """N denoising steps"""
+    eta: float = 1.0
+    """DDIM eta (> 0: the log-prob needs noise)"""
+    guidance_scale: Optional[float] = None
+    """classifier-free guidance w (default 1 on the toy, 5 on the real path)"""
+    num_stages: int = 19
+    """K stages (each: sample, reward, select, train)"""
+    s_min: int = 2
+    """trained span at stage 0"""
+    s_max: int = 20
+    """trained span at the last stage"""
+    num_branches: int = 5
+    """S continuations per prefix"""
+    prefixes_per_stage: int = 64
+    """branch groups per stage (reward calls = prefixes x S; S = 1 arms use prefixes x S trajectories)"""
+    tau_pos: float = 0.5
+    """keep the best continuation if its z >= tau_pos"""
+    tau_neg: float = -0.5
+    """keep the worst continuation if its z < tau_neg"""
+    history: int = 8
+    """H previous stages in the per-prompt statistics"""
+    epochs: int = 2
+    """epochs over the selected set per stage"""
+    train_batch_size: int = 64
+    """samples per optimiser step (gradients accumulated over all their trained transitions)"""
+    train_micro_batch: int = 4096
+    """transitions per forward/backward pass (lower it for big models)"""
+    ppo_clip: float = 0.1
+    """PPO ratio clip eps for B²"""
+    adv_clip: float = 5.0
+    """advantage clip"""
+    beta_pos: float = 1.0
+    """weight of positive advantages"""
+    beta_neg: float = 1.0
+    """weight of negative advantages"""
+    lr: float = 3e-4
+    """AdamW learning rate (the code: 1e-4 with LoRA)"""
+    weight_decay: float = 1e-4
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient-norm clip"""
+    ddpo_clip: float = 1e-4
+    """DDPO's PPO clip eps"""
+    ddpo_lr: float = 3e-4
+    """DDPO's learning rate"""
+    ddpo_epochs: int = 1
+    """DDPO's inner epochs"""
+    ddpo_buffer: int = 32
+    """DDPO per-prompt reward buffer"""
+    ddpo_min_count: int = 16
+    """DDPO: batch statistics while a prompt's buffer holds fewer rewards"""
+    pretrain_steps: int = 3000
+    """toy: DDPM pretraining steps"""
+    pretrain_batch: int = 512
+    """toy: pretraining batch"""
+    pretrain_lr: float = 2e-3
+    """toy: pretraining Adam lr"""
+    eval_samples: int = 1024
+    """toy: eval samples per class (fixed noise across stages)"""
+
+
+# ----------------------------------------------------------------------------------------------------- the maths
+def ddim_step_with_logprob(scheduler, model_output, timestep, sample, eta=1.0, prev_sample=None, generator=None):
+    """One DDIM step x_t -> x_t' with eta > 0 and log pi(x_t'|x_t), a mean over all non-batch entries.
+
+    `timestep` is an int / 0-d tensor or one per row ([B]); `prev_sample` given = score that transition."""
+    if eta <= 0:
+        fail(f"eta = {eta}: the eta=0 DDIM step is deterministic and has no log-prob; use eta > 0 (the paper: 1)")
+    if getattr(scheduler.config, "prediction_type", "epsilon") != "epsilon":
+        fail("only epsilon-prediction schedulers are supported")
+    eps, x = model_output.float(), sample.float()
+    t = torch.as_tensor(timestep, device=x.device).long().reshape(-1)  # [B] or [1]
+    prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    alphas = scheduler.alphas_cumprod.to(x.device, torch.float32)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    a_t = alphas[t].reshape(shape)  # [B, 1, ...]
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32, device=x.device)
+    a_prev = torch.where(prev_t >= 0, alphas[prev_t.clamp(min=0)], final).reshape(shape)  # [B, 1, ...]
+    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()  # [B, ...]
+    if getattr(scheduler.config, "clip_sample", False):
+        r = scheduler.config.clip_sample_range
+        x0 = x0.clamp(-r, r)
+    std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()  # [B, 1, ...]
+    mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps  # [B, ...]
+    if prev_sample is None:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        prev_sample = mean + std * noise
+    prev = prev_sample.detach().float()  # [B, ...]
+    log_prob = -((prev - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)  # [B, ...]
+    return prev.to(sample.dtype), log_prob.mean(dim=tuple(range(1, x.dim())))  # [B, ...], [B]
+
+
+def trained_step_indices(stage: int, num_stages: int, s_min: int, s_max: int, num_steps: int) -> list[int]:
+    """Step indices trained at stage k: the last s_k = s_min + floor(k (s_max - s_min + 1) / K) of N."""
+    if not 1 <= s_min <= s_max <= num_steps:
+        fail(f"need 1 <= s_min ({s_min}) <= s_max ({s_max}) <= the number of steps ({num_steps})")
+    if not 0 <= stage < num_stages:
+        fail(f"stage {stage} is outside 0..{num_stages - 1}")
+    span = s_min + stage * (s_max - s_min + 1) // num_stages
+    return list(range(num_steps - span, num_steps))
+
+
+def select_from_branches(z: torch.Tensor, tau_pos: float, tau_neg: float) -> list[tuple[int, float]]:
+    """One branch group's z-scores [S] -> [(argmax, z) if z >= tau_pos] + [(argmin, z) if z < tau_neg]."""
+    best, worst = int(z.argmax()), int(z.argmin())
+    out = [(best, float(z[best]))] if z[best] >= tau_pos else []
+    return out + ([(worst, float(z[worst]))] if z[worst] < tau_neg else [])
+
+
+class PromptStatTracker:
+    """Per-prompt z-scores over this stage's rewards plus those of up to `history` previous stages (a FIFO)."""
+
+    def __init__(self, history: int = 8):
+        self.history = history
+        self.stages: deque[dict] = deque(maxlen=max(history, 0) or None) if history > 0 else deque(maxlen=1)
+
+    def update(self, prompts, rewards: torch.Tensor) -> torch.Tensor:
+        rewards = torch.as_tensor(rewards, dtype=torch.float64).flatten()  # [B]
+        if len(prompts) != len(rewards):
+            fail(f"{len(prompts)} prompts but {len(rewards)} rewards")
+        current = {p: rewards[[i for i, q in enumerate(prompts) if q == p]] for p in dict.fromkeys(prompts)}
+        past = list(self.stages) if self.history > 0 else []
+        z = torch.zeros_like(rewards)
+        for p, values in current.items():
+            pooled = torch.cat([s[p] for s in past if p in s] + [values])
+            if len(pooled) < 2:
+                continue  # z = 0: no spread to normalise by
+            rows = [i for i, q in enumerate(prompts) if q == p]
+            z[rows] = (values - pooled.mean()) / (pooled.std() + 1e-8)
+        if self.history > 0:
+            self.stages.append(current)
+        return z.float()
+
+
+def ddpo_advantages(prompts, rewards: torch.Tensor, buffers: dict, buffer_size: int, min_count: int) -> torch.Tensor:
+    """DDPO's per-prompt stat tracker: z over the last `buffer_size` rewards of the prompt (batch stats if fewer)."""
+    rewards = rewards.double()  # [B]
+    z = torch.empty_like(rewards)
+    for p in dict.fromkeys(prompts):
+        rows = [i for i, q in enumerate(prompts) if q == p]
+        buf = buffers.setdefault(p, deque(maxlen=buffer_size))
+        buf.extend(rewards[rows].tolist())
+        ref = rewards if len(buf) < min_count else torch.tensor(list(buf), dtype=torch.float64)
+        z[rows] = (rewards[rows] - ref.mean()) / (ref.std(unbiased=False) + 1e-6)
+    return z.float()
+
+
+def ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range, adv_clip, beta_pos=1.0, beta_neg=1.0):
+    """L = mean max(-A rho, -A clip(rho, 1-eps, 1+eps)), A = clip(adv, +-adv_clip) (beta+ if adv > 0 else beta-)."""
+    ratio = torch.exp(log_prob - old_log_prob)  # [R]
+    adv = advantages.clamp(-adv_clip, adv_clip) * torch.where(advantages > 0, beta_pos, beta_neg)  # [R]
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
+    stats = {
+        "clip_frac": ((ratio - 1).abs() > clip_range).float().mean().item(),
+        "approx_kl": (0.5 * (log_prob - old_log_prob) ** 2).mean().item(),
+    }
+    return loss, stats
+
+
+def guided_eps(eps_fn, x, t, cond, null_cond, w):
+    """eps_u + w (eps_c - eps_u); one batched pass over [null; cond] (w = 1: the conditional pass alone)."""
+    if w == 1.0:
+        return eps_fn(x, t, cond)
+    null = null_cond.expand(len(x), *null_cond.shape[1:])
+    eps_u, eps_c = eps_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([null, cond])).chunk(2)  # [B, ...] x2
+    return eps_u + w * (eps_c - eps_u)
+
+
+@torch.no_grad()
+def sample_with_branches(eps_fn, scheduler, x_T, cond, null_cond, w, eta, branch_index, num_branches, generator=None):
+    """Shared prefix 0..b-1, then S continuations per prefix (rows p*S + j). Returns x_0 and the post-branch
+    transitions: latents / next latents [P*S, N-b, ...], old log-probs [P*S, N-b]."""
+    x, timesteps = x_T, scheduler.timesteps
+    for i in range(branch_index):
+        t = timesteps[i].expand(len(x))
+        eps = guided_eps(eps_fn, x, t, cond, null_cond, w)
+        x, _ = ddim_step_with_logprob(scheduler, eps, t, x, eta, None, generator)
+    x, cond = x.repeat_interleave(num_branches, 0), cond.repeat_interleave(num_branches, 0)  # [P*S, ...]
+    latents, next_latents, log_probs = [], [], []
+    for i in range(branch_index, len(timesteps)):
+        t = timesteps[i].expand(len(x))
+        eps = guided_eps(eps_fn, x, t, cond, null_cond, w)
+        nxt, lp = ddim_step_with_logprob(scheduler, eps, t, x, eta, None, generator)
+        latents.append(x), next_latents.append(nxt), log_probs.append(lp)
+        x = nxt
+    stack = lambda v: torch.stack(v, 1) if v else None  # noqa: E731
+    return x, stack(latents), stack(next_latents), stack(log_probs)
+
+
+# ------------------------------------------------------------------------------------------------------- the toy
+class ToyDDIM:
+    """The SD DDIM schedule (scaled-linear betas 0.00085..0.012, 1000 steps, leading spacing, offset 1) without
+    diffusers; the attributes `ddim_step_with_logprob` reads have DDIMScheduler's names."""
+
+    def __init__(self, num_train_timesteps=1000):
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+        self.alphas_cumprod = torch.cumprod(1 - betas, 0)
+        self.final_alpha_cumprod = self.alphas_cumprod[0]
+        self.config = SimpleNamespace(num_train_timesteps=num_train_timesteps, prediction_type="epsilon")
+
+    def set_timesteps(self, n):
+        self.num_inference_steps = n
+        self.timesteps = torch.arange(n - 1, -1, -1) * (self.config.num_train_timesteps // n) + 1
+
+
+class ToyEps(nn.Module):
+    """eps(x, t, c): [x, 32-d sinusoidal t, 16-d class embedding (index C = null)] -> 3 x 128 SiLU -> 2."""
+
+    def __init__(self, num_classes=4, hidden=128):
+        super().__init__()
+        self.class_emb = nn.Embedding(num_classes + 1, 16)
+        layers = [nn.Linear(2 + 32 + 16, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
+
+    def forward(self, x, t, c):
+        freqs = torch.exp(-math.log(1000.0) * torch.arange(16, device=x.device) / 16)  # [16]
+        ang = t.float()[:, None] * freqs  # [B, 16]
+        return self.net(torch.cat([x, ang.sin(), ang.cos(), self.class_emb(c)], -1))  # [B, 2]
+
+
+def toy_centres(num_classes=4, radius=2.0):
+    """[C, 4, 2]: class c's 4 modes at angles c 22.5 + 90 j degrees; mode 0 is the designated one."""
+    ang = torch.deg2rad(torch.arange(num_classes)[:, None] * 22.5 + torch.arange(4)[None] * 90.0)  # [C, 4]
+    return radius * torch.stack([ang.cos(), ang.sin()], -1)
+
+
+def toy_reward(x0, classes, centres, kind="precision", sigma=0.05):
+    """Sparse terminal reward; also returns the nearest mode index and distance for the metrics."""
+    d = (x0[:, None, :] - centres[classes]).norm(dim=-1)  # [B, 4]
+    dist, mode = d.min(-1)  # [B], [B]
+    r = torch.exp(-(dist**2) / (2 * sigma**2)) if kind == "precision" else (mode == 0).float()
+    return r, mode, dist
+
+
+def pretrain_toy(args, device):
+    """DDPM eps-loss pretraining (10% null-class dropout for CFG), cached by recipe under runs/cache/."""
+    recipe = dict(v=1, steps=args.pretrain_steps, batch=args.pretrain_batch, lr=args.pretrain_lr, seed=args.seed)
+    path = CACHE_DIR / f"b2_toy_eps_{hashlib.md5(json.dumps(recipe).encode()).hexdigest()[:10]}.pt"
+    model = ToyEps().to(device)
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location=device))
+        return model
+    gen = torch.Generator().manual_seed(args.seed)
+    sched, centres = ToyDDIM(), toy_centres()
+    acp = sched.alphas_cumprod.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.pretrain_lr)
+    for _ in range(args.pretrain_steps):
+        c = torch.randint(0, 4, (args.pretrain_batch,), generator=gen)
+        m = torch.randint(0, 4, (args.pretrain_batch,), generator=gen)
+        x0 = (centres[c, m] + 0.15 * torch.randn(args.pretrain_batch, 2, generator=gen)).to(device)  # [B, 2]
+        t = torch.randint(0, 1000, (args.pretrain_batch,), generator=gen).to(device)
+        noise = torch.randn(args.pretrain_batch, 2, generator=gen).to(device)
+        a = acp[t][:, None]
+        cond = torch.where(torch.rand(args.pretrain_batch, generator=gen) < 0.1, 4, c).to(device)
+        loss = ((model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, cond) - noise) ** 2).mean()
+        opt.zero_grad(), loss.backward(), opt.step()
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- one arm's RL loop
+def arm_config(args, arm):
+    """The flags an arm runs with: main = as given; the others override one thing."""
+    cfg = dict(method=args.method, no_branch=args.no_branch, fixed_split=args.fixed_split, select=args.select)
+    if arm == "ddpo":
+        cfg.update(method="ddpo")
+    elif arm == "no-branch":
+        cfg.update(method="b2", no_branch=True)
+    elif arm == "fixed-split":
+        cfg.update(method="b2", fixed_split=args.fixed_split or args.s_max)
+    elif arm == "select-all":
+        cfg.update(method="b2", select="all")
+    return SimpleNamespace(**cfg)
+
+
+def run_arm(args, cfg, world, params, tag, run, seed):
+    """K stages of sample -> reward -> normalise -> select -> train for one arm, optimiser carried across stages."""
+    torch.manual_seed(seed)
+    ddpo = cfg.method == "ddpo"
+    S = 1 if ddpo or cfg.no_branch else args.num_branches
+    calls_per_stage = args.prefixes_per_stage * args.num_branches  # equal reward calls for every arm
+    num_prefixes = calls_per_stage // S
+    opt = torch.optim.AdamW(params, lr=args.ddpo_lr if ddpo else args.lr, weight_decay=args.weight_decay)
+    tracker, buffers, w, N = PromptStatTracker(args.history), {}, world.guidance, args.num_steps
+    clip_range = args.ddpo_clip if ddpo else args.ppo_clip
+    curve = [dict(calls=0, **world.evaluate())]
+    run.log(0, {f"eval/{k}/{tag}": v for k, v in curve[0].items() if k != "calls"})
+    for stage in range(args.num_stages):
+        # 1. the trained span: the last s_k steps (DDPO: all N), branch index b_k = N - s_k
+        if ddpo:
+            steps = list(range(N))
+        elif cfg.fixed_split is not None:
+            steps = trained_step_indices(0, 1, cfg.fixed_split, cfg.fixed_split, N)
+        else:
+            steps = trained_step_indices(stage, args.num_stages, args.s_min, args.s_max, N)
+        branch = steps[0]
+        # 2. sample with the current weights (= pi_old): shared prefix, S continuations each
+        prompt_ids = world.draw_prompts(num_prefixes)  # [P]
+        x_T, cond = world.noise(num_prefixes), world.cond_table[prompt_ids]
+        x0, lat, nxt, old_lp = sample_with_branches(
+            world.eps_fn, world.scheduler, x_T, cond, world.null_cond, w, args.eta, branch, S
+        )
+        prompt_ids = prompt_ids.repeat_interleave(S)  # [P*S]
+        # 3. reward (sparse, terminal) and per-prompt z-scores
+        rewards = world.reward(x0, prompt_ids).float().cpu()  # [P*S]
+        prompts = prompt_ids.tolist()
+        if ddpo:
+            z = ddpo_advantages(prompts, rewards, buffers, args.ddpo_buffer, args.ddpo_min_count)
+        else:
+            z = tracker.update(prompts, rewards)  # [P*S]
+        # 4. select per branch group (best >= tau+, worst < tau-) or keep all
+        if ddpo or cfg.select == "all":
+            rows, adv = torch.arange(len(z)), z
+        else:
+            picked = [
+                (g * S + j, a)
+                for g in range(num_prefixes)
+                for j, a in select_from_branches(z[g * S : (g + 1) * S], args.tau_pos, args.tau_neg)
+            ]
+            rows = torch.tensor([r for r, _ in picked], dtype=torch.long)
+            adv = torch.tensor([a for _, a in picked], dtype=torch.float32)
+        # 5. PPO-clip on the post-branch transitions of the selected samples
+        data = dict(prompt=prompt_ids[rows], lat=lat[rows], nxt=nxt[rows], old_lp=old_lp[rows], adv=adv.to(lat.device))
+        stats = train_on_transitions(args, world, params, opt, clip_range, ddpo, data, world.scheduler.timesteps[steps])
+        # 6. log against cumulative reward calls; the weights and optimiser state go on to stage k+1
+        calls = (stage + 1) * calls_per_stage
+        evals = world.evaluate()
+        curve.append(dict(calls=calls, train_reward=rewards.mean().item(), **evals))
+        metrics = {"reward": rewards.mean().item(), "reward_std": rewards.std().item(), "charts/span": len(steps)}
+        metrics.update({"charts/selected": len(rows), **stats, **{f"eval/{k}": v for k, v in evals.items()}})
+        run.log(calls, {f"{k}/{tag}": v for k, v in metrics.items()})
+    return curve
+
+
+def train_on_transitions(args, world, params, opt, clip_range, ddpo, data, timesteps):
+    """E epochs; an optimiser step per `train_batch_size` samples over all their (shuffled) transitions."""
+    n, s = data["lat"].shape[:2]
+    totals = {"losses/policy_loss": 0.0, "clip_ratio/region_mean": 0.0, "kl": 0.0}
+    chunks = 0
+    for _ in range(args.ddpo_epochs if ddpo else args.epochs):
+        perm = torch.randperm(n)
+        for start in range(0, n, args.train_batch_size):
+            idx = perm[start : start + args.train_batch_size]
+            sample_ix = idx.repeat_interleave(s)  # [b*s]
+            step_ix = torch.arange(s).repeat(len(idx))  # [b*s]
+            order = torch.randperm(len(sample_ix))
+            sample_ix, step_ix = sample_ix[order], step_ix[order]
+            for rows in torch.arange(len(sample_ix)).split(args.train_micro_batch):
+                si, ti = sample_ix[rows], step_ix[rows]
+                x, t = data["lat"][si, ti], timesteps[ti].to(data["lat"].device)  # [r, ...], [r]
+                cond = world.cond_table[data["prompt"][si]]
+                eps = guided_eps(world.eps_fn, x, t, cond, world.null_cond, world.guidance)
+                _, log_prob = ddim_step_with_logprob(world.scheduler, eps, t, x, args.eta, data["nxt"][si, ti])
+                old_lp, adv = data["old_lp"][si, ti], data["adv"][si]
+                loss, st = ppo_clip_loss(log_prob, old_lp, adv, clip_range, args.adv_clip, args.beta_pos, args.beta_neg)
+                (loss * len(rows) / len(sample_ix)).backward()
+                totals["losses/policy_loss"] += loss.item()
+                totals["clip_ratio/region_mean"] += st["clip_frac"]
+                totals["kl"] += st["approx_kl"]
+                chunks += 1
+            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return {k: v / max(chunks, 1) for k, v in totals.items()}
+
+
+class ToyWorld:
+    """The 2-D toy behind the interface `run_arm` uses (eps_fn, scheduler, cond_table, null_cond, draw_prompts,
+    noise, reward, evaluate)."""
+
+    def __init__(self, args, model, device):
+        self.args, self.model, self.device = args, model, device
+        self.scheduler = ToyDDIM()
+        self.scheduler.set_timesteps(args.num_steps)
+        self.eps_fn, self.guidance = model, args.guidance_scale if args.guidance_scale is not None else 1.0
+        self.cond_table, self.null_cond = torch.arange(4, device=device), torch.tensor([4], device=device)
+        self.centres, self.kind = toy_centres().to(device), args.reward_fn or "precision"
+
+    def draw_prompts(self, n):  # stratified over the 4 classes, then shuffled
+        return (torch.arange(n) % 4)[torch.randperm(n)].to(self.device)
+
+    def noise(self, n, generator=None):
+        return torch.randn(n, 2, generator=generator).to(self.device)
+
+    def reward(self, x0, prompt_ids):
+        return toy_reward(x0, prompt_ids, self.centres, self.kind)[0]
+
+    @torch.no_grad()
+    def evaluate(self):
+        gen = torch.Generator().manual_seed(12345)  # the same noise at every evaluation
+        classes = torch.arange(4, device=self.device).repeat_interleave(self.args.eval_samples)
+        x_T, a = self.noise(len(classes), gen), self.args
+        x0, *_ = sample_with_branches(
+            self.eps_fn, self.scheduler, x_T, classes, self.null_cond, self.guidance, a.eta, a.num_steps, 1, gen
+        )
+        r, mode, dist = toy_reward(x0, classes, self.centres, self.kind)
+        occ = torch.stack([torch.bincount(mode[classes == c], minlength=4) for c in range(4)]).float()  # [4, 4]
+        p = occ / occ.sum(-1, keepdim=True)
+        ent = -(p * p.clamp(min=1e-12).log()).sum(-1) / math.log(4)  # [4]
+        self.last_samples = (x0.cpu(), classes.cpu())
+        return dict(reward=r.mean().item(), entropy=ent.mean().item(), spread=dist.mean().item())
+
+
+# ------------------------------------------------------------------------------------------- the real path (SD)
+TEMPLATE_ANIMALS = "cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion tiger bear".split()
+TEMPLATE_ACTIVITIES = ("washing dishes", "riding a bike", "playing chess")
+
+
+def load_prompts(path):
+    """A .txt (one prompt a line) or .json list; None = a 45-prompt animal-activity template [code template1]."""
+    if path is None:
+        return [f"a {a} {act}" for a in TEMPLATE_ANIMALS for act in TEMPLATE_ACTIVITIES]
+    if not Path(path).is_file():
+        fail(f"--prompt-file {path} does not exist")
+    text = Path(path).read_text()
+    prompts = json.loads(text) if path.endswith(".json") else text.splitlines()
+    prompts = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
+    if not prompts:
+        fail(f"--prompt-file {path} holds no prompts: give one prompt per line (or a JSON list of strings)")
+    return prompts
+
+
+def build_reward_fn(name, device):
+    """(images [B, 3, H, W] in [0, 1], prompts) -> rewards [B]. Fails at start-up when weights are missing."""
+    if name == "jpeg":  # DDPO's jpeg compressibility: minus the JPEG size in kB (weight-free)
+        import io
+
+        from PIL import Image
+
+        def jpeg(images, prompts):
+            arr = (images.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+            sizes = []
+            for a in arr:
+                buf = io.BytesIO()
+                Image.fromarray(a).save(buf, format="JPEG", quality=95)
+                sizes.append(buf.tell() / 1000)
+            return -torch.tensor(sizes)
+
+        return jpeg
+    if name == "clip":  # [code run_select.py score_fn1]: cosine of open_clip ViT-H-14 image and prompt embeddings
+        try:
+            import open_clip
+
+            model, _, _ = open_clip.create_model_and_transforms("ViT-H-14", pretrained="laion2b_s32b_b79k")
+        except Exception as e:  # no package, no weights offline
+            why = f"{type(e).__name__}: {e}"
+            fail(f"--reward-fn clip needs open_clip + ViT-H-14 laion2b weights ({why}); or use jpeg / module:function")
+        model, tokenizer = model.to(device).eval(), open_clip.get_tokenizer("ViT-H-14")
+        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073], device=device)[:, None, None]
+        std = torch.tensor([0.26862954, 0.26130258, 0.27577711], device=device)[:, None, None]
+
+        @torch.no_grad()
+        def clip_score(images, prompts):
+            pixels = (nn.functional.interpolate(images.float(), size=224, mode="bicubic") - mean) / std
+            img = nn.functional.normalize(model.encode_image(pixels), dim=-1)  # [B, D]
+            txt = nn.functional.normalize(model.encode_text(tokenizer(prompts).to(device)), dim=-1)  # [B, D]
+            return (img * txt).sum(-1)
+
+        return clip_score
+    if ":" in name:
+        module, _, attr = name.rpartition(":")
+        try:
+            if module.endswith(".py"):
+                spec = importlib.util.spec_from_file_location("user_reward", module)
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
+            else:
+                mod = importlib.import_module(module)
+            return getattr(mod, attr)
+        except Exception as e:
+            fail(f"could not load --reward-fn {name} ({type(e).__name__}: {e})")
+    fail(f"--reward-fn {name!r} is not clip, jpeg or module:function (precision / mode are for the toy)")
+
+
+class SDWorld:
+    """Stable Diffusion behind `run_arm`'s interface: frozen VAE / text encoder / UNet, LoRA on the UNet attention."""
+
+    def __init__(self, args, device):
+        try:
+            from diffusers import DDIMScheduler, StableDiffusionPipeline
+            from peft import LoraConfig
+        except ImportError as e:
+            fail(f"the real path needs diffusers and peft ({e}): pip install 'rewardlab[diffusion,lora]'")
+        self.device, self.dtype = device, pick_dtype(args.dtype, device)
+        self.reward_fn = build_reward_fn(args.reward_fn or "clip", device)
+        self.prompts = load_prompts(args.prompt_file)
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                args.model_name, torch_dtype=self.dtype, safety_checker=None, requires_safety_checker=False
+            )
+        except Exception as e:
+            why = f"{type(e).__name__}: {str(e)[:300]}"
+            fail(f"could not load --model-name {args.model_name!r} ({why}); offline, pass a save_pretrained folder")
+        self.vae, self.unet = pipe.vae.to(device), pipe.unet.to(device)
+        vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        res = args.resolution or self.unet.config.sample_size * vae_factor
+        multiple = vae_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+        if res <= 0 or res % multiple:
+            fail(f"--resolution {res} is not a positive multiple of {multiple} (VAE factor x UNet downsampling)")
+        self.latent_shape = (self.unet.config.in_channels, res // vae_factor, res // vae_factor)
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.scheduler.set_timesteps(args.num_steps, device=device)
+        self.scheduler.timesteps = self.scheduler.timesteps.cpu()
+        for module in (self.vae, pipe.text_encoder, self.unet):
+            module.requires_grad_(False)
+        lora = dict(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian")
+        self.unet.add_adapter(LoraConfig(**lora, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        for p in self.unet.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()  # LoRA weights in fp32, frozen weights in --dtype
+        with torch.no_grad():
+            tok, length = pipe.tokenizer, pipe.tokenizer.model_max_length
+            ids = tok(
+                self.prompts + [""], padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+            )
+            embeds = pipe.text_encoder.to(device)(ids.input_ids.to(device))[0]  # [P+1, L, H]
+        self.cond_table, self.null_cond = embeds[:-1], embeds[-1:]
+        self.guidance = args.guidance_scale if args.guidance_scale is not None else 5.0
+
+    def eps_fn(self, x, t, cond):
+        return self.unet(x.to(self.dtype), t.to(self.device), encoder_hidden_states=cond).sample.float()
+
+    def draw_prompts(self, n):  # uniform with replacement [code run_sample.py]
+        return torch.randint(0, len(self.prompts), (n,)).to(self.device)
+
+    def noise(self, n, generator=None):
+        return torch.randn(n, *self.latent_shape, generator=generator, device=self.device)
+
+    @torch.no_grad()
+    def reward(self, latents, prompt_ids):
+        images = []
+        for chunk in latents.split(8):
+            images.append(self.vae.decode(chunk.to(self.dtype) / self.vae.config.scaling_factor).sample.float())
+        images = (torch.cat(images) / 2 + 0.5).clamp(0, 1)  # [B, 3, H, W]
+        return torch.as_tensor(self.reward_fn(images, [self.prompts[i] for i in prompt_ids.tolist()])).float()
+
+    def evaluate(self):
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+def check_args(args):
+    """Every bad option fails here, before any model is built."""
+    N = args.num_steps
+    if N < 1 or args.num_stages < 1:
+        fail("--num-steps and --num-stages must be >= 1")
+    if args.eta <= 0:
+        fail(f"--eta {args.eta}: eta = 0 is deterministic DDIM and its log-prob is undefined; use eta > 0 (paper: 1)")
+    trained_step_indices(0, args.num_stages, args.s_min, args.s_max, N)
+    if args.fixed_split is not None and not 1 <= args.fixed_split <= N:
+        fail(f"--fixed-split {args.fixed_split} must be in 1..--num-steps ({N})")
+    toy_branch_arms = args.model_name is None and bool({"fixed-split", "select-all"} & set(args.arms))
+    branching = (args.method == "b2" and not args.no_branch) or toy_branch_arms
+    if branching and args.num_branches < 2:
+        fail(f"--num-branches {args.num_branches}: branch sampling needs S >= 2 (or use --no-branch / --method ddpo)")
+    if min(args.prefixes_per_stage, args.train_batch_size, args.train_micro_batch, args.num_seeds, args.epochs) < 1:
+        fail("--prefixes-per-stage, --train-batch-size, --train-micro-batch, --num-seeds, --epochs must be >= 1")
+    if args.tau_neg > args.tau_pos:
+        fail(f"--tau-neg {args.tau_neg} > --tau-pos {args.tau_pos}")
+    toy_rewards = ("precision", "mode")
+    if args.model_name is None and args.reward_fn not in (None, *toy_rewards):
+        fail(f"the toy's --reward-fn is precision or mode, not {args.reward_fn!r}")
+    if args.model_name is not None and args.reward_fn in toy_rewards:
+        fail(f"--reward-fn {args.reward_fn} is a toy reward; use clip, jpeg or module:function with --model-name")
+    if args.model_name is None and not args.arms:
+        fail("--arms is empty")
+
+
+def describe(cfg):
+    if cfg.method == "ddpo":
+        return "DDPO (S=1, all steps)"
+    split = [f"fixed-split {cfg.fixed_split}"] if cfg.fixed_split else []
+    return " ".join(["B²"] + ["no-branch"] * cfg.no_branch + split + ["select all"] * (cfg.select == "all"))
+
+
+def mean_sd(values):
+    t = torch.tensor(values, dtype=torch.float64)
+    return f"{t.mean():.3f} ± {t.std():.3f}" if len(t) > 1 else f"{t.mean():.3f}"
+
+
+def main(args: Args):
+    check_args(args)
+    torch.set_num_threads(args.torch_threads)
+    seed_everything(args.seed)
+    device = pick_device(args.cuda)
+    if args.model_name is not None:  # the real path: one arm (the flags as given)
+        world = SDWorld(args, device)
+        run = RunLogger(make_run_name("sd", args.exp_name, args.seed), args, track=args.track)
+        params = [p for p in world.unet.parameters() if p.requires_grad]
+        start, cfg = time.time(), arm_config(args, "main")
+        curve = run_arm(args, cfg, world, params, "main", run, args.seed)
+        from peft.utils import get_peft_model_state_dict
+
+        torch.save(get_peft_model_state_dict(world.unet), run.dir / "lora.pt")
+        rows = [
+            dict(arm=describe(cfg), stage=k, calls=c["calls"], reward=c["train_reward"])
+            for k, c in enumerate(curve[1:])
+        ]
+        run.finish(format_table(rows[:1] + rows[-1:]) + f"\n\ntrain wall {time.time() - start:.1f} s on {device}")
+        return curve
+
+    # 0. the toy: pretrain the eps-MLP once (cached), every arm and seed starts from these weights
+    t0 = time.time()
+    model = pretrain_toy(args, device)
+    pretrain_s = time.time() - t0
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    run = RunLogger(make_run_name("toy2d", args.exp_name, args.seed), args, track=args.track)
+    world = ToyWorld(args, model, device)
+    pre = world.evaluate()
+    samples = {"pretrained": world.last_samples}
+    curves, walls = {}, {}
+    for arm in args.arms:
+        cfg = arm_config(args, arm)
+        for k in range(args.num_seeds):
+            model.load_state_dict(base)
+            start = time.time()
+            curve = run_arm(args, cfg, world, list(model.parameters()), f"{arm}_s{args.seed + k}", run, args.seed + k)
+            curves.setdefault(arm, []).append(curve)
+            walls.setdefault(arm, []).append(time.time() - start)
+            samples.setdefault(arm, world.last_samples)
+    changed = any((base[k] != v).any() for k, v in model.state_dict().items())
+    # the table: eval reward at the end and at half the budget (equal reward calls), mode entropy, spread
+    half = args.num_stages // 2 + 1
+    rows = []
+    for arm, cs in {"pretrained": [[dict(calls=0, **pre)]], **curves}.items():
+        cell = lambda i, key: mean_sd([c[min(i, len(c) - 1)][key] for c in cs])  # noqa: E731
+        name = arm if arm == "pretrained" else f"{arm}: {describe(arm_config(args, arm))}"
+        row = dict(arm=name, seeds=len(cs), calls=cs[0][-1]["calls"], reward_final=cell(-1, "reward"))
+        row.update(reward_half=cell(half, "reward"), entropy=cell(-1, "entropy"), spread=cell(-1, "spread"))
+        rows.append(dict(row, wall_s_per_seed=sum(walls[arm]) / len(walls[arm]) if arm in walls else None))
+    plot_toy(run.dir / "b2_toy.png", curves, samples, world.centres.cpu())
+    run.save_text("curves.json", json.dumps(curves))
+    note = f"reward = mean {world.kind} reward of {args.eval_samples} eval samples per class (fixed noise); "
+    note += f"reward_half at {half * args.prefixes_per_stage * args.num_branches} calls; mean ± sd over seeds; "
+    note += f"pretraining {pretrain_s:.1f} s (~0 = cached); {args.torch_threads} torch thread(s) on {device}"
+    run.finish(format_table(rows) + "\n\n" + note)
+    return dict(curves=curves, pretrained=pre, params_changed=changed, dir=run.dir, args=asdict(args))
+
+
+def plot_toy(path, curves, samples, centres):
+    """Eval reward and mode entropy against reward calls (mean +- sd), and the samples of each arm's first seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [k for k in ("pretrained", "main", "ddpo") if k in samples]
+    fig, axes = plt.subplots(1, 2 + len(shown), figsize=(4.2 * (2 + len(shown)), 3.8))
+    for ax, key in zip(axes[:2], ("reward", "entropy")):
+        for arm, cs in curves.items():
+            calls = torch.tensor([r["calls"] for r in cs[0]])
+            vals = torch.tensor([[r[key] for r in c] for c in cs])  # [seeds, stages+1]
+            sd = vals.std(0) if len(cs) > 1 else torch.zeros(vals.shape[1])
+            ax.plot(calls, vals.mean(0), label=arm)
+            ax.fill_between(calls, vals.mean(0) - sd, vals.mean(0) + sd, alpha=0.2)
+        ax.set_xlabel("reward calls"), ax.set_title(f"eval {key}"), ax.legend(fontsize=7)
+    for ax, key in zip(axes[2:], shown):
+        x, c = samples[key]
+        ax.scatter(x[:, 0], x[:, 1], c=c, s=1, cmap="tab10", vmin=0, vmax=9, alpha=0.4)
+        ax.scatter(centres[..., 0].flatten(), centres[..., 1].flatten(), marker="x", c="k", s=12)
+        ax.set_title(f"samples: {key}"), ax.set_aspect("equal"), ax.set_xlim(-2.7, 2.7), ax.set_ylim(-2.7, 2.7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,242 @@
+"""Tests for algos/b2_diffurl.py: the DDIM log-prob against diffusers, the schedule, selection, the stat tracker, the
+PPO loss, branch sampling, a smoke run, an "it learns" run, the real path on a tiny saved pipeline, bad inputs."""
+
+import json
+import math
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+
+from algos import b2_diffurl as b2
+
+TINY = dict(pretrain_steps=400, num_stages=3, s_min=18, s_max=20, prefixes_per_stage=32, num_seeds=1, eval_samples=256)
+
+
+def sd_scheduler():
+    diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install diffusers)")
+    sched = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    clip_sample=False, set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    sched.set_timesteps(20)
+    return sched
+
+
+def test_ddim_step_matches_diffusers_and_gaussian_logprob():
+    sched, toy = sd_scheduler(), b2.ToyDDIM()
+    toy.set_timesteps(20)
+    assert toy.timesteps.tolist() == sched.timesteps.tolist() == list(range(951, 0, -50))
+    assert torch.allclose(toy.alphas_cumprod, sched.alphas_cumprod, atol=1e-6)
+    torch.manual_seed(0)
+    x, eps = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    for t in (951, 501, 1):
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(t))
+        ref = sched.step(eps, t, x, eta=1.0, variance_noise=noise).prev_sample
+        mean = sched.step(eps, t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
+        for scheduler in (sched, toy):
+            prev, lp = b2.ddim_step_with_logprob(scheduler, eps, t, x, 1.0, generator=torch.Generator().manual_seed(t))
+            assert torch.allclose(prev, ref, atol=1e-5)
+            # independent: sigma from the closed form, log-prob from torch.distributions, mean over 100 entries
+            a_t, a_p = sched.alphas_cumprod[t], sched.alphas_cumprod[max(t - 50, 0)]
+            sigma = math.sqrt((1 - a_p) / (1 - a_t) * (1 - a_t / a_p))
+            expected = torch.distributions.Normal(mean, sigma).log_prob(ref).flatten(1).mean(1)
+            assert torch.allclose(lp, expected, atol=1e-4)
+            assert torch.allclose(
+                lp, -(noise**2).flatten(1).mean(1) / 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+            )
+    # card 3.1: sigma 0.644 at 951 -> 901 and 0.0406 at 51 -> 1 (log-prob of the mean = -log sigma - log(2pi)/2)
+    for t, sigma in ((951, 0.644), (51, 0.0406)):
+        mean = sched.step(eps, t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
+        _, lp = b2.ddim_step_with_logprob(toy, eps, t, x, 1.0, prev_sample=mean)
+        assert torch.allclose(lp + 0.5 * math.log(2 * math.pi), torch.full((3,), -math.log(sigma)), atol=2e-3)
+    # per-row timesteps give the per-row results; the next state is detached
+    t = torch.tensor([951, 501, 1])
+    x_req = x.clone().requires_grad_()
+    prev, lp = b2.ddim_step_with_logprob(toy, eps, t, x_req, 1.0, prev_sample=ref.requires_grad_())
+    assert not prev.requires_grad and lp.requires_grad
+    for i, ti in enumerate(t.tolist()):
+        _, lpi = b2.ddim_step_with_logprob(toy, eps[i : i + 1], ti, x[i : i + 1], 1.0, prev_sample=ref[i : i + 1])
+        assert torch.allclose(lp[i], lpi[0], atol=1e-6)
+
+
+def test_eta_zero_fails():
+    toy = b2.ToyDDIM()
+    toy.set_timesteps(20)
+    with pytest.raises(SystemExit, match="eta"):
+        b2.ddim_step_with_logprob(toy, torch.zeros(1, 2), 951, torch.zeros(1, 2), eta=0.0)
+
+
+def test_trained_step_indices_card_schedule():
+    spans = [len(b2.trained_step_indices(k, 100, 14, 20, 20)) for k in range(100)]
+    for span, (lo, hi) in zip(range(14, 21), [(0, 14), (15, 28), (29, 42), (43, 57), (58, 71), (72, 85), (86, 99)]):
+        assert all(spans[k] == span for k in range(lo, hi + 1)) and (lo == 0 or spans[lo - 1] == span - 1)
+    assert b2.trained_step_indices(0, 19, 2, 20, 20) == [18, 19]
+    assert b2.trained_step_indices(18, 19, 2, 20, 20) == list(range(20))
+    for bad in ((0, 10, 5, 4, 20), (0, 10, 2, 21, 20), (10, 10, 2, 5, 20)):
+        with pytest.raises(SystemExit):
+            b2.trained_step_indices(*bad)
+
+
+def test_select_from_branches_asymmetric_thresholds():
+    picked = b2.select_from_branches(torch.tensor([0.6, -0.2, -0.7]), 0.5, -0.5)
+    assert [i for i, _ in picked] == [0, 2] and [a for _, a in picked] == pytest.approx([0.6, -0.7])
+    assert b2.select_from_branches(torch.tensor([0.5, -0.5]), 0.5, -0.5) == [(0, 0.5)]  # >= tau+, but not < tau-
+    assert b2.select_from_branches(torch.tensor([1.0, 2.0, 3.0]), 0.5, -0.5) == [(2, 3.0)]  # all good: best only
+    assert b2.select_from_branches(torch.zeros(4), 0.5, -0.5) == []
+    assert b2.select_from_branches(torch.tensor([-2.0]), 0.5, -0.5) == [(0, -2.0)]
+    assert b2.select_from_branches(torch.tensor([0.2, 0.7, -0.6]), 0.8, -0.5) == [
+        (2, pytest.approx(-0.6))
+    ]  # S = 1 (--no-branch)
+
+
+def test_prompt_stat_tracker_history():
+    tracker = b2.PromptStatTracker(history=1)
+    tracker.update(["a", "a", "a", "b", "b"], torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0]))
+    z = tracker.update(["a", "a", "b"], torch.tensor([4.0, 5.0, 30.0]))
+    pooled_a, pooled_b = torch.tensor([1.0, 2, 3, 4, 5]), torch.tensor([10.0, 20, 30])
+    assert torch.allclose(z[:2], (torch.tensor([4.0, 5.0]) - 3) / (pooled_a.std() + 1e-8))
+    assert torch.allclose(z[2], (30 - pooled_b.mean()) / pooled_b.std())
+    z = tracker.update(["a", "a"], torch.tensor([0.0, 2.0]))  # H = 1: only the previous stage ([4, 5]) joins
+    assert torch.allclose(z, (torch.tensor([0.0, 2.0]) - torch.tensor([4.0, 5, 0, 2]).mean()) / torch.tensor(
+        [4.0, 5, 0, 2]).std())  # fmt: skip
+    fresh = b2.PromptStatTracker(history=0).update(["a", "a"], torch.tensor([0.0, 2.0]))
+    assert torch.allclose(fresh, torch.tensor([-1.0, 1.0]) / math.sqrt(2))
+
+
+def test_ppo_clip_loss_limits():
+    adv = torch.tensor([1.0, -2.0, 9.0])
+    loss, _ = b2.ppo_clip_loss(torch.zeros(3), torch.zeros(3), adv, 0.1, 5.0)
+    assert loss.item() == pytest.approx(-(1 - 2 + 5) / 3)  # rho = 1, A clipped at 5
+    loss, _ = b2.ppo_clip_loss(torch.zeros(3), torch.zeros(3), adv, 0.1, 5.0, beta_pos=0.5, beta_neg=2.0)
+    assert loss.item() == pytest.approx(-(0.5 - 4 + 2.5) / 3)
+    lp = torch.tensor([0.5], requires_grad=True)  # rho = e^0.5 > 1.1 with A > 0: clipped, no gradient
+    loss, stats = b2.ppo_clip_loss(lp, torch.zeros(1), torch.ones(1), 0.1, 5.0)
+    loss.backward()
+    assert lp.grad.item() == 0 and loss.item() == pytest.approx(-1.1) and stats["clip_frac"] == 1.0
+
+
+def test_guidance_and_branch_sampling():
+    torch.manual_seed(0)
+    model, toy = b2.ToyEps(), b2.ToyDDIM()
+    toy.set_timesteps(6)
+    x, t, c = torch.randn(5, 2), torch.full((5,), 501), torch.randint(0, 4, (5,))
+    null = torch.tensor([4])
+    assert torch.allclose(b2.guided_eps(model, x, t, c, null, 1.0), model(x, t, c))
+    assert torch.allclose(b2.guided_eps(model, x, t, c, null, 0.0), model(x, t, null.expand(5)), atol=1e-6)
+    eps2 = b2.guided_eps(model, x, t, c, null, 3.0)
+    assert torch.allclose(eps2, model(x, t, null.expand(5)) + 3 * (model(x, t, c) - model(x, t, null.expand(5))))
+    x0, lat, nxt, lp = b2.sample_with_branches(model, toy, torch.randn(3, 2), c[:3], null, 2.0, 1.0, 4, 5)
+    assert x0.shape == (15, 2) and lat.shape == nxt.shape == (15, 2, 2) and lp.shape == (15, 2)
+    groups = lat[:, 0].reshape(3, 5, 2)  # the state at the branch index: one per prefix, shared by its S copies
+    assert torch.equal(groups, groups[:, :1].expand(3, 5, 2)) and not torch.equal(groups[0, 0], groups[1, 0])
+    assert (nxt[:, 0].reshape(3, 5, 2).std(1) > 0).all()  # independent noise after the branch
+    assert torch.equal(lat[:, 1], nxt[:, 0])
+
+
+def metrics_of(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_smoke_all_arms_equal_calls(tmp_path):
+    args = replace(b2.Args(), **TINY, arms=b2.ARMS)
+    out = b2.main(args)
+    assert out["params_changed"]
+    assert (out["dir"] / "summary.md").exists() and (out["dir"] / "b2_toy.png").stat().st_size > 1000
+    assert "fixed-split 20" in (out["dir"] / "summary.md").read_text()
+    rows = metrics_of(out["dir"])
+    calls = {arm: max(r["step"] for r in rows if f"charts/selected/{arm}_s1" in r) for arm in b2.ARMS}
+    assert set(calls.values()) == {3 * 32 * 5}  # equal reward calls for every arm
+    sel = lambda arm: [r[f"charts/selected/{arm}_s1"] for r in rows if f"charts/selected/{arm}_s1" in r]  # noqa
+    spans = [r["charts/span/main_s1"] for r in rows if "charts/span/main_s1" in r]
+    assert spans == [18, 19, 20] and set(sel("ddpo")) == set(sel("select-all")) == {160}
+    assert all(0 < s <= 64 for s in sel("main")) and all(s < 160 for s in sel("no-branch"))
+
+
+def test_it_learns_precision_reward():
+    args = replace(b2.Args(), **dict(TINY, pretrain_steps=3000, num_stages=8, s_min=2), arms=("main",))
+    out = b2.main(args)
+    curve = out["curves"]["main"][0]
+    assert curve[-1]["reward"] > curve[0]["reward"] + 0.05, [c["reward"] for c in curve]
+
+
+# ----------------------------------------------------------------------------------------------- the real path
+def save_tiny_pipeline(folder):
+    pytest.importorskip("diffusers", reason="diffusers is not installed (pip install diffusers)")
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), attention_head_dim=4,
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16)  # fmt: skip
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, sample_size=16)  # fmt: skip
+    sizes = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPTextConfig(vocab_size=520, bos_token_id=512, eos_token_id=513, pad_token_id=513, **sizes,
+                            max_position_embeddings=32)  # fmt: skip
+    byte_chars = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))  # GPT-2's byte alphabet
+    chars = [chr(b) for b in byte_chars] + [chr(256 + n) for n in range(256 - len(byte_chars))]
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=32)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(config), tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)  # fmt: skip
+    pipe.save_pretrained(folder / "pipe")
+    return str(folder / "pipe")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    pytest.importorskip("peft", reason="peft is not installed")
+    return save_tiny_pipeline(tmp_path_factory.mktemp("sd"))
+
+
+REAL = dict(reward_fn="jpeg", num_steps=4, num_stages=2, s_min=2, s_max=4, prefixes_per_stage=2, num_branches=3,
+            tau_pos=0.0, tau_neg=0.0, train_batch_size=4, train_micro_batch=4, guidance_scale=2.0, lr=1e-2)  # fmt: skip
+
+
+def test_real_path_tiny_pipeline(tiny_pipeline, tmp_path, runs_in_tmp):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat washing dishes\n\na dog riding a bike\n")
+    curve = b2.main(replace(b2.Args(), model_name=tiny_pipeline, prompt_file=str(prompts), **REAL))
+    assert [c["calls"] for c in curve] == [0, 6, 12]
+    run_dir = next(runs_in_tmp.glob("sd__*"))
+    lora = torch.load(run_dir / "lora.pt")
+    assert lora and any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in lora.items())  # B starts at 0
+    assert (run_dir / "summary.md").exists() and metrics_of(run_dir)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(s_min=12, s_max=10), "s_min"),
+        (dict(s_max=25), "s_max"),
+        (dict(num_branches=1), "S >= 2"),
+        (dict(eta=0.0), "eta"),
+        (dict(fixed_split=0), "fixed-split"),
+        (dict(reward_fn="clip"), "toy"),
+        (dict(model_name="no-such-org/no-such-model", reward_fn="jpeg"), "could not load"),
+    ],
+)
+def test_bad_inputs_fail_fast(change, message, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if "model_name" in change:
+        pytest.importorskip("diffusers", reason="diffusers is not installed")
+    with pytest.raises(SystemExit, match=message):
+        b2.main(replace(b2.Args(), **change))
+
+
+def test_real_path_bad_inputs(tiny_pipeline, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(SystemExit, match="no prompts"):
+        b2.main(replace(b2.Args(), model_name=tiny_pipeline, prompt_file=str(empty), **REAL))
+    with pytest.raises(SystemExit, match="resolution"):
+        b2.main(replace(b2.Args(), model_name=tiny_pipeline, resolution=18, **REAL))
+    with pytest.raises(SystemExit, match="toy reward"):
+        b2.main(replace(b2.Args(), model_name=tiny_pipeline, **dict(REAL, reward_fn="precision")))
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
