@@ -77,6 +77,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 import tyro
+from torch.nn.utils.rnn import pad_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.data import load_data  # noqa: E402
@@ -252,11 +253,11 @@ def rule_features(inputs, ids, mask, stop_ids, max_len: int) -> torch.Tensor:
 class CategoryRewardModels(torch.nn.Module):
     """One RM per category (index = category id; one RM with --shared-rm). `score` routes each row to its RM."""
 
-    def __init__(self, kind, num_rms, tables_info, models=None):
+    def __init__(self, kind, num_rms, info, models=None):
         super().__init__()
-        self.kind, self.num_rms, self.info = kind, num_rms, tables_info
-        if kind == "linear":
-            num_features = 4 * tables_info["max_len"] * tables_info["max_inputs"] + 3
+        self.kind, self.num_rms, self.info = kind, num_rms, info
+        if kind == "linear":  # one zero-initialised weight vector per category on rule_features
+            num_features = 4 * info["max_len"] * info["max_inputs"] + 3
             self.weight = torch.nn.Parameter(torch.zeros(num_rms, num_features))  # [C, F]
         else:
             self.models = torch.nn.ModuleList(models)
@@ -267,20 +268,16 @@ class CategoryRewardModels(torch.nn.Module):
         if self.kind == "linear":
             feats = rule_features(table["inputs"][rows], ids, mask, self.info["stop_ids"], self.info["max_len"])
             return (feats * self.weight[rm_index]).sum(-1)  # [N]
-        tokenizer = self.info["tokenizer"]
+        tokenizer, device = self.info["tokenizer"], next(self.models[0].parameters()).device
         prompts = [table["prompts"][i] for i in rows.tolist()]
-        device = next(self.models[0].parameters()).device
         prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, self.info["chat"], device=device)  # [N, P]
         answer = torch.where(mask.bool(), ids, tokenizer.pad_token_id)  # [N, T] pads after the stop token
-        input_ids, attention = torch.cat([prompt_ids, answer], 1), torch.cat([prompt_mask, mask.long()], 1)
+        input_ids, attention = torch.cat([prompt_ids, answer], 1), torch.cat([prompt_mask, mask.long()], 1)  # [N, P+T]
         scores = torch.zeros(len(rows), device=device)  # [N]
         for j in rm_index.unique().tolist():  # one forward per RM present (categories, not samples)
             sel = rm_index == j
-            out = self.models[j](
-                input_ids=input_ids[sel],
-                attention_mask=attention[sel],
-                position_ids=position_ids_from_mask(attention[sel]),
-            )
+            positions = position_ids_from_mask(attention[sel])
+            out = self.models[j](input_ids=input_ids[sel], attention_mask=attention[sel], position_ids=positions)
             scores[sel] = out.logits[:, 0].float()  # pooled at the last non-pad token
         return scores
 
@@ -295,10 +292,8 @@ def fit_reward_models(rm, table, rows, sample_ids, sample_mask, args: Args, gene
         for batch in torch.randperm(len(rows), generator=generator).split(args.rm_batch_size):
             r_demo = rm.score(table, rows[batch], table["demo_ids"][rows[batch]], table["demo_mask"][rows[batch]])
             r_sample = rm.score(table, rows[batch], sample_ids[batch], sample_mask[batch])  # [b]
-            if args.irl_loss == "bt":
-                loss = irl_loss(r_demo, r_sample).mean()
-            else:  # linear: the unbounded first-order objective, held in place by weight decay
-                loss = (-(r_demo - r_sample) / args.irl_beta).mean()
+            # linear: the unbounded first-order objective -(r_d - r_s) / beta, held in place by weight decay
+            loss = (irl_loss(r_demo, r_sample) if args.irl_loss == "bt" else (r_sample - r_demo) / args.irl_beta).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -355,28 +350,25 @@ def alpha_model(gaps: torch.Tensor, tau: float, reference: Optional[torch.Tensor
 
 
 def scaling_factors(deltas, gaps, categories, args: Args, hardness_ref: str, running: dict):
-    """alpha^D and alpha^M per completion ([B] each) and the kept flag per unit, from per-completion deltas and
-    gaps ([B]) and per-prompt categories ([P]). Loops over categories (at most C), never over samples."""
+    """alpha^D and alpha^M per completion ([B] each) and the kept flag, from per-completion deltas and gaps ([B])
+    and per-prompt categories ([P]). Loops over categories (at most C), never over samples."""
     group = args.num_generations
+    unit_prompt = torch.arange(len(categories), device=categories.device)  # [P]
     if args.alpha_granularity == "prompt":  # a prompt's delta and gap are means over its G samples
-        deltas, gaps, unit_cat = deltas.view(-1, group).mean(1), gaps.view(-1, group).mean(1), categories  # [P]
-        unit_prompt = torch.arange(len(categories), device=categories.device)
-    else:
-        unit_cat = categories.repeat_interleave(group)  # [B]
-        unit_prompt = torch.arange(len(categories), device=categories.device).repeat_interleave(group)
+        deltas, gaps = deltas.view(-1, group).mean(1), gaps.view(-1, group).mean(1)  # [P]
+    else:  # each response is its own unit
+        unit_prompt = unit_prompt.repeat_interleave(group)  # [B]
+    unit_cat = categories[unit_prompt]  # [U]
     a_data, a_model = torch.ones_like(deltas), torch.ones_like(deltas)  # [U]
     kept = torch.ones_like(deltas, dtype=torch.bool)  # [U]
-    scopes = {"all": torch.ones_like(unit_cat, dtype=torch.bool)} if hardness_ref == "global" else {}
-    if hardness_ref == "category":
-        scopes = {c: unit_cat == c for c in unit_cat.unique().tolist()}
+    scopes = {c: unit_cat == c for c in unit_cat.unique().tolist()} if hardness_ref == "category" else {}
+    scopes = scopes or {"all": torch.ones_like(unit_cat, dtype=torch.bool)}  # --hardness-ref global: one scope
     for key, sel in scopes.items():
         ref_d = ref_g = None
         if args.stat_scope == "ema":  # running means, initialised with the first batch mean [DAMA]
             for name, values in (("delta", deltas[sel]), ("gap", gaps[sel])):
-                old = running.get((name, key))
-                running[name, key] = (
-                    values.mean() if old is None else args.ema_gamma * old + (1 - args.ema_gamma) * values.mean()
-                )
+                old, mean = running.get((name, key)), values.mean()
+                running[name, key] = mean if old is None else args.ema_gamma * old + (1 - args.ema_gamma) * mean
             ref_d, ref_g = running["delta", key], running["gap", key]
         elif unit_prompt[sel].unique().numel() == 1:  # edge rule: one prompt in scope -> alpha = 1
             continue
@@ -457,56 +449,40 @@ def ratio_and_kl_metrics(logp, old_logp, ref_logp, advantages, completion_mask, 
 NGRAM_BUCKETS = 4096
 
 
-def chunk_tokens(ids, mask, stop_ids, chunk: int):
-    """Fixed chunks of `chunk` answer tokens as sub-sentences: ids [N, K, c], token mask [N, K, c]."""
-    content = content_mask(ids, mask, stop_ids)  # [N, T]
-    pad = (-ids.size(1)) % chunk
-    ids, content = F.pad(ids, (0, pad)), F.pad(content, (0, pad))  # [N, K*c]
-    return ids.view(len(ids), -1, chunk), content.view(len(ids), -1, chunk)
-
-
 def make_encoder(args: Args, start_model, tokenizer, stop_ids, device):
     """embed(ids [N, T], mask [N, T], texts) -> (sub-sentence embeddings [N, K, d], sub-sentence mask [N, K])."""
-    vocab = len(tokenizer)
-    if args.similarity == "ngram":
+    if args.similarity == "encoder":
+        from transformers import AutoModel
 
-        def embed(ids, mask, texts):
-            chunks, tok = chunk_tokens(ids, mask, stop_ids, args.chunk_size)  # [N, K, c]
+        encoder, enc_tokenizer = load_causal_lm(args.encoder_name, device=device, model_class=AutoModel)
+        encoder.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def embed(ids, mask, texts):
+        if args.similarity == "encoder":  # sub-sentences split at . ! ? ; newline (the paper splits with an LLM)
+            pieces = [[s for s in re.split(r"(?<=[.!?;\n])\s+", t.strip()) if s.strip()][:16] for t in texts]
+            k, flat = max(1, max(len(p) for p in pieces)), [s for p in pieces for s in p]
+            emb = encode_sentences(encoder, enc_tokenizer, flat) if flat else torch.zeros(0, encoder.config.hidden_size)
+            sub_mask = torch.tensor([[j < len(p) for j in range(k)] for p in pieces], device=emb.device)  # [N, K]
+            out = torch.zeros(len(texts), k, emb.size(-1), device=emb.device)  # [N, K, d]
+            out[sub_mask] = emb
+            return out, sub_mask
+        pad, size = (-ids.size(1)) % args.chunk_size, args.chunk_size  # fixed chunks of c tokens as sub-sentences
+        chunks = F.pad(ids, (0, pad)).view(len(ids), -1, size)  # [N, K, c]
+        tok = F.pad(content_mask(ids, mask, stop_ids), (0, pad)).view(len(ids), -1, size)  # [N, K, c] answer tokens
+        if args.similarity == "ngram":  # unigram counts + bigram counts hashed into NGRAM_BUCKETS
+            vocab = len(tokenizer)
             emb = torch.zeros(*chunks.shape[:2], vocab + NGRAM_BUCKETS, device=ids.device)  # [N, K, V+H]
             emb.scatter_add_(-1, chunks, tok.float())  # unigram counts
             bigram = vocab + (chunks[..., :-1] * vocab + chunks[..., 1:]) % NGRAM_BUCKETS  # [N, K, c-1]
             emb.scatter_add_(-1, bigram, (tok[..., :-1] & tok[..., 1:]).float())  # bigram counts
             return emb, tok.any(-1)
-
-        return embed
-    if args.similarity == "lm_hidden":
-
-        @torch.no_grad()
-        def embed(ids, mask, texts):
-            chunks, tok = chunk_tokens(ids, mask, stop_ids, args.chunk_size)  # [N, K, c]
-            flat, flat_mask = chunks.flatten(0, 1), tok.flatten(0, 1).long()  # [N*K, c]
-            attention = flat_mask.clone()
-            attention[:, 0] = 1  # an empty chunk attends to one token (no NaN); it is masked out below
-            hidden = start_model(input_ids=flat, attention_mask=attention, output_hidden_states=True).hidden_states[-1]
-            pooled = (hidden.float() * flat_mask[..., None]).sum(1) / flat_mask.sum(1, keepdim=True).clamp(min=1)
-            return pooled.view(*chunks.shape[:2], -1), tok.any(-1)  # [N, K, H]
-
-        return embed
-    from transformers import AutoModel
-
-    encoder, enc_tokenizer = load_causal_lm(args.encoder_name, device=device, model_class=AutoModel)
-    encoder.eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def embed(ids, mask, texts):
-        pieces = [[s for s in re.split(r"(?<=[.!?;\n])\s+", t.strip()) if s.strip()][:16] for t in texts]
-        k = max(1, max(len(p) for p in pieces))
-        flat = [s for p in pieces for s in p]
-        emb = encode_sentences(encoder, enc_tokenizer, flat) if flat else torch.zeros(0, encoder.config.hidden_size)
-        out = torch.zeros(len(texts), k, emb.size(-1), device=emb.device)  # [N, K, d]
-        sub_mask = torch.tensor([[j < len(p) for j in range(k)] for p in pieces], device=emb.device)  # [N, K]
-        out[sub_mask] = emb
-        return out, sub_mask
+        flat, flat_mask = chunks.flatten(0, 1), tok.flatten(0, 1).long()  # [N*K, c] lm_hidden: frozen pi_0
+        attention = flat_mask.clone()
+        attention[:, 0] = 1  # an empty chunk attends to one token (no NaN); it is masked out below
+        hidden = start_model(input_ids=flat, attention_mask=attention, output_hidden_states=True).hidden_states[-1]
+        pooled = (hidden.float() * flat_mask[..., None]).sum(1) / flat_mask.sum(1, keepdim=True).clamp(min=1)
+        return pooled.view(*chunks.shape[:2], -1), tok.any(-1)  # [N, K, H] mean hidden state per chunk
 
     return embed
 
@@ -531,12 +507,6 @@ def exact_match_tensor(ids, mask, demo_ids, demo_mask, stop_ids) -> torch.Tensor
 
 
 # Training loop ------------------------------------------------------------------------------------------------------
-def make_optimizer(model, args: Args, steps: int):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    warmup = max(1, round(args.warmup_ratio * steps))
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-
-
 def prompt_batches(num_rows: int, per_step: int, steps: int, seed: int):
     """Row indices per step: shuffled epochs over the training set (the same order for every arm of a run)."""
     generator, order = torch.Generator().manual_seed(seed), []
@@ -550,14 +520,15 @@ def prompt_batches(num_rows: int, per_step: int, steps: int, seed: int):
 def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: Args, run, steps: int) -> dict:
     """GRPO / GRPO-S on `table`; `setup` = (reward, scaled, hardness_ref). Returns alpha statistics per category."""
     reward_name, scaled, hardness_ref = setup
-    optimizer, scheduler = make_optimizer(model, args, steps)
-    num_prompts, num_tokens, group = args.batch_size // args.num_generations, 0, args.num_generations
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    warmup = max(1, round(args.warmup_ratio * steps))  # linear warmup, then constant
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    group, num_tokens, names, running, alpha_log = args.num_generations, 0, table["names"], {}, defaultdict(list)
     stop_ids = torch.tensor(stop_token_ids(tokenizer, model), device=next(model.parameters()).device)
     sampling = dict(temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_completion_length)
     sampling.update(chat=args.chat, max_prompt_length=args.max_prompt_length)
     loss_args = (args.beta, args.epsilon, args.loss_type, args.max_completion_length)
-    names, running, alpha_log = table["names"], {}, defaultdict(list)
-    for step, batch in enumerate(prompt_batches(len(table["prompts"]), num_prompts, steps, args.seed)):
+    for step, batch in enumerate(prompt_batches(len(table["prompts"]), args.batch_size // group, steps, args.seed)):
         prompt_rows = torch.tensor(batch, device=stop_ids.device)  # [P]
         rows = prompt_rows.repeat_interleave(group)  # [B]
         # 1. sample G completions per prompt (rows prompt-major: each group of G is contiguous)
@@ -565,34 +536,30 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: 
         ids, mask = out.completion_ids, out.completion_mask  # [B, T]
         demo_ids, demo_mask = table["demo_ids"][prompt_rows], table["demo_mask"][prompt_rows]  # [P, L]
         with torch.no_grad():
-            # 2. reward each completion with its own category's RM (or the truth for the ceiling arm); z-score groups
-            demo_rep = (demo_ids.repeat_interleave(group, 0), demo_mask.repeat_interleave(group, 0))  # [B, L]
-            true = exact_match_tensor(ids, mask, *demo_rep, stop_ids)  # [B]
+            # 2. reward each completion with its own category's RM (or the truth for grpo-true); z-score the groups
+            true = exact_match_tensor(ids, mask, table["demo_ids"][rows], table["demo_mask"][rows], stop_ids)  # [B]
             rm_rewards = rm.score(table, rows, ids, mask)  # [B]
             rewards = true if reward_name == "exact_match" else rm_rewards  # [B]
             advantages = group_advantages(rewards, group, args.scale_rewards)  # [B]
             # 3. hardness delta = 1 - W against the prompt's demonstration, and the RM gaps demo vs sample
             policy_emb, policy_sub = embed(ids, mask, out.texts)  # [B, K, d], [B, K]
-            demo_emb, demo_sub = embed(demo_ids, demo_mask, [table["demos"][i] for i in batch])  # [P, L, d]
-            demo_emb, demo_sub = demo_emb.repeat_interleave(group, 0), demo_sub.repeat_interleave(group, 0)
-            w = max_mean_cosine(policy_emb, policy_sub, demo_emb, demo_sub)  # [B]
-            deltas = 1.0 - w  # [B]
+            demo_emb, demo_sub = embed(demo_ids, demo_mask, [table["demos"][i] for i in batch])  # [P, L, d], [P, L]
+            demo_emb, demo_sub = demo_emb.repeat_interleave(group, 0), demo_sub.repeat_interleave(group, 0)  # [B, ..]
+            deltas = 1.0 - max_mean_cosine(policy_emb, policy_sub, demo_emb, demo_sub)  # [B]
             gaps = rm.score(table, prompt_rows, demo_ids, demo_mask).repeat_interleave(group) - rm_rewards  # [B]
             gaps = gaps if args.gap_sign == "demo_minus_policy" else -gaps
-            # 4. alpha^D, alpha^M per category, alpha = their product (or one of them) multiplies the advantage
-            categories = table["category"][prompt_rows]  # [P]
-            reference = hardness_ref or args.hardness_ref
-            a_data, a_model, kept = scaling_factors(deltas, gaps, categories, args, reference, running)
+            # 4. alpha^D, alpha^M per category; alpha (their product, one of them, or 1) multiplies the advantage
+            categories, reference = table["category"][prompt_rows], hardness_ref or args.hardness_ref  # [P]
+            a_data, a_model, kept = scaling_factors(deltas, gaps, categories, args, reference, running)  # [B] each
             factors = {"both": a_data * a_model, "data": a_data, "model": a_model, "none": torch.ones_like(a_data)}
             alpha = factors[args.scaling].to(advantages.device)  # [B] what GRPO-S applies (logged for every arm)
             if scaled and args.scaling != "none":  # `none` leaves the advantages untouched: exactly plain GRPO
                 advantages = alpha * advantages  # [B], the normalised advantage, never the raw reward
-        inputs = (out.prompt_ids, out.prompt_mask, ids, mask)
-        with torch.no_grad():
+            inputs = (out.prompt_ids, out.prompt_mask, ids, mask)
             ref_logp = per_token_logps(ref_model, *inputs, args.temperature)[0] if args.beta != 0 else None  # [B, T]
             old_logp = per_token_logps(model, *inputs, args.temperature)[0] if args.num_iterations > 1 else None
         for _ in range(args.num_iterations):
-            # 5. clipped-ratio + k3-KL loss, averaged over micro-batches as gradient accumulation does
+            # 5. clipped-ratio + k3-KL loss, averaged over micro-batches as gradient accumulation does; AdamW step
             logp, entropy = per_token_logps(model, *inputs, args.temperature)  # [B, T], [B, T]
             old = logp.detach() if old_logp is None else old_logp  # [B, T]
             micro_losses = []
@@ -607,95 +574,94 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: 
         scheduler.step()
         # 6. log TRL's metrics, alpha per category, kept fraction, alpha against true success
         lengths = mask.sum(1).float()  # [B]
-        terminated = lengths[torch.isin(ids, stop_ids).any(dim=1)]
+        terminated = lengths[torch.isin(ids, stop_ids).any(dim=1)]  # rows that emitted a stop token
         num_tokens += int(out.prompt_mask.sum() + mask.sum())
-        row_cat = table["category"][rows]  # [B]
         centred = torch.stack([alpha - alpha.mean(), true - true.mean()])  # [2, B]
-        corr = (centred[0] * centred[1]).sum() / (centred.norm(dim=1).prod() + 1e-12)
-        metrics = {"reward": rewards.mean().item(), "reward_std": rewards.view(-1, group).std(1).mean().item()}
-        metrics.update({f"rewards/{reward_name}/mean": rewards.mean().item(), "num_tokens": num_tokens})
-        metrics[f"rewards/{reward_name}/std"] = rewards.std().item()
-        metrics["rewards/true_exact_match"] = true.mean().item()
-        metrics.update(ratio_and_kl_metrics(logp, old, ref_logp, advantages, mask, args.epsilon))
-        metrics["entropy"] = ((entropy * mask).sum() / mask.sum()).item()
-        metrics.update({f"completions/{k}_length": getattr(lengths, k)().item() for k in ("mean", "min", "max")})
-        metrics["completions/clipped_ratio"] = 1 - len(terminated) / len(lengths)
-        metrics["completions/mean_terminated_length"] = terminated.mean().item() if len(terminated) else 0.0
-        metrics.update({"losses/loss": loss.item(), "charts/grad_norm": grad_norm.item()})
-        metrics["charts/learning_rate"] = scheduler.get_last_lr()[0]
-        metrics.update({f"alpha/{k}": getattr(alpha, k)().item() for k in ("mean", "std", "min", "max")})
-        metrics.update({"alpha_data/mean": a_data.mean().item(), "alpha_model/mean": a_model.mean().item()})
-        metrics["alpha/corr_true_success"] = corr.item()
+        metrics = {
+            "reward": rewards.mean().item(),
+            "reward_std": rewards.view(-1, group).std(1).mean().item(),
+            f"rewards/{reward_name}/mean": rewards.mean().item(),
+            f"rewards/{reward_name}/std": rewards.std().item(),
+            "rewards/true_exact_match": true.mean().item(),
+            **ratio_and_kl_metrics(logp, old, ref_logp, advantages, mask, args.epsilon),
+            "entropy": ((entropy * mask).sum() / mask.sum()).item(),
+            **{f"completions/{k}_length": getattr(lengths, k)().item() for k in ("mean", "min", "max")},
+            "completions/clipped_ratio": 1 - len(terminated) / len(lengths),
+            "completions/mean_terminated_length": terminated.mean().item() if len(terminated) else 0.0,
+            "num_tokens": num_tokens,
+            "losses/loss": loss.item(),
+            "charts/grad_norm": grad_norm.item(),
+            "charts/learning_rate": scheduler.get_last_lr()[0],
+            **{f"alpha/{k}": getattr(alpha, k)().item() for k in ("mean", "std", "min", "max")},
+            "alpha_data/mean": a_data.mean().item(),
+            "alpha_model/mean": a_model.mean().item(),
+            "alpha/corr_true_success": ((centred[0] * centred[1]).sum() / (centred.norm(dim=1).prod() + 1e-12)).item(),
+        }
+        row_cat = table["category"][rows]  # [B]
         for c in row_cat.unique().tolist():
-            sel = row_cat == c
-            product = alpha[sel]  # what GRPO-S applies (logged for every arm)
-            metrics[f"alpha/{names[c]}"] = product.mean().item()
-            metrics[f"kept_fraction/{names[c]}"] = kept[sel].float().mean().item()
-            alpha_log[c].append(torch.stack([product.mean(), product.min(), product.max(), kept[sel].float().mean()]))
+            a, k = alpha[row_cat == c], kept[row_cat == c].float()  # [B_c]
+            metrics[f"alpha/{names[c]}"], metrics[f"kept_fraction/{names[c]}"] = a.mean().item(), k.mean().item()
+            alpha_log[c].append(torch.stack([a.mean(), a.min(), a.max(), k.mean()]))
         run.log(step, {f"{k}/{arm}": v for k, v in metrics.items()})
-    return {c: torch.stack(v).float() for c, v in alpha_log.items()}
+    stats = {names[c]: torch.stack(v) for c, v in sorted(alpha_log.items())}  # [steps, 4]: mean, min, max, kept
+    keys = ("alpha mean", "alpha min", "alpha max", "kept")
+    return {
+        n: dict(zip(keys, [s[:, 0].mean(), s[:, 1].min(), s[:, 2].max(), s[:, 3].mean()])) for n, s in stats.items()
+    }
 
 
 # Data, IRL, evaluation and the run ------------------------------------------------------------------------------------
 def load_tables(args: Args, tokenizer, device):
     """Training and held-out tables: prompts, category ids, demonstrations as tokens (+ x tokens on tiny data)."""
-    columns = ["prompt", "category", "demonstration"]
-    rename = {}
-    if args.dataset_name.startswith("tiny:"):  # train and test prompts are disjoint by construction
+    tiny = args.dataset_name.startswith("tiny:")
+    if tiny:  # train and test prompts are disjoint by construction; the toy's op / reference are renamed
         columns, rename = ["prompt", "op", "reference"], {"op": "category", "reference": "demonstration"}
-        train = load_data(args.dataset_name, "train", columns, args.pool_size, seed=args.seed).rename_columns(rename)
-        test = load_data(args.dataset_name, "test", columns, 12 * args.num_eval, seed=args.seed).rename_columns(rename)
-        train, test = train.to_list(), test.to_list()
+        train, test = (
+            load_data(args.dataset_name, split, columns, n, seed=args.seed).rename_columns(rename).to_list()
+            for split, n in (("train", args.pool_size), ("test", 12 * args.num_eval))
+        )
     else:
+        columns = ["prompt", "category", "demonstration"]
         data = load_data(args.dataset_name, args.dataset_split, columns, None, seed=args.seed).shuffle(seed=args.seed)
         train, test = data.to_list(), []
     train, test = ([dict(r, category=str(r["category"])) for r in rows] for rows in (train, test))
-    rows = train + test
-    categories = list(args.categories) or sorted({r["category"] for r in rows})
-    outside = sorted({r["category"] for r in rows} - set(categories))
-    if outside:
-        fail(f"prompts of category {outside} have no reward model (--categories {categories}): add or drop them")
-    has_demo = {c: 0 for c in categories}
-    for r in rows:
-        has_demo[r["category"]] += bool(isinstance(r["demonstration"], str) and r["demonstration"].strip())
-    empty = [c for c, n in has_demo.items() if n == 0]
+    present = {r["category"] for r in train + test}
+    categories = list(args.categories) or sorted(present)
+    if present - set(categories):
+        fail(
+            f"prompts of category {sorted(present - set(categories))} have no reward model (--categories "
+            f"{categories}): add or drop them"
+        )
+    has_demo = lambda r: isinstance(r["demonstration"], str) and bool(r["demonstration"].strip())  # noqa: E731
+    empty = [c for c in categories if not any(has_demo(r) for r in train + test if r["category"] == c)]
     if empty:
         fail(f"category {empty} has no demonstrations (every demonstration is empty): write some or drop its rows")
-    keep = lambda rs: [r for r in rs if isinstance(r["demonstration"], str) and r["demonstration"].strip()]  # noqa: E731
-    train, test = keep(train), keep(test)
-    if not args.dataset_name.startswith("tiny:"):  # hold out the first --num-eval rows of each category
-        seen, held = defaultdict(int), []
-        for r in train:
-            held.append(seen[r["category"]] < args.num_eval)
-            seen[r["category"]] += 1
-        train, test = [r for r, h in zip(train, held) if not h], [r for r, h in zip(train, held) if h]
-    else:
-        seen, balanced = defaultdict(int), []
-        for r in test:  # a balanced held-out set: --num-eval prompts per category
-            if seen[r["category"]] < args.num_eval:
-                balanced.append(r)
-                seen[r["category"]] += 1
-        test = balanced
+    train, test = [r for r in train if has_demo(r)], [r for r in test if has_demo(r)]
+    # held out: the first --num-eval rows per category (tiny: of the test split, real: of the shuffled data)
+    source, seen, held = test if tiny else train, defaultdict(int), []
+    for r in source:
+        held.append(seen[r["category"]] < args.num_eval)
+        seen[r["category"]] += 1
+    test = [r for r, h in zip(source, held) if h]
+    train = train if tiny else [r for r, h in zip(source, held) if not h]
     if len(train) < args.batch_size // args.num_generations or not test:
         fail(f"{len(train)} training and {len(test)} held-out rows: need one batch of prompts and a held-out row")
-    return [make_table(rs, categories, tokenizer, args, device) for rs in (train, test)]
+    return [make_table(rows, categories, tokenizer, args, device) for rows in (train, test)]
 
 
 def make_table(rows, categories, tokenizer, args: Args, device) -> dict:
-    eos = tokenizer.eos_token_id
+    """Columns as lists and tensors; demonstrations truncated to --max-completion-length, ending in EOS."""
     tokens = tokenizer([r["demonstration"] for r in rows], add_special_tokens=False)["input_ids"]
-    demo = [ids[: args.max_completion_length - 1] + [eos] for ids in tokens]
-    width = max(map(len, demo))
-    demo_ids = torch.tensor([d + [tokenizer.pad_token_id] * (width - len(d)) for d in demo], device=device)  # [N, L]
-    demo_mask = torch.tensor([[1] * len(d) + [0] * (width - len(d)) for d in demo], device=device)  # [N, L]
+    demo = [torch.tensor(ids[: args.max_completion_length - 1] + [tokenizer.eos_token_id]) for ids in tokens]
     x = tokenizer([r["prompt"].rpartition(":")[2] for r in rows], add_special_tokens=False)["input_ids"]
-    size = max(map(len, x))
     return {
         "prompts": [r["prompt"] for r in rows],
         "demos": [r["demonstration"] for r in rows],
+        "names": categories,
         "category": torch.tensor([categories.index(r["category"]) for r in rows], device=device),  # [N]
-        **{"names": categories, "demo_ids": demo_ids, "demo_mask": demo_mask},
-        "inputs": torch.tensor([t + [-1] * (size - len(t)) for t in x], device=device),  # [N, S] x tokens (tiny)
+        "demo_ids": pad_sequence(demo, True, tokenizer.pad_token_id).to(device),  # [N, L] right-padded
+        "demo_mask": pad_sequence([torch.ones_like(d) for d in demo], True).to(device),  # [N, L]
+        "inputs": pad_sequence([torch.tensor(t, dtype=torch.long) for t in x], True, -1).to(device),  # [N, S] x (toy)
     }
 
 
@@ -734,13 +700,12 @@ def check_args(args: Args) -> None:
         fail(f"--tau {args.tau} must be > 0 (the gap mask keeps (R - Rbar)^2 <= tau)")
     if not (args.lr > 0 and args.rm_lr > 0 and args.irl_beta > 0 and args.temperature > 0 and args.irl_temperature > 0):
         fail("--lr, --rm-lr, --irl-beta, --temperature and --irl-temperature must be > 0")
-    counts = "steps pool_size num_eval num_demos_per_category irl_samples irl_rounds rm_epochs rm_batch_size"
-    for name in (
-        counts + " num_iterations max_completion_length max_prompt_length chunk_size eval_batch_size num_threads"
-    ).split():
+    counts = "steps pool_size num_eval num_demos_per_category irl_samples irl_rounds irl_policy_steps rm_epochs"
+    counts += " rm_batch_size num_iterations max_completion_length max_prompt_length chunk_size eval_batch_size"
+    for name in (counts + " num_threads").split():
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.beta < 0 or args.epsilon <= 0 or args.max_grad_norm <= 0 or not 0 <= args.warmup_ratio < 1:
+    if args.beta < 0 or args.epsilon <= 0 or args.max_grad_norm <= 0 or not (0 <= args.warmup_ratio < 1):
         fail("--beta must be >= 0, --epsilon and --max-grad-norm > 0, --warmup-ratio in [0, 1)")
     if not 0 <= args.ema_gamma < 1:
         fail(f"--ema-gamma {args.ema_gamma} must be in [0, 1)")
@@ -761,27 +726,22 @@ def main(args: Args) -> dict:
     start_time = time.time()
     tiny = args.dataset_name.startswith("tiny:")
     rm_arch = args.rm_arch or ("linear" if tiny else "transformer")
-    if args.model_name.startswith("tiny:"):
-        task = args.model_name.split(":", 1)[1]
-        path = warm_start(task, seed=args.warm_start_seed, steps=args.warm_start_steps, lr=args.warm_start_lr)
-        start_model, tokenizer = load_causal_lm(str(path), device=device, dtype=dtype)
-        policy_path = str(path)
-    else:
-        policy_path = args.model_name
-        start_model, tokenizer = load_causal_lm(args.model_name, device=device, dtype=dtype, seed=args.seed)
+    # 0. pi_0 (frozen: the first IRL sampler, every arm's start and KL reference), the data, Phi and the RMs
+    policy_path = args.model_name
+    if policy_path.startswith("tiny:"):  # the tiny LM SFT-warm-started on the task [card 6], cached
+        policy_path = str(
+            warm_start(policy_path[5:], args.warm_start_seed, args.warm_start_steps, lr=args.warm_start_lr)
+        )
+    start_model, tokenizer = load_causal_lm(policy_path, device=device, dtype=dtype, seed=args.seed)
     start_model.eval().requires_grad_(False)
     stop_ids = torch.tensor(stop_token_ids(tokenizer, start_model), device=device)
     train, heldout = load_tables(args, tokenizer, device)
-    names = train["names"]
+    names, everything = train["names"], list(range(len(heldout["prompts"])))
     embed = make_encoder(args, start_model, tokenizer, stop_ids, device)
-    probe_emb, _ = embed(train["demo_ids"][:2], train["demo_mask"][:2], train["demos"][:2])
-    if args.encoder_dim is not None and probe_emb.size(-1) != args.encoder_dim:
-        fail(
-            f"the {args.similarity} encoder gives {probe_emb.size(-1)}-wide embeddings, --encoder-dim expects "
-            f"{args.encoder_dim}: pick the matching encoder or width"
-        )
-    num_rms = 1 if args.shared_rm else len(names)
-    models = None
+    width = embed(train["demo_ids"][:2], train["demo_mask"][:2], train["demos"][:2])[0].size(-1)
+    if args.encoder_dim is not None and width != args.encoder_dim:
+        fail(f"the {args.similarity} encoder gives {width}-wide embeddings, --encoder-dim expects {args.encoder_dim}")
+    num_rms, models = 1 if args.shared_rm else len(names), None
     if rm_arch == "transformer":
         from transformers import AutoModelForSequenceClassification
 
@@ -790,32 +750,30 @@ def main(args: Args) -> dict:
         models = [load_causal_lm(rm_name, seed=args.seed + j, **kwargs)[0] for j in range(num_rms)]
         for m in models:
             m.config.pad_token_id = tokenizer.pad_token_id
-    info = dict(max_len=args.max_completion_length, max_inputs=train["inputs"].size(1), stop_ids=stop_ids)
-    info.update(tokenizer=tokenizer, chat=args.chat)
-    rm = CategoryRewardModels(rm_arch, num_rms, info, models).to(device)
+    info = dict(
+        max_len=args.max_completion_length, max_inputs=train["inputs"].size(1), stop_ids=stop_ids, chat=args.chat
+    )
+    rm = CategoryRewardModels(rm_arch, num_rms, dict(info, tokenizer=tokenizer), models).to(device)
     task = args.dataset_name.split(":", 1)[1] if tiny else "custom"
     run = RunLogger(make_run_name(f"dr_irl-{task}", args.exp_name, args.seed), args, track=args.track, print_every=20)
 
     # 1. D: a balanced demonstration set, up to --num-demos-per-category prompts per category
-    by_category = defaultdict(list)
-    for i, c in enumerate(train["category"].tolist()):
-        by_category[c].append(i)
-    demo_rows = [i for c in range(len(names)) for i in by_category[c][: args.num_demos_per_category]]
-    # 2. IRL: pi_0 samples are the non-preferred side; fit r_j by the BT loss, freeze (rounds > 1: Li's alternation)
+    first = [(train["category"] == c).nonzero()[: args.num_demos_per_category, 0] for c in range(len(names))]
+    demo_rows = torch.cat(first).tolist()
+    # 2. IRL: pi_0 samples are the non-preferred side; fit r_j by the IRL loss, freeze (rounds > 1: Li's alternation)
     generator, policy, notes = torch.Generator().manual_seed(args.seed), start_model, []
     for irl_round in range(args.irl_rounds):
-        if irl_round > 0:  # Li et al.: update the policy on the current RMs, then resample y~ from it
-            policy = copy.deepcopy(start_model).train().requires_grad_(True)
+        if irl_round > 0:  # Li et al.: GRPO steps of the (persistent) policy on the current RMs, then resample y~
+            policy = copy.deepcopy(policy).train().requires_grad_(True)
             setup, steps = ARM_SETUP["grpo"], args.irl_policy_steps
             train_grpo(f"irl{irl_round}", policy, start_model, tokenizer, train, rm, embed, setup, args, run, steps)
             policy.eval()
         pair_rows, sample_ids, sample_mask = irl_pairs(policy, tokenizer, train, demo_rows, args, stop_ids)
         counts = torch.bincount(train["category"][pair_rows], minlength=len(names)).tolist()
-        if any(n == 0 for n in counts):
-            empty = [names[c] for c, n in enumerate(counts) if n == 0]
+        if 0 in counts:
             fail(
-                f"IRL round {irl_round}: category {empty} has no pair (every sample equals its demonstration): "
-                "raise --irl-samples or --irl-temperature"
+                f"IRL round {irl_round}: category {[n for n, k in zip(names, counts) if k == 0]} has no pair (every "
+                "sample equals its demonstration): raise --irl-samples or --irl-temperature"
             )
         history = fit_reward_models(rm, train, pair_rows, sample_ids, sample_mask, args, generator)
         pairs = ", ".join(f"{n} {k}" for n, k in zip(names, counts))
@@ -825,39 +783,35 @@ def main(args: Args) -> dict:
     rm.requires_grad_(False)
     # held-out RM pairwise accuracy: demonstration vs a pi_0 sample on held-out prompts
     with torch.no_grad():
-        everything = list(range(len(heldout["prompts"])))
         rows, ids, mask = irl_pairs(start_model, tokenizer, heldout, everything, args, stop_ids)
         demo_scores = rm.score(heldout, rows, heldout["demo_ids"][rows], heldout["demo_mask"][rows])  # [P]
         margin = demo_scores - rm.score(heldout, rows, ids, mask)  # [P]
     rm_rows = []
     for c, name in enumerate(names):
-        sel = heldout["category"][rows] == c
-        acc = (margin[sel] > 0).float().mean().item() if sel.any() else float("nan")
-        rm_rows.append({"category": name, "IRL pairs": counts[c], "held-out pairs": int(sel.sum()), "RM accuracy": acc})
-        mean_margin = margin[sel].mean().item() if sel.any() else 0.0
+        m = margin[heldout["category"][rows] == c]  # [P_c]
+        acc, mean_margin = ((m > 0).float().mean().item(), m.mean().item()) if len(m) else (float("nan"), 0.0)
+        rm_rows.append({"category": name, "IRL pairs": counts[c], "held-out pairs": len(m), "RM accuracy": acc})
         run.log(0, {f"rewards/accuracies/{name}": acc, f"rewards/margins/{name}": mean_margin})
     print(format_table(rm_rows), flush=True)
     print(f"setup (data, start, IRL): {time.time() - start_time:.1f} s", flush=True)
 
     # 3-5. each arm: GRPO from pi_0 (the frozen KL reference) on the imbalanced mix, routed RMs, alpha for GRPO-S
     def evaluate(model) -> dict:
+        """Greedy answers to the held-out prompts: true exact match per category, the learned RMs' mean score."""
         ids, mask, texts = sample_rows(model, tokenizer, heldout, everything, args, 1, True)
         true = exact_match_tensor(ids, mask, heldout["demo_ids"], heldout["demo_mask"], stop_ids)  # [N]
-        score = rm.score(heldout, torch.tensor(everything, device=device), ids, mask)  # [N]
         cat = heldout["category"]
-        per = {n: true[cat == c].mean().item() for c, n in enumerate(names) if (cat == c).any()}
-        return {"em": per, "mean_em": sum(per.values()) / len(per), "rm": score.mean().item(), "texts": texts}
+        em = {n: true[cat == c].mean().item() for c, n in enumerate(names) if (cat == c).any()}
+        score = rm.score(heldout, torch.tensor(everything, device=device), ids, mask).mean().item()
+        return {"em": em, "mean_em": sum(em.values()) / len(em), "rm": score, "texts": texts}
 
     results = {"start": {**evaluate(start_model), "seconds": 0.0, "alpha": {}}}
     for arm in args.arms:
         seed_everything(args.seed)
-        model = copy.deepcopy(start_model).train().requires_grad_(True)
-        arm_start = time.time()
-        setup = ARM_SETUP[arm]
-        alpha_stats = train_grpo(arm, model, start_model, tokenizer, train, rm, embed, setup, args, run, args.steps)
+        model, arm_start = copy.deepcopy(start_model).train().requires_grad_(True), time.time()
+        alpha = train_grpo(arm, model, start_model, tokenizer, train, rm, embed, ARM_SETUP[arm], args, run, args.steps)
         seconds = time.time() - arm_start
-        model.eval()
-        results[arm] = {**evaluate(model), "seconds": seconds, "alpha": alpha_stats}
+        results[arm] = {**evaluate(model.eval()), "seconds": seconds, "alpha": alpha}
         run.log(args.steps, {f"eval/exact_match/{n}/{arm}": v for n, v in results[arm]["em"].items()}, echo=True)
         if args.save_model:
             model.save_pretrained(run.dir / arm)
@@ -865,37 +819,29 @@ def main(args: Args) -> dict:
 
     # 6. the tables: true exact match per category (never the RM score), RM accuracy, alpha per category
     n_eval = {n: int((heldout["category"] == c).sum()) for c, n in enumerate(names)}
-    em_rows, alpha_rows = [], []
-    for arm, r in results.items():
-        em_rows.append({"arm": arm, **{f"{n} (n={n_eval[n]})": r["em"].get(n) for n in names}, "mean EM": r["mean_em"]})
-        em_rows[-1].update({"RM reward": r["rm"], "train s": r["seconds"]})
-        for c, st in sorted(r["alpha"].items()):  # st: [steps, 4] = mean, min, max, kept per step
-            row = dict(zip(["alpha mean", "alpha min", "alpha max", "kept"], [st[:, 0].mean(), st[:, 1].min()]))
-            row.update({"alpha max": st[:, 2].max(), "kept": st[:, 3].mean()})
-            alpha_rows.append({"arm": arm, "category": names[c], **{k: v.item() for k, v in row.items()}})
-    worst = min(n_eval.values())
-    samples = "\n".join(
+    em_rows = [
+        {"arm": arm, **{f"{n} (n={n_eval[n]})": r["em"].get(n) for n in names}, "mean EM": r["mean_em"]}
+        | {"RM reward": r["rm"], "train s": r["seconds"]}
+        for arm, r in results.items()
+    ]
+    alpha_rows = [{"arm": arm, "category": c, **s} for arm, r in results.items() for c, s in r["alpha"].items()]
+    samples = [
         f"- [{names[heldout['category'][i]]}] `{heldout['prompts'][i]}` -> demo `{heldout['demos'][i]}` | "
         + " | ".join(f"{arm}: `{r['texts'][i]}`" for arm, r in results.items())
-        for i in range(0, len(heldout["prompts"]), max(1, len(heldout["prompts"]) // 12))
+        for i in everything[:: max(1, len(everything) // 12)]
+    ]
+    run.save_text("samples.md", "\n".join(samples) + "\n")
+    standard_error = 0.5 / math.sqrt(max(min(n_eval.values()), 1))
+    run.finish(
+        f"## DR-IRL on {task}, seed {args.seed}: {args.steps} steps x {args.batch_size} completions "
+        f"(G={args.num_generations}), RM {rm_arch}{' (shared)' if args.shared_rm else ' per category'}, scaling "
+        f"{args.scaling}, similarity {args.similarity}, granularity {args.alpha_granularity}, scope {args.stat_scope}, "
+        f"tau {args.tau}, lr {args.lr}\n\n" + "\n".join(notes) + "\n\nHeld-out RM pairwise accuracy (demonstration vs "
+        f"pi_0 sample):\n\n{format_table(rm_rows)}\n\nGreedy exact match per category on held-out prompts (SE <= "
+        f"{standard_error:.3f}) and the learned RMs' mean reward of those answers:\n\n{format_table(em_rows)}\n\n"
+        "alpha = alpha^D x alpha^M per category over the training steps (what GRPO-S applies, logged for all arms) "
+        f"and the kept fraction of the gap mask:\n\n{format_table(alpha_rows)}"
     )
-    run.save_text("samples.md", samples + "\n")
-    summary = "\n".join(
-        [
-            f"## DR-IRL on {task}, seed {args.seed}: {args.steps} steps x {args.batch_size} completions "
-            f"(G={args.num_generations}), RM {rm_arch}{' (shared)' if args.shared_rm else ' per category'}, "
-            "scaling "
-            f"{args.scaling}, similarity {args.similarity}, granularity {args.alpha_granularity}, "
-            f"scope {args.stat_scope}, tau {args.tau}, lr {args.lr}\n",
-            *notes,
-            f"\nHeld-out RM pairwise accuracy (demonstration vs pi_0 sample):\n\n{format_table(rm_rows)}\n",
-            f"Greedy exact match per category on held-out prompts (SE <= {0.5 / math.sqrt(max(worst, 1)):.3f}) "
-            f"and the learned RMs' mean reward of those answers:\n\n{format_table(em_rows)}\n",
-            "alpha = alpha^D x alpha^M per category over the training steps (what GRPO-S applies, logged for all arms) "
-            f"and the kept fraction of the gap mask:\n\n{format_table(alpha_rows)}",
-        ]
-    )
-    run.finish(summary)
     return results
 
 
