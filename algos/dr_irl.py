@@ -21,11 +21,12 @@ two notes; [Li] = Li et al. 2024, code JasonJiaxiangLi/Reward_learning_SFT; [DAM
    imbalanced training mix. Columns prompt / category / demonstration (tiny `op` / `reference` renamed).
 2. IRL [card 3.1, Li]: --irl-samples pi_0 samples per demonstration prompt at T=1, identical pairs dropped, BT loss
    (`--irl-loss linear` = -(r_d - r_s)/beta, needs weight decay); one round (v5). --irl-rounds > 1 = Li's
-   alternation: a policy copy trained --irl-policy-steps by GRPO on the current RMs gives the next samples (the arms
-   still start from pi_0). DIFFERENCE: one sequence score, not Li's per-token rewards from the first divergence.
+   alternation: one policy, trained --irl-policy-steps GRPO steps on the current RMs before each later round, gives
+   that round's samples, and the RMs are refit on them (logged as arm irl<k>; the arms still start from pi_0).
+   DIFFERENCE: one sequence score, not Li's per-token rewards from the first divergence.
 3. RMs [card 6]: `--rm-arch linear` (toy default): one weight vector per category on 1[y_t = x_s] (t, s from start
-   and end), length / multiset match, sortedness (token order = letter order); tiny rule prompts only.
-   `transformer`: one AutoModelForSequenceClassification per category (full fine-tune; no LoRA here).
+   and end), length / multiset match, sortedness; tiny rule prompts only. `transformer`: one
+   AutoModelForSequenceClassification per category (full fine-tune; no LoRA here).
 4. Routing [card 3.3, v1]: each prompt is scored by its category's RM; `--shared-rm` = Table 2's one-RM ablation.
 5. GRPO as algos/bleuberi.py [TRL]: groups of G, unbiased std + 1e-4, ratio clip 1 +- eps, k3 KL to frozen pi_0,
    logits / T, position ids from the mask, `--loss-type grpo` [card 3.3], AdamW, grad clip.
@@ -50,7 +51,7 @@ alpha/corr_true_success; once: losses/irl_loss, irl/pairs/<c>, rewards/accuracie
 (held-out); at the end eval/exact_match/<c>.
 
 Commands:
-    python algos/dr_irl.py                                      # offline toy: GRPO vs GRPO-S, ~2-3 min on 2 cores
+    python algos/dr_irl.py                                      # offline toy: 4 arms, ~2-3 min on 2 cores
     python algos/dr_irl.py --arms grpo grpo-s grpo-s-global grpo-true --seed 2
     python algos/dr_irl.py --scaling data --alpha-granularity response --similarity lm_hidden --rm-arch transformer
     python algos/dr_irl.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name PATH_WITH_prompt_category_demo \
@@ -257,8 +258,9 @@ class CategoryRewardModels(torch.nn.Module):
         super().__init__()
         self.kind, self.num_rms, self.info = kind, num_rms, info
         if kind == "linear":  # one zero-initialised weight vector per category on rule_features
-            num_features = 4 * info["max_len"] * info["max_inputs"] + 3
-            self.weight = torch.nn.Parameter(torch.zeros(num_rms, num_features))  # [C, F]
+            self.weight = torch.nn.Parameter(
+                torch.zeros(num_rms, 4 * info["max_len"] * info["max_inputs"] + 3)
+            )  # [C, F]
         else:
             self.models = torch.nn.ModuleList(models)
 
@@ -499,11 +501,10 @@ def encode_sentences(encoder, enc_tokenizer, sentences: list[str]) -> torch.Tens
 
 def exact_match_tensor(ids, mask, demo_ids, demo_mask, stop_ids) -> torch.Tensor:
     """1 where the answer's tokens equal the demonstration's (stop tokens aside) ([N]); the toy's true success."""
-    width = max(ids.size(1), demo_ids.size(1))
-    a = F.pad(torch.where(content_mask(ids, mask, stop_ids), ids, -1), (0, width - ids.size(1)), value=-1)
-    b = torch.where(content_mask(demo_ids, demo_mask, stop_ids), demo_ids, -1)
-    b = F.pad(b, (0, width - demo_ids.size(1)), value=-1)
-    return (a == b).all(1).float()  # [N]
+    a = torch.where(content_mask(ids, mask, stop_ids), ids, -1)  # [N, T] answer tokens, -1 elsewhere
+    b = torch.where(content_mask(demo_ids, demo_mask, stop_ids), demo_ids, -1)  # [N, L]
+    width = max(a.size(1), b.size(1))
+    return (F.pad(a, (0, width - a.size(1)), value=-1) == F.pad(b, (0, width - b.size(1)), value=-1)).all(1).float()
 
 
 # Training loop ------------------------------------------------------------------------------------------------------
@@ -604,10 +605,8 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: 
             alpha_log[c].append(torch.stack([a.mean(), a.min(), a.max(), k.mean()]))
         run.log(step, {f"{k}/{arm}": v for k, v in metrics.items()})
     stats = {names[c]: torch.stack(v) for c, v in sorted(alpha_log.items())}  # [steps, 4]: mean, min, max, kept
-    keys = ("alpha mean", "alpha min", "alpha max", "kept")
-    return {
-        n: dict(zip(keys, [s[:, 0].mean(), s[:, 1].min(), s[:, 2].max(), s[:, 3].mean()])) for n, s in stats.items()
-    }
+    keys, reduce = ("alpha mean", "alpha min", "alpha max", "kept"), (torch.mean, torch.min, torch.max, torch.mean)
+    return {n: {k: f(s[:, i]).item() for i, (k, f) in enumerate(zip(keys, reduce))} for n, s in stats.items()}
 
 
 # Data, IRL, evaluation and the run ------------------------------------------------------------------------------------
@@ -729,9 +728,8 @@ def main(args: Args) -> dict:
     # 0. pi_0 (frozen: the first IRL sampler, every arm's start and KL reference), the data, Phi and the RMs
     policy_path = args.model_name
     if policy_path.startswith("tiny:"):  # the tiny LM SFT-warm-started on the task [card 6], cached
-        policy_path = str(
-            warm_start(policy_path[5:], args.warm_start_seed, args.warm_start_steps, lr=args.warm_start_lr)
-        )
+        path = warm_start(policy_path[5:], args.warm_start_seed, args.warm_start_steps, lr=args.warm_start_lr)
+        policy_path = str(path)
     start_model, tokenizer = load_causal_lm(policy_path, device=device, dtype=dtype, seed=args.seed)
     start_model.eval().requires_grad_(False)
     stop_ids = torch.tensor(stop_token_ids(tokenizer, start_model), device=device)
@@ -750,10 +748,8 @@ def main(args: Args) -> dict:
         models = [load_causal_lm(rm_name, seed=args.seed + j, **kwargs)[0] for j in range(num_rms)]
         for m in models:
             m.config.pad_token_id = tokenizer.pad_token_id
-    info = dict(
-        max_len=args.max_completion_length, max_inputs=train["inputs"].size(1), stop_ids=stop_ids, chat=args.chat
-    )
-    rm = CategoryRewardModels(rm_arch, num_rms, dict(info, tokenizer=tokenizer), models).to(device)
+    info = dict(max_len=args.max_completion_length, max_inputs=train["inputs"].size(1), stop_ids=stop_ids)
+    rm = CategoryRewardModels(rm_arch, num_rms, dict(info, tokenizer=tokenizer, chat=args.chat), models).to(device)
     task = args.dataset_name.split(":", 1)[1] if tiny else "custom"
     run = RunLogger(make_run_name(f"dr_irl-{task}", args.exp_name, args.seed), args, track=args.track, print_every=20)
 

@@ -251,6 +251,66 @@ def test_irl_reward_models_learn(runs_in_tmp):
     assert irl < 0.3 * math.log(2)
 
 
+def test_grpo_learns_on_the_true_reward(tmp_path, runs_in_tmp):
+    """GRPO through main() on the true exact-match reward (arm grpo-true), narrowed to the reverse rule where the
+    warm start has headroom: within 25 steps the training reward (sampled exact match) rises and greedy held-out
+    exact match does not fall. A flipped advantage sign drives both to ~0 (checked by hand)."""
+    from shared.tasks import get_task
+
+    data = get_task("rule_categories").dataset(2000, seed=0).filter(lambda r: r["op"] == "reverse").select(range(200))
+    columns = {"prompt": data["prompt"], "category": data["op"], "demonstration": data["reference"]}
+    Dataset.from_dict(columns).save_to_disk(str(tmp_path / "reverse"))
+    args = Args(
+        dataset_name=str(tmp_path / "reverse"),
+        **dict(num_eval=40, num_demos_per_category=8, irl_samples=1, rm_epochs=1, rm_lr=1e-3),
+        **dict(arms=("grpo-true",), steps=25, batch_size=64, num_generations=8, lr=3e-4),
+    )
+    results = main(args)
+    lines = [json.loads(line) for line in (run_folder(runs_in_tmp) / "metrics.jsonl").read_text().splitlines()]
+    rewards = [line["reward/grpo-true"] for line in lines if "reward/grpo-true" in line]
+    assert len(rewards) == 25
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.05, rewards  # measured +0.10 to +0.25 over seeds 1-5
+    assert results["grpo-true"]["em"]["reverse"] >= results["start"]["em"]["reverse"]
+
+
+def test_irl_rounds_resample_from_the_updated_policy_and_refit(runs_in_tmp, monkeypatch):
+    """--irl-rounds 3: rounds 2 and 3 draw their negatives from a policy that GRPO moved on the current RMs (the
+    same policy, continued), and each round refits the RMs; the held-out pairs still come from pi_0."""
+    sampled, fitted, grpo_starts = [], [], {}
+    state = lambda model: {k: v.detach().clone() for k, v in model.state_dict().items()}  # noqa: E731
+    differs = lambda a, b: any(not torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+
+    def irl_pairs(model, *rest):
+        sampled.append(state(model))
+        return original_pairs(model, *rest)
+
+    def fit_reward_models(rm, *rest):
+        history = original_fit(rm, *rest)
+        fitted.append(rm.weight.detach().clone())
+        return history
+
+    def train_grpo(arm, model, *rest):
+        grpo_starts[arm] = state(model)
+        return original_grpo(arm, model, *rest)
+
+    original_pairs, original_fit, original_grpo = dr_irl.irl_pairs, dr_irl.fit_reward_models, dr_irl.train_grpo
+    monkeypatch.setattr(dr_irl, "irl_pairs", irl_pairs)
+    monkeypatch.setattr(dr_irl, "fit_reward_models", fit_reward_models)
+    monkeypatch.setattr(dr_irl, "train_grpo", train_grpo)
+    main(Args(**{**TINY, "irl_rounds": 3, "irl_policy_steps": 3, "arms": ("grpo",), "steps": 1}))
+    assert len(sampled) == 4 and len(fitted) == 3  # 3 IRL rounds + the held-out accuracy pairs
+    start = sampled[3]  # held-out pairs: pi_0
+    assert not differs(sampled[0], start)  # round 1: pi_0, as in the paper
+    assert differs(sampled[1], start) and differs(sampled[2], sampled[1])  # later rounds: the updated policy
+    assert not differs(grpo_starts["irl2"], sampled[1])  # round 3 continues round 2's policy (Li's alternation)
+    assert not differs(grpo_starts["grpo"], start)  # the arms still start from pi_0
+    assert not torch.equal(fitted[0], fitted[1]) and not torch.equal(fitted[1], fitted[2])  # the RMs are refit
+    lines = [json.loads(line) for line in (run_folder(runs_in_tmp) / "metrics.jsonl").read_text().splitlines()]
+    assert len([line for line in lines if "losses/irl_loss" in line]) == 3
+    assert any("reward/irl2" in line for line in lines)
+    assert "IRL round 2: pairs" in (run_folder(runs_in_tmp) / "summary.md").read_text()
+
+
 def make_real_dataset(path, empty_category=None, columns=("prompt", "category", "demonstration")):
     rows = []
     for i in range(48):
