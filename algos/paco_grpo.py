@@ -1,0 +1,797 @@
+# arXiv:2512.04784 | README: #paco-grpo
+"""PaCo-GRPO: flow-matching GRPO with resolution-decoupled training and log-tamed reward aggregation
+(Ping et al., "PaCo-RL: Advancing Reinforcement Learning for Consistent Image Generation with Pairwise Reward
+Modeling", https://arxiv.org/abs/2512.04784; code https://github.com/X-GenGroup/PaCo-RL, folder PaCo-GRPO/).
+
+Idea: Flow-GRPO on a flow-matching image model, rewarded by a PAIRWISE consistency judge (are panels i and j of a
+set consistent?) plus a text-alignment reward. Two changes make it cheap and stable: (1) sample, score and optimise
+at about half the resolution per side and deploy the same weights at full resolution; (2) "log-tame" a reward whose
+coefficient of variation over the epoch is above delta, so the high-variance consistency reward cannot dominate
+the advantages and drive the sets to near-duplicates.
+
+    SDE step (t=1 noise, dt = t' - t < 0):  sigma_t = a sqrt(t / (1 - t))
+        mu = x + [v + sigma_t^2 / (2t) (x + (1 - t) v)] dt,   x' = mu + sigma_t sqrt(-dt) z,   a = 0: x' = x + v dt
+        log pi = MEAN over latent entries of log N(x'; mu, sigma_t^2 (-dt))
+    log-tame: h_k = std(R_k) / (mean(R_k) + 1e-6) over the whole epoch;  R~_k = log(1 + R_k) if h_k > delta else R_k
+              r = sum_k w_k R~_k;   A = (r - mean_group r) / max(std r, 1e-6)   (std global [code] or per group [paper])
+    loss = mean max(-A rho, -A clip(rho, 1 - eps, 1 + eps)),  rho = exp(log pi - log pi_old),  A clipped to +-5
+
+Implementation details ([code] = X-GenGroup/PaCo-RL @ 08caac6 PaCo-GRPO/; [card] = shared/specs/paco_grpo.md):
+1. `sde_step_with_logprob` follows [code diffusers_patch/sde_denoising_step.py] (itself Flow-GRPO's SD3 step): fp32,
+   the target is detached inside the log-prob, mean over non-batch dims. At t = 1 the denominator uses sigma_next
+   (= t_1 at step 0, Flow-GRPO's sigma_max = sigmas[1]); PaCo's default is a constant 0.98. noise_level 0 returns
+   the Euler step and a zero log-prob (the Gaussian is degenerate there).
+2. Noise (a = 0.7) and training only at `--noise-steps` (index 1 of 10 by default, the "Fast" variant) [code, paper].
+3. `log_tame` [paper Eq. 2; code factory]: population std and mean over all samples of the epoch; delta a number
+   (0.2, paper) or "mean"/"median" of the h_k (code factory). DIFFERENCE: the shipped code returns the tamed sum AS
+   the advantage; we group-normalise after taming, as Eq. 2 says [card 5]. A reward with a value <= -1 or a
+   negative mean is refused with ValueError (log(1+R) or h would be NaN/meaningless), never a silent NaN.
+4. `group_advantages` = [code stat_tracking.py]: population std floored at 1e-6, over the epoch (`global`, code
+   default) or per group (`group`, paper Eq. 2); advantages clipped to +-5 [code].
+5. pi_old = the trained weights copied at the start of every epoch; its log-probs are RECOMPUTED per micro-batch,
+   so rho = 1 on the first update of an epoch [code]. 2 AdamW(3e-4, wd 1e-4) steps per epoch, each over half the
+   samples, grad clip 1.0 [code]. beta = 0: the KL to the start is only logged, mean((mu - mu_ref)^2)/(2 sigma_t^2).
+6. Toy [card 6]: sets of 2 panels (1 x r x 2r), prompt = a shape pair (A != B) from {disk, square, cross, ring},
+   analytic 4x-supersampled rendering with per-panel intensity / scale / offset; a fully convolutional 15k-param
+   velocity net (4 conv3x3 layers of 16 channels, FiLM on time + prompt, a global-pool vector broadcast back, input
+   maps = the panel's requested shape and in-panel coordinates, so one set of weights runs at any resolution),
+   pretrained in-process by rectified flow on r = 8 and 16 (30% of sets share one style) and cached under
+   runs/cache/paco_grpo/ keyed by recipe. Rewards on panels resized to 16x16: R_cons = sigmoid(8 (tau - ||phi(A) -
+   phi(B)||)), phi = 4x4 average pool, tau = median distance over pretraining sets, averaged over panel pairs;
+   R_align = mean cosine between a frozen tiny classifier's panel embedding and the requested shape's prototype.
+   DIFFERENCES: no time shift by default (`--shift` is SD3's constant one, not FLUX's resolution-dependent one),
+   full-parameter training (no LoRA), no EMA, fp32, micro-batches of 32 not 8 (same gradient per optimizer step).
+7. Arms, same weights and seeds (3 by default): `paco` (r = 8, log-tame), `sum` (r = 8, weighted sum), `full-res`
+   (r = 16), `quarter-res` (r = 4). All evaluated at r = 16, ODE, 20 steps, fixed noise, 4 prompts x 32 sets.
+8. Real path (`--model-name` = a diffusers folder or hub id): `StableDiffusion3Pipeline` (FLUX would need its packed
+   latents) with its `FlowMatchEulerDiscreteScheduler` sigmas; only the SDE step is ours; LoRA via peft on the
+   transformer's attention projections; rewards pluggable in `REAL_REWARDS` (built in: a pairwise consistency over
+   the 4 panels of a 2x2 grid, and a colourfulness score on another scale; swap in PaCo-Reward / CLIP-T there).
+
+Logged metrics (suffix /<arm>/seed<n>): `reward` (aggregated r), `reward_std`, `rewards/<k>/{mean,std,cv,tamed}`, `kl`,
+`clip_ratio/{low,high,region}_mean`, `losses/loss`, `charts/{grad_norm,epoch_seconds,train_seconds,duplicate_rate}`,
+and every epochs/4 `eval/{reward,r_cons,r_align,ratio,duplicate_rate}`.
+
+Commands:
+    python algos/paco_grpo.py                                  # offline toy: 4 arms x 3 seeds, ~75 s + pretraining
+    python algos/paco_grpo.py --model-name stabilityai/stable-diffusion-3.5-medium --image-size 1024 \
+        --train-res half --epochs 50 --num-prompts 4 --num-generations 16 --guidance-scale 4.5 --lr 3e-4
+Measured (2 shared cores, load ~3; no GPU lent): 66-76 s with the pretrained net cached, 3m39 cold (pretraining 71 s).
+Seeds 1-3 / 4-6, eval at 16 px: r_cons 0.48 -> ~0.985 in every arm; duplicate rate 0.23 -> paco 0.75 / 0.96, sum 0.73 /
+0.96, full-res 0.46 / 0.57 (3.5-4x the seconds per epoch), quarter-res lowest reward (1.83 vs 1.87). Log-tame = sum
+here: R_cons's CV drops below delta = 0.2 within ~3 epochs, after which both arms take identical steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa: E402  # noqa: E402
+
+Arm = Literal["paco", "sum", "full-res", "quarter-res"]
+# arm -> (train resolution, aggregation); None = take --train-res / --agg
+ARM_SETUP = {"paco": (None, None), "sum": (None, "sum"), "full-res": ("full", None), "quarter-res": ("quarter", None)}
+RES_FACTOR = {"full": 1, "half": 2, "quarter": 4}
+SHAPES = ("disk", "square", "cross", "ring")
+REAL_PROMPTS = tuple(f"a 2x2 grid: the same {x}" for x in ("red fox in four seasons", "robot in four rooms",
+                     "paper boat on four waters", "lighthouse at dawn, noon, dusk and night"))  # fmt: skip
+PROMPTS = ((0, 1), (1, 2), (2, 3), (3, 0))  # the RL / eval prompts (shape A, shape B); pretraining sees all 12 pairs
+
+
+@dataclass
+class Args:
+    exp_name: str = "toy"
+    """name of this experiment (part of the run folder name)"""
+    seed: int = 1
+    """first seed of sampling and training (the same for every arm)"""
+    num_seeds: int = 3
+    """toy: seeds per arm (seed, seed + 1, ...); the table shows their mean and sd"""
+    cuda: bool = True
+    """use the GPU when one is visible"""
+    dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16 (real path; the toy runs in fp32)"""
+    track: bool = False
+    """also log to Weights & Biases"""
+    num_threads: int = 1
+    """torch CPU threads (1 is fastest for the tiny net)"""
+    model_name: str = "toy"
+    """toy (the two-panel toy) or a diffusers StableDiffusion3Pipeline folder / hub id"""
+    arms: tuple[Arm, ...] = ("paco", "sum", "full-res", "quarter-res")
+    """arms to run, each from the same pretrained weights (toy only)"""
+    pretrain_steps: int = 1500
+    """rectified-flow pretraining steps of the toy velocity net (cached by recipe)"""
+    eval_res: int = 16
+    """toy panel side at evaluation (high resolution)"""
+    image_size: int = 64
+    """real path: image side at evaluation (high resolution) [code T2IS: 1024]"""
+    prompts: tuple[str, ...] = REAL_PROMPTS
+    """real path: training prompts, 2x2 image sets (the toy uses its 4 shape pairs)"""
+    no_t5: bool = False
+    """real path: load without the T5 encoder (diffusers' memory saving for SD3: zero T5 embeddings)"""
+    guidance_scale: float = 1.0
+    """real path: classifier-free guidance (1 = none)"""
+    lora_rank: int = 8
+    """real path: LoRA rank on the transformer attention [code FLUX: 64]"""
+    rewards: tuple[str, ...] = ("cons", "align")
+    """rewards to aggregate (toy: cons, align; real: keys of REAL_REWARDS)"""
+    reward_weights: tuple[float, ...] = (1.0, 1.0)
+    """w_k per reward [card: 1 for the log-tame run]"""
+    agg: Literal["logtame", "sum"] = "logtame"
+    """reward aggregation of the method arm: log-tame or a plain weighted sum"""
+    delta: str = "0.2"
+    """log-tame threshold on the coefficient of variation: a number, mean or median [paper T2IS: 0.2]"""
+    std: Literal["global", "group"] = "global"
+    """advantage normaliser: std over the epoch [code] or per group [paper Eq. 2]"""
+    train_res: Literal["half", "full", "quarter"] = "half"
+    """training resolution of the method arm, per side, relative to the evaluation resolution"""
+    num_steps: int = 10
+    """denoising steps while sampling for training [code: 10]"""
+    eval_steps: int = 20
+    """ODE steps at evaluation [code: 20]"""
+    noise_steps: tuple[int, ...] = (1,)
+    """step indices with SDE noise, the only ones trained [code Fast: 1]"""
+    noise_level: float = 0.7
+    """a, the SDE noise scale at the noise steps [code T2IS: 0.7]"""
+    shift: float = 1.0
+    """constant time shift t -> s t / (1 + (s - 1) t) of the toy schedule (the real path uses the scheduler's)"""
+    epochs: int = 40
+    """RL epochs per arm"""
+    num_prompts: int = 4
+    """prompts per epoch (toy: at most 4)"""
+    num_generations: int = 16
+    """G, samples per prompt [paper: 16]"""
+    batch_size: int = 32
+    """samples per forward pass (gradient accumulation between them)"""
+    updates_per_epoch: int = 2
+    """optimizer steps per epoch, each over epoch samples / updates [code: 2]"""
+    lr: float = 3e-4
+    """AdamW learning rate [paper, code]"""
+    weight_decay: float = 1e-4
+    """AdamW weight decay [code]"""
+    epsilon: float = 1e-4
+    """PPO ratio clip [paper, code]"""
+    adv_clip: float = 5.0
+    """advantage clip [code]"""
+    max_grad_norm: float = 1.0
+    """grad-norm clip [code]"""
+    eval_sets: int = 32
+    """final evaluation sets per prompt (the curve uses a quarter of them)"""
+
+
+# ALGO LOGIC: the flow SDE step, log-tame and advantages ------------------------------------------------------------
+def sde_step_with_logprob(model_output, sigma, sigma_next, sample, noise_level, prev_sample=None, generator=None):
+    """Flow-GRPO SDE step from t = sigma to t' = sigma_next; returns (x', mean log N(x'; mu, sigma_t^2 (-dt)))."""
+    model_output, sample = model_output.float(), sample.float()  # [B, ...] fp32 (bf16 overflows here [code])
+    per_sample = (-1, *([1] * (sample.dim() - 1)))  # scalars or [B] broadcast as [B or 1, 1, ...]
+    sigma, sigma_next = (
+        torch.as_tensor(s, device=sample.device).float().reshape(per_sample) for s in (sigma, sigma_next)
+    )
+    dt = sigma_next - sigma  # [B, 1, ...] < 0
+    if noise_level == 0:  # the Euler ODE step; the Gaussian is degenerate, log-prob 0 by convention
+        mean = sample + model_output * dt  # [B, ...]
+        out = mean if prev_sample is None else prev_sample.float()
+        return out, torch.zeros(sample.shape[0], device=sample.device)
+    denominator = torch.where(sigma >= 1, sigma_next, sigma)  # t = 1: t_1 replaces t in 1 - t
+    std_dev_t = noise_level * torch.sqrt(sigma / (1 - denominator))  # [B, 1, ...] sigma_t = a sqrt(t / (1 - t))
+    drift = model_output + std_dev_t**2 / (2 * sigma) * (sample + (1 - sigma) * model_output)  # [B, ...]
+    mean = sample + drift * dt  # [B, ...] mu_theta
+    step_std = std_dev_t * torch.sqrt(-dt)  # [B, 1, ...]
+    if prev_sample is None:
+        noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        prev_sample = mean + step_std * noise  # [B, ...]
+    target = prev_sample.detach().float()  # [B, ...]
+    log_prob = -((target - mean) ** 2) / (2 * step_std**2) - torch.log(step_std) - 0.5 * math.log(2 * math.pi)
+    return prev_sample, log_prob.mean(dim=tuple(range(1, log_prob.dim())))  # [B, ...], [B]
+
+
+def cv_threshold(cvs: dict[str, float], delta: float | str) -> float:
+    """delta as a number, or the mean / median of the h_k [code factory]."""
+    return getattr(torch.tensor(list(cvs.values())), delta)().item() if delta in ("mean", "median") else float(delta)
+
+
+def log_tame(rewards: dict[str, torch.Tensor], weights: dict[str, float], delta: float | str) -> torch.Tensor:
+    """r = sum_k w_k R~_k with R~_k = log(1 + R_k) where h_k = std/(mean + 1e-6) over the epoch exceeds delta."""
+    cvs = {}
+    for name, values in rewards.items():
+        if not torch.isfinite(values).all():
+            raise ValueError(f"reward {name!r} has non-finite values")
+        cvs[name] = (values.std(unbiased=False) / (values.mean() + 1e-6)).item()  # population std, as np.std [code]
+    threshold = cv_threshold(cvs, delta)
+    total = 0.0
+    for name, values in rewards.items():
+        tame = cvs[name] > threshold
+        if tame and (values.min() <= -1 or values.mean() < 0):
+            message = "its coefficient of variation need R in [0, inf); shift the reward or use --agg sum"
+            raise ValueError(f"reward {name!r} has values <= -1 or a negative mean: log(1 + R) and {message}")
+        total = total + weights[name] * (torch.log1p(values) if tame else values)  # [B]
+    return total
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, std: str = "global") -> torch.Tensor:
+    """A_i = (r_i - mean_G r) / max(std r, 1e-6), population std over the epoch (global) or the group (group)."""
+    if group_size < 2 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size} >= 2")
+    grouped = rewards.view(-1, group_size)  # [B/G, G]
+    centred = grouped - grouped.mean(dim=1, keepdim=True)  # [B/G, G]
+    if std not in ("global", "group"):
+        raise ValueError(f"std {std!r} is not global or group")
+    scale = rewards.std(unbiased=False) if std == "global" else grouped.std(dim=1, unbiased=False, keepdim=True)
+    scale = scale.clamp(min=1e-6)  # scalar (global) or [B/G, 1] (group)
+    return (centred / scale).reshape(-1)  # [B]
+
+
+def ppo_clip_loss(log_prob, old_log_prob, advantages, epsilon: float, adv_clip: float):
+    """mean max(-A rho, -A clip(rho, 1 - eps, 1 + eps)), A clipped to +-adv_clip; also the clip shares."""
+    adv = advantages.clamp(-adv_clip, adv_clip)  # [B]
+    ratio = torch.exp(log_prob - old_log_prob)  # [B]
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - epsilon, 1 + epsilon)).mean()
+    with torch.no_grad():
+        low, high = (ratio < 1 - epsilon) & (adv < 0), (ratio > 1 + epsilon) & (adv > 0)  # [B]
+        shares = {"clip_ratio/low_mean": low, "clip_ratio/high_mean": high, "clip_ratio/region_mean": low | high}
+    return loss, {k: v.float().mean().item() for k, v in shares.items()}
+
+
+def time_grid(num_steps: int, shift: float = 1.0) -> torch.Tensor:
+    """t_i = shift(linspace(1, 1/N, N)) then t_N = 0 ([N + 1])."""
+    t = torch.linspace(1.0, 1.0 / num_steps, num_steps)  # [N]
+    return torch.cat([shift * t / (1 + (shift - 1) * t), torch.zeros(1)])  # [N + 1]
+
+
+# The toy world: two-panel shape sets, a fully convolutional velocity net, two frozen rewards -------------------------
+def render_panels(shapes: torch.Tensor, styles: torch.Tensor, res: int) -> torch.Tensor:
+    """Panels [B, P, res, res] in [0, 1]: shape ids [B, P], styles [B, P, 4] = (intensity, scale, dx, dy), 4x SSAA."""
+    fine = 4 * res
+    grid = (torch.arange(fine) + 0.5) / fine * 2 - 1  # [4r]
+    y, x = grid.view(1, 1, -1, 1), grid.view(1, 1, 1, -1)
+    intensity, scale, dx, dy = (styles[..., i, None, None] for i in range(4))  # [B, P, 1, 1]
+    u, v = x - dx, y - dy  # [B, P, 4r, 4r]
+    radius, box = torch.sqrt(u**2 + v**2), torch.maximum(u.abs(), v.abs())
+    bar = 0.3 * scale
+    cross = ((u.abs() < bar) & (v.abs() < scale)) | ((v.abs() < bar) & (u.abs() < scale))
+    ring = (radius < scale) & (radius > 0.6 * scale)
+    masks = torch.stack([radius < scale, box < 0.8 * scale, cross, ring]).float()  # [4, B, P, 4r, 4r] as SHAPES
+    mask = masks.gather(0, shapes[None, :, :, None, None].expand(1, -1, -1, fine, fine))[0]  # [B, P, 4r, 4r]
+    return F.avg_pool2d(mask * intensity, 4)  # [B, P, r, r]
+
+
+def random_styles(batch: int, panels: int, shared_share: float, generator) -> torch.Tensor:
+    """Per-panel styles [B, P, 4]; a `shared_share` of sets use one style for all panels."""
+    low, high = torch.tensor([0.3, 0.4, -0.15, -0.15]), torch.tensor([1.0, 0.9, 0.15, 0.15])
+    styles = low + (high - low) * torch.rand(batch, panels, 4, generator=generator)  # [B, P, 4]
+    shared = torch.rand(batch, generator=generator) < shared_share  # [B]
+    return torch.where(shared[:, None, None], styles[:, :1].expand_as(styles), styles)
+
+
+def to_sets(panels: torch.Tensor) -> torch.Tensor:
+    """[B, P, r, r] panels in [0, 1] -> images [B, 1, r, P r] in [-1, 1] (panels side by side)."""
+    return torch.cat(panels.unbind(1), dim=-1).unsqueeze(1) * 2 - 1
+
+
+def to_panels(images: torch.Tensor, num_panels: int = 2, size: int = 16) -> torch.Tensor:
+    """Images [B, 1, r, P r] in [-1, 1] -> panels [B, P, size, size] in [0, 1] (bilinear resize)."""
+    panels = torch.stack(images[:, 0].chunk(num_panels, dim=-1), dim=1)  # [B, P, r, r]
+    panels = ((panels + 1) / 2).clamp(0, 1)
+    return F.interpolate(panels, size=(size, size), mode="bilinear", align_corners=False)  # identity at r = size
+
+
+class VelocityNet(nn.Module):
+    """Fully convolutional v(x_t, t, prompt) for 2-panel sets: FiLM on (t, prompt), a pooled vector broadcast back."""
+
+    def __init__(self, channels: int = 16, layers: int = 4, embed: int = 32):
+        super().__init__()
+        self.conv_in = nn.Conv2d(1 + len(SHAPES) + 2, channels, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(layers - 1))
+        self.pools = nn.ModuleList(nn.Linear(channels, channels) for _ in range(layers))
+        self.time_mlp = nn.Sequential(nn.Linear(16, embed), nn.SiLU(), nn.Linear(embed, embed))
+        self.prompt_embed = nn.Linear(2 * len(SHAPES), embed)
+        self.film = nn.Linear(embed, 2 * channels * layers)
+        self.conv_out = nn.Conv2d(channels, 1, 3, padding=1)
+        self.layers, self.channels = layers, channels
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        batch, _, res, width = x.shape  # [B, 1, r, 2r]
+        panel_of_column = torch.arange(width, device=x.device) * 2 // width  # [2r] 0 = left, 1 = right
+        shape_map = F.one_hot(prompts[:, panel_of_column], len(SHAPES)).float()  # [B, 2r, S]
+        shape_map = shape_map.permute(0, 2, 1)[:, :, None, :].expand(-1, -1, res, -1)  # [B, S, r, 2r]
+        coords = (torch.arange(res, device=x.device) + 0.5) / res * 2 - 1  # [r] in-panel coordinate
+        cy, cx = coords.view(1, 1, res, 1).expand(batch, 1, res, width), coords.repeat(2).view(1, 1, 1, width)
+        h = torch.cat([x, shape_map, cy, cx.expand(batch, 1, res, width)], dim=1)  # [B, 7, r, 2r]
+        freqs = torch.exp(torch.linspace(0, math.log(100), 8, device=x.device))  # [8]
+        t_feat = torch.cat([torch.sin(t[:, None] * freqs), torch.cos(t[:, None] * freqs)], dim=1)  # [B, 16]
+        prompt_feat = F.one_hot(prompts, len(SHAPES)).float().flatten(1)  # [B, 2S]
+        film = self.film(F.silu(self.time_mlp(t_feat) + self.prompt_embed(prompt_feat)))  # [B, 2 C L]
+        film = film.view(batch, self.layers, 2, self.channels, 1, 1)
+        for i, conv in enumerate([self.conv_in, *self.convs]):
+            h = conv(h)  # [B, C, r, 2r]
+            h = h * (1 + film[:, i, 0]) + film[:, i, 1] + self.pools[i](h.mean(dim=(2, 3)))[:, :, None, None]
+            h = F.silu(h)
+        return self.conv_out(h)  # [B, 1, r, 2r]
+
+
+class ShapeClassifier(nn.Module):
+    """Frozen tiny CNN on 16x16 panels; its 32-d embedding gives R_align, its argmax the duplicate rate."""
+
+    def __init__(self):
+        super().__init__()
+        conv = [nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()]
+        self.features = nn.Sequential(*conv, nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 32), nn.ReLU())
+        self.head = nn.Linear(32, len(SHAPES))
+        self.register_buffer("prototypes", torch.zeros(len(SHAPES), 32))
+
+    def forward(self, panels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.features(panels.reshape(-1, 1, 16, 16))  # [N, 32]
+        return embedding, self.head(embedding)  # [N, 32], [N, S]
+
+
+def consistency_reward(panels: torch.Tensor, tau: float, kappa: float = 8.0) -> torch.Tensor:
+    """R_cons = mean over panel pairs of sigmoid(kappa (tau - ||phi(i) - phi(j)||)), phi = 4x4 average pool ([B])."""
+    features = F.adaptive_avg_pool2d(panels, 4).flatten(2)  # [B, P, 16]
+    distances = torch.cdist(features, features)  # [B, P, P]
+    i, j = torch.triu_indices(panels.shape[1], panels.shape[1], offset=1)
+    return torch.sigmoid(kappa * (tau - distances[:, i, j])).mean(dim=1)  # [B]
+
+
+@torch.no_grad()
+def toy_rewards(images: torch.Tensor, prompts: torch.Tensor, classifier: ShapeClassifier, tau: float) -> dict:
+    """{cons, align} ([B] each), plus the duplicate flag: both panels classified as the same shape."""
+    panels = to_panels(images)  # [B, 2, 16, 16]
+    embedding, logits = classifier(panels)  # [2B, 32], [2B, S]
+    cosine = F.cosine_similarity(embedding, classifier.prototypes[prompts.reshape(-1)], dim=-1)  # [2B]
+    predicted = logits.argmax(-1).view(-1, 2)  # [B, 2]
+    align = cosine.view(-1, 2).mean(dim=1)  # [B]
+    return {"cons": consistency_reward(panels, tau), "align": align, "duplicate": (predicted[:, 0] == predicted[:, 1])}
+
+
+def pretrain_toy(args: Args):
+    """The pretrained velocity net, the frozen classifier and tau, cached under runs/cache/paco_grpo/ by recipe."""
+    recipe = {"v": 1, "steps": args.pretrain_steps, "seed": 0, "batch": 64, "lr": 3e-3}
+    key = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    cache_root = Path(os.environ.get("REWARDLAB_CACHE", Path(__file__).resolve().parents[1] / "runs" / "cache"))
+    path = cache_root / "paco_grpo" / f"toy-{key}.pt"
+    net, classifier = VelocityNet(), ShapeClassifier()
+    if path.exists():
+        state = torch.load(path)
+        net.load_state_dict(state["net"]), classifier.load_state_dict(state["classifier"])
+        return net, classifier.requires_grad_(False).eval(), state["tau"]
+    start, generator = time.time(), torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    pairs = torch.tensor([(a, b) for a in range(len(SHAPES)) for b in range(len(SHAPES)) if a != b])  # [12, 2]
+    # the classifier: single panels of random styles at r = 8 or 16, resized to 16
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=3e-3)
+    for step in range(300):
+        shapes = torch.randint(len(SHAPES), (128, 1), generator=generator)
+        panels = render_panels(shapes, random_styles(128, 1, 0.0, generator), 8 if step % 2 else 16)
+        panels = F.interpolate(panels, size=(16, 16), mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(classifier(panels)[1], shapes[:, 0])
+        optimizer.zero_grad(), loss.backward(), optimizer.step()
+    with torch.no_grad():  # prototypes = mean embedding per shape; tau = median panel distance of pretraining sets
+        shapes = torch.arange(len(SHAPES)).repeat_interleave(256)[:, None]
+        embedding = classifier(render_panels(shapes, random_styles(len(shapes), 1, 0.0, generator), 16))[0]
+        classifier.prototypes.copy_(embedding.view(len(SHAPES), 256, -1).mean(1))
+        set_shapes = pairs[torch.randint(12, (2048,), generator=generator)]
+        sets = render_panels(set_shapes, random_styles(2048, 2, 0.3, generator), 16)
+        features = F.adaptive_avg_pool2d(sets, 4).flatten(2)  # [N, 2, 16]
+        tau = (features[:, 0] - features[:, 1]).norm(dim=-1).median().item()
+    # rectified flow: x_t = (1 - t) x_0 + t eps, target v = eps - x_0, on r = 8 and r = 16 batches
+    optimizer = torch.optim.AdamW(net.parameters(), lr=recipe["lr"], weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.pretrain_steps)
+    for step in range(args.pretrain_steps):
+        prompts = pairs[torch.randint(12, (64,), generator=generator)]  # [64, 2]
+        x0 = to_sets(render_panels(prompts, random_styles(64, 2, 0.3, generator), 16 if step % 2 else 8))
+        t, eps = torch.rand(64, generator=generator), torch.randn(x0.shape, generator=generator)
+        xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
+        loss = F.mse_loss(net(xt, t, prompts), eps - x0)
+        optimizer.zero_grad(), loss.backward(), optimizer.step(), schedule.step()
+    done = f"{args.pretrain_steps} steps, loss {loss.item():.3f}, {time.time() - start:.1f} s; tau = {tau:.3f}"
+    print(f"pretrained the toy velocity net and the classifier ({done}); cached at {path}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"net": net.state_dict(), "classifier": classifier.state_dict(), "tau": tau, "recipe": recipe}, path)
+    return net, classifier.requires_grad_(False).eval(), tau
+
+
+# The GRPO loop: rollout with the SDE at the noise steps, then PPO-clip at those steps ---------------------------------
+class OldPolicy:
+    """pi_old: a snapshot of the trainable parameters, swapped in for no-grad forward passes; refreshed per epoch."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.params = params
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.snapshot = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def log_prob(self, velocity, x, sigma, sigma_next, cond, noise_level, x_next) -> torch.Tensor:
+        current = [p.detach().clone() for p in self.params]
+        torch._foreach_copy_(self.params, self.snapshot)
+        log_prob = sde_step_with_logprob(velocity(x, sigma, cond), sigma, sigma_next, x, noise_level, x_next)[1]
+        torch._foreach_copy_(self.params, current)
+        return log_prob  # [B]
+
+
+@torch.no_grad()
+def rollout(velocity, x, cond, sigmas, noise_steps, noise_level: float, generator=None):
+    """Denoise x_T = x over `sigmas`; SDE noise only at `noise_steps`; keeps (x_t, x_next, log pi) at those steps."""
+    trajectory = {}
+    for i in range(len(sigmas) - 1):
+        level = noise_level if i in noise_steps else 0.0
+        sigma = sigmas[i].expand(len(x))  # [B]
+        v = velocity(x, sigma, cond)  # [B, ...]
+        x_next, log_prob = sde_step_with_logprob(v, sigma, sigmas[i + 1], x, level, None, generator)
+        if i in noise_steps:
+            trajectory[i] = (x, x_next.to(x.dtype), log_prob)
+        x = x_next.to(x.dtype)
+    return x, trajectory
+
+
+def grpo_update(velocity, params, old: OldPolicy, optimizer, trajectory, cond, advantages, sigmas, args, ref=None):
+    """`--updates-per-epoch` AdamW steps, each over an equal shuffled share of the epoch's samples (accumulated)."""
+    n, logs = len(advantages), []
+    per_update = n // args.updates_per_epoch
+    order = torch.randperm(n, device=advantages.device)
+    for update in range(args.updates_per_epoch):
+        optimizer.zero_grad(set_to_none=True)
+        for mb in order[update * per_update : (update + 1) * per_update].split(args.batch_size):
+            for i, (x_t, x_next, _) in trajectory.items():
+                sigma, sigma_next = sigmas[i].expand(len(mb)), sigmas[i + 1]
+                step = (sigma, sigma_next, cond[mb], args.noise_level, x_next[mb])
+                old_log_prob = old.log_prob(velocity, x_t[mb], *step)  # [M] recomputed, not stored [code]
+                v = velocity(x_t[mb], sigma, cond[mb])  # [M, ...]
+                log_prob = sde_step_with_logprob(v, sigma, sigma_next, x_t[mb], args.noise_level, x_next[mb])[1]
+                loss, clip = ppo_clip_loss(log_prob, old_log_prob, advantages[mb], args.epsilon, args.adv_clip)
+                (loss * len(mb) / per_update / len(trajectory)).backward()
+                logs.append({"losses/loss": loss.item(), **clip})
+                if ref is not None:  # KL to the start, logged only: mean((mu - mu_ref)^2) / (2 sigma_t^2) [code]
+                    t, t_next = sigmas[i].item(), sigma_next.item()
+                    sigma_t2 = args.noise_level**2 * t / (1 - (t_next if t >= 1 else t))
+                    with torch.no_grad():  # mu - mu_ref = (v - v_ref) (1 + sigma_t^2 (1 - t) / (2t)) dt
+                        difference = (v - ref(x_t[mb], sigma, cond[mb])) * (1 + sigma_t2 * (1 - t) / (2 * t))
+                    difference = difference * (t_next - t)
+                    logs[-1]["kl"] = (difference**2).mean().item() / (2 * sigma_t2)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        optimizer.step()
+    out = {k: sum(d[k] for d in logs) / len(logs) for k in logs[0]}
+    return {**out, "charts/grad_norm": grad_norm.item()}
+
+
+def aggregate(rewards: dict[str, torch.Tensor], weights: dict[str, float], agg: str, delta) -> torch.Tensor:
+    """The method's log-tame or the plain weighted sum (Flow-GRPO / the shipped T2IS config)."""
+    return log_tame(rewards, weights, delta) if agg == "logtame" else sum(w * rewards[k] for k, w in weights.items())
+
+
+def reward_metrics(rewards: dict[str, torch.Tensor], total: torch.Tensor, group_size: int, delta) -> dict:
+    """TRL-style reward logs plus each reward's coefficient of variation and whether it was tamed."""
+    cvs = {k: (v.std(unbiased=False) / (v.mean() + 1e-6)).item() for k, v in rewards.items()}
+    threshold = cv_threshold(cvs, delta)
+    out = {"reward": total.mean().item(), "reward_std": total.view(-1, group_size).std(1).mean().item()}
+    for k, v in rewards.items():
+        out |= {f"rewards/{k}/mean": v.mean().item(), f"rewards/{k}/std": v.std().item(), f"rewards/{k}/cv": cvs[k]}
+        out[f"rewards/{k}/tamed"] = float(cvs[k] > threshold)
+    return out
+
+
+# The toy: arms, evaluation, pictures -------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_toy(net, classifier, tau, args: Args, sets_per_prompt: int):
+    """ODE sampling at the evaluation resolution with fixed noise: R_cons, R_align, ratio, duplicate rate."""
+    generator = torch.Generator().manual_seed(10_000)  # the same noise for every arm and eval point
+    prompts = torch.tensor(PROMPTS[: args.num_prompts]).repeat_interleave(sets_per_prompt, 0)  # [E, 2]
+    x = torch.randn(len(prompts), 1, args.eval_res, 2 * args.eval_res, generator=generator)
+    images, _ = rollout(net, x, prompts, time_grid(args.eval_steps, args.shift), (), 0.0)
+    scores = toy_rewards(images, prompts, classifier, tau)
+    cons, align = scores["cons"].mean().item(), scores["align"].mean().item()
+    duplicate_rate = scores["duplicate"].float().mean().item()
+    return dict(
+        reward=cons + align, r_cons=cons, r_align=align, ratio=cons / align, duplicate_rate=duplicate_rate
+    ), images
+
+
+def train_toy_arm(arm: str, base_net, classifier, tau, args: Args, run: RunLogger, delta, seed: int):
+    """One arm from the pretrained weights: returns the trained net, its eval curve and seconds per epoch."""
+    train_name, agg = ARM_SETUP[arm][0] or args.train_res, ARM_SETUP[arm][1] or args.agg
+    res, group = args.eval_res // RES_FACTOR[train_name], args.num_generations
+    seed_everything(seed)
+    generator = torch.Generator().manual_seed(seed)
+    net, ref = copy.deepcopy(base_net).train(), copy.deepcopy(base_net).requires_grad_(False)
+    params = list(net.parameters())
+    old = OldPolicy(params)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    sigmas, weights = time_grid(args.num_steps, args.shift), dict(zip(args.rewards, args.reward_weights))
+    prompts = torch.tensor(PROMPTS[: args.num_prompts]).repeat_interleave(group, 0)  # [B, 2] contiguous groups
+    curve, train_seconds = [], 0.0
+    for epoch in range(args.epochs + 1):
+        if epoch % max(1, args.epochs // 4) == 0 or epoch == args.epochs:
+            point = evaluate_toy(net, classifier, tau, args, max(1, args.eval_sets // 4))[0]
+            curve.append((epoch, train_seconds, point))
+            tag = f"{arm}/seed{seed}"
+            run.log(
+                epoch, {f"eval/{k}/{tag}": v for k, v in point.items()} | {f"charts/train_seconds/{tag}": train_seconds}
+            )
+        if epoch == args.epochs:
+            break
+        epoch_start = time.time()
+        # 1. pi_old <- pi_theta (an exact copy, refreshed every epoch)
+        old.refresh()
+        # 2. sample G sets per prompt at the TRAINING resolution, SDE noise only at the noise steps
+        x = torch.randn(len(prompts), 1, res, 2 * res, generator=generator)  # [B, 1, r, 2r]
+        images, trajectory = rollout(net, x, prompts, sigmas, args.noise_steps, args.noise_level, generator)
+        # 3. score at the training resolution, aggregate (log-tame or sum) over the epoch, THEN group-normalise
+        scores = toy_rewards(images, prompts, classifier, tau)
+        rewards = {k: scores[k] for k in args.rewards}  # each [B]
+        total = aggregate(rewards, weights, agg, delta)  # [B]
+        advantages = group_advantages(total, group, args.std)  # [B]
+        # 4. PPO-clip (eps = 1e-4) at the noise steps, the old log-probs recomputed with pi_old
+        metrics = grpo_update(net, params, old, optimizer, trajectory, prompts, advantages, sigmas, args, ref)
+        seconds = time.time() - epoch_start
+        train_seconds += seconds
+        metrics |= reward_metrics(rewards, total, group, delta) | {"charts/epoch_seconds": seconds}
+        metrics["charts/duplicate_rate"] = scores["duplicate"].float().mean().item()
+        run.log(epoch, {f"{k}/{arm}/seed{seed}": v for k, v in metrics.items()})
+    return net.eval(), curve, train_seconds / max(args.epochs, 1), res, agg
+
+
+def save_grid(path: Path, rows: dict[str, torch.Tensor], per_prompt: int, num_prompts: int) -> None:
+    """A PNG: one row per arm of 2 sets per prompt at the evaluation resolution."""
+    import matplotlib.pyplot as plt
+
+    columns = [p * per_prompt + k for p in range(num_prompts) for k in range(2)]
+    figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.6 * len(columns), len(rows)), squeeze=False)
+    for r, (arm, images) in enumerate(rows.items()):
+        for c, index in enumerate(columns):
+            axes[r, c].imshow(((images[index, 0] + 1) / 2).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[r, c].set(xticks=[], yticks=[], ylabel=arm if c == 0 else "")
+            a, b = PROMPTS[index // per_prompt]
+            axes[r, c].set_title(f"{SHAPES[a]}|{SHAPES[b]}" if r == 0 else "", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# Checks and the run ------------------------------------------------------------------------------------------------
+def parse_delta(delta: str):
+    if delta in ("mean", "median"):
+        return delta
+    try:
+        return float(delta)
+    except ValueError:
+        fail(f"--delta {delta!r} must be a number (paper T2IS: 0.2), mean or median")
+
+
+def check_args(args: Args) -> None:
+    """Every option is checked before any model or training work."""
+    if args.num_generations < 2:
+        fail(f"--num-generations {args.num_generations}: GRPO needs groups of at least 2")
+    num_samples = args.num_prompts * args.num_generations
+    if args.updates_per_epoch < 1 or num_samples % args.updates_per_epoch:
+        fail(f"--updates-per-epoch {args.updates_per_epoch} must divide the {num_samples} samples per epoch")
+    per_update = num_samples // args.updates_per_epoch
+    if args.batch_size < 1 or per_update % args.batch_size:
+        fail(f"--batch-size {args.batch_size} must divide the {per_update} samples of one optimizer step")
+    steps = set(args.noise_steps)
+    if not steps or len(steps) < len(args.noise_steps) or not steps <= set(range(args.num_steps)):
+        fail(f"--noise-steps {args.noise_steps} must be distinct indices in 0..{args.num_steps - 1} of the schedule")
+    if min(args.noise_level, args.epsilon, args.adv_clip, args.lr, args.shift, args.max_grad_norm) <= 0:
+        fail("--noise-level, --epsilon, --adv-clip, --lr, --shift and --max-grad-norm must be positive")
+    if len(args.rewards) != len(args.reward_weights) or len(set(args.rewards)) != len(args.rewards):
+        fail(f"--rewards {args.rewards} and --reward-weights {args.reward_weights} must have one weight per reward")
+    counts = "epochs num_seeds num_steps eval_steps eval_sets num_threads pretrain_steps num_prompts"
+    for name in counts.split():
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    parse_delta(args.delta)
+    if args.model_name != "toy":
+        return
+    if args.num_prompts > len(PROMPTS):
+        fail(f"--num-prompts {args.num_prompts}: the toy has {len(PROMPTS)} prompts")
+    if set(args.rewards) - {"cons", "align"}:
+        fail(f"--rewards {args.rewards}: the toy has cons and align")
+    if not args.arms or len(set(args.arms)) != len(args.arms):
+        fail(f"--arms must list distinct arms, got {args.arms}")
+    for arm in args.arms:
+        factor = RES_FACTOR[ARM_SETUP[arm][0] or args.train_res]
+        if args.eval_res % factor or args.eval_res // factor < 4:
+            fail(f"arm {arm}: --eval-res {args.eval_res} / {factor} is not a whole panel side >= 4 the net can take")
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    torch.set_num_threads(args.num_threads)
+    if args.model_name != "toy":
+        return main_real(args)
+    seed_everything(args.seed)
+    delta, start_time = parse_delta(args.delta), time.time()
+    # 0. the pretrained start (shared by every arm) and the frozen rewards
+    base, classifier, tau = pretrain_toy(args)
+    run = RunLogger(make_run_name("paco_grpo-toy", args.exp_name, args.seed), args, track=args.track, print_every=20)
+    start_eval, start_images = evaluate_toy(base, classifier, tau, args, args.eval_sets)
+    results, grids = {"start": {**start_eval, "train res": "-", "agg": "-", "s/epoch": 0.0}}, {"start": start_images}
+    curves = {}
+    for arm in args.arms:
+        finals, arm_curves, seconds = [], [], []
+        for seed in range(args.seed, args.seed + args.num_seeds):
+            net, curve, seconds_per_epoch, res, agg = train_toy_arm(arm, base, classifier, tau, args, run, delta, seed)
+            final, images = evaluate_toy(net, classifier, tau, args, args.eval_sets)
+            finals.append(final), arm_curves.append(curve), seconds.append(seconds_per_epoch)
+            grids[arm] = images if seed == args.seed else grids[arm]
+            shown = " ".join(f"{k}={v:.3f}" for k, v in final.items())
+            print(f"{arm} seed {seed}: {shown} ({seconds_per_epoch:.2f} s/epoch)", flush=True)
+        stats = {k: torch.tensor([f[k] for f in finals]) for k in finals[0]}
+        sd = {k: v.std().item() if args.num_seeds > 1 else 0.0 for k, v in stats.items()}
+        results[arm] = {k: v.mean().item() for k, v in stats.items()} | {"train res": f"{res}x{2 * res}", "agg": agg}
+        results[arm] |= {
+            "ratio sd": sd["ratio"],
+            "dup sd": sd["duplicate_rate"],
+            "s/epoch": sum(seconds) / len(seconds),
+        }
+        mean = lambda values: sum(values) / len(values)  # noqa: E731
+        curves[arm] = [(p[0][0], mean([q[1] for q in p]), mean([q[2]["reward"] for q in p])) for p in zip(*arm_curves)]
+    save_grid(run.dir / "samples.png", grids, args.eval_sets, args.num_prompts)
+    # the table: every arm evaluated at the HIGH resolution with ODE sampling, fixed noise
+    columns = "arm,train res,agg,reward,r_cons,r_align,ratio,ratio sd,duplicate_rate,dup sd,s/epoch".split(",")
+    rows = [{"arm": arm, **r} for arm, r in results.items()]
+    curve_rows = [{"arm": a, **{f"ep {e}": f"{r:.3f} @ {s:.1f}s" for e, s, r in c}} for a, c in curves.items()]
+    seeds, res = f"{args.seed}..{args.seed + args.num_seeds - 1}", f"{args.eval_res}x{2 * args.eval_res}"
+    setup = f"{args.epochs} epochs x {args.num_prompts} prompts x G={args.num_generations}, noise steps "
+    setup += f"{list(args.noise_steps)} of {args.num_steps} (a={args.noise_level}), delta {args.delta}, std {args.std}"
+    evaluation = f"at {res} (ODE, {args.eval_steps} steps, {args.num_prompts} prompts x {args.eval_sets} sets)"
+    run.finish(
+        f"## PaCo-GRPO toy, seeds {seeds} (mean and sd over seeds): {setup}\n\nEvaluated {evaluation}; reward = "
+        "r_cons + r_align; ratio = r_cons / r_align; duplicate = both panels classified as one shape:\n\n"
+        + format_table(rows, columns)
+        + f"\n\nReward against training wall-clock (evaluated at {res}, {max(1, args.eval_sets // 4)} sets per "
+        f"prompt):\n\n{format_table(curve_rows)}\n\nsamples: {run.dir / 'samples.png'}; "
+        f"total {time.time() - start_time:.0f} s"
+    )
+    return results
+
+
+# The real path: a diffusers flow-matching pipeline, LoRA, pluggable rewards ------------------------------------------
+def grid_consistency(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Pairwise consistency over the 4 panels of a 2x2 grid, mean over the 6 pairs of exp(-||phi_i - phi_j||) ([B])."""
+    top, bottom = images.chunk(2, dim=2)  # [B, 3, H/2, W] each
+    panels = torch.stack([*top.chunk(2, dim=3), *bottom.chunk(2, dim=3)], dim=1)  # [B, 4, 3, H/2, W/2]
+    features = F.adaptive_avg_pool2d(panels.flatten(1, 2), 4).reshape(len(images), 4, -1)  # [B, 4, 48]
+    i, j = torch.triu_indices(4, 4, offset=1)
+    return torch.exp(-torch.cdist(features, features)[:, i, j]).mean(dim=1)  # [B] in (0, 1]
+
+
+def colourfulness(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Hasler-Suesstrunk colourfulness of images in [0, 1] ([B]), a reward on another scale (~0-0.5)."""
+    red, green, blue = images.unbind(1)  # [B, H, W] each
+    rg, yb = red - green, 0.5 * (red + green) - blue
+    spread = (rg.flatten(1).std(1) ** 2 + yb.flatten(1).std(1) ** 2).sqrt()
+    return spread + 0.3 * (rg.flatten(1).mean(1) ** 2 + yb.flatten(1).mean(1) ** 2).sqrt()  # [B]
+
+
+REAL_REWARDS = {"consistency": grid_consistency, "colourfulness": colourfulness}  # plug PaCo-Reward / CLIP-T in here
+
+
+def main_real(args: Args) -> dict:
+    """PaCo-GRPO on a StableDiffusion3Pipeline: train at --train-res, evaluate at --image-size."""
+    rewards = args.rewards if args.rewards != ("cons", "align") else tuple(REAL_REWARDS)
+    if set(rewards) - set(REAL_REWARDS):
+        fail(f"--rewards {rewards}: the real path has {list(REAL_REWARDS)} (add yours to REAL_REWARDS)")
+    if args.num_prompts > len(args.prompts):
+        fail(f"--num-prompts {args.num_prompts} but only {len(args.prompts)} --prompts")
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline  # heavy: only on this path
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+    from peft import LoraConfig
+
+    seed_everything(args.seed)
+    device = pick_device(args.cuda)
+    dtype, delta = pick_dtype(args.dtype, device), parse_delta(args.delta)
+    try:
+        without_t5 = dict(text_encoder_3=None, tokenizer_3=None) if args.no_t5 else {}
+        pipe = StableDiffusion3Pipeline.from_pretrained(args.model_name, torch_dtype=dtype, **without_t5)
+    except Exception as error:  # offline hub ids, missing folders, wrong pipeline types
+        fail(f"could not load --model-name {args.model_name!r} as a StableDiffusion3Pipeline: {error}")
+    if not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
+        fail(f"{args.model_name!r} has a {type(pipe.scheduler).__name__}, not a FlowMatchEulerDiscreteScheduler")
+    pipe.to(device).set_progress_bar_config(disable=True)
+    transformer, vae, multiple = pipe.transformer, pipe.vae, pipe.vae_scale_factor * pipe.transformer.config.patch_size
+    factor = RES_FACTOR[args.train_res]
+    for side in (args.image_size, args.image_size // factor):
+        if side % multiple or side < multiple:
+            fail(f"resolution {side}x{side} (--image-size {args.image_size}, --train-res {args.train_res}) is not a "
+                 f"positive multiple of {multiple}, the VAE factor x patch size this model can take")  # fmt: skip
+    for module in filter(None, (transformer, vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3)):
+        module.requires_grad_(False)
+    targets = "to_q to_k to_v to_out.0 add_q_proj add_k_proj add_v_proj to_add_out".split()  # attention [code: + ff]
+    lora = dict(r=args.lora_rank, lora_alpha=2 * args.lora_rank, init_lora_weights="gaussian", target_modules=targets)
+    transformer.add_adapter(LoraConfig(**lora))
+    lora_b = [p for name, p in transformer.named_parameters() if "lora_B" in name]  # 0 at init [peft]
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    for param in params:
+        param.data = param.data.float()  # fp32 LoRA weights and optimizer state
+    old = OldPolicy(params)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    prompts = list(args.prompts[: args.num_prompts])
+    cfg = args.guidance_scale > 1
+    with torch.no_grad():
+        encoded = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=cfg)
+    embeds, negative, pooled, negative_pooled = encoded
+    rows = torch.arange(len(prompts), device=device).repeat_interleave(args.num_generations)  # [B] contiguous groups
+
+    def velocity(x, sigma, cond):
+        """v_theta(x_t, t, prompt) in fp32, with classifier-free guidance when --guidance-scale > 1."""
+        hidden, text, pool = x.to(dtype), embeds[cond], pooled[cond]
+        if cfg:
+            hidden, sigma = torch.cat([hidden, hidden]), torch.cat([sigma, sigma])
+            text, pool = torch.cat([negative[cond], text]), torch.cat([negative_pooled[cond], pool])
+        out = transformer(hidden, text, pool, sigma.to(dtype) * 1000, return_dict=False)[0].float()  # t in [0, 1000]
+        if cfg:
+            unconditional, conditional = out.chunk(2)
+            out = unconditional + args.guidance_scale * (conditional - unconditional)
+        return out
+
+    def schedule(side, steps):
+        """The scheduler's sigmas (+ the final 0) at this resolution (dynamic shifting depends on the token count)."""
+        config, kwargs = pipe.scheduler.config, {}
+        if config.get("use_dynamic_shifting", False):
+            shift = (config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift)
+            kwargs["mu"] = calculate_shift((side // multiple) ** 2, *shift)
+        pipe.scheduler.set_timesteps(steps, device=device, **kwargs)
+        return pipe.scheduler.sigmas.float().to(device)  # [steps + 1]
+
+    def generate(cond, side, steps, noise_steps, generator):
+        latent = (transformer.config.in_channels, side // pipe.vae_scale_factor, side // pipe.vae_scale_factor)
+        x = torch.randn(len(cond), *latent, generator=generator, device=device)
+        sigmas = schedule(side, steps)
+        latents, trajectory = rollout(velocity, x, cond, sigmas, noise_steps, args.noise_level, generator)
+        with torch.no_grad():
+            latents = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+            images = ((vae.decode(latents.to(vae.dtype), return_dict=False)[0].float() + 1) / 2).clamp(0, 1)
+        return images, trajectory, sigmas  # [B, 3, H, W] in [0, 1]
+
+    def evaluate() -> dict:
+        generator = torch.Generator(device).manual_seed(10_000)
+        cond = torch.arange(len(prompts), device=device).repeat_interleave(2)
+        images = generate(cond, args.image_size, args.eval_steps, (), generator)[0]
+        return {k: REAL_REWARDS[k](images, [prompts[i] for i in cond]).mean().item() for k in rewards}
+
+    run = RunLogger(make_run_name("paco_grpo-real", args.exp_name, args.seed), args, track=args.track, print_every=1)
+    weights, generator = dict(zip(rewards, args.reward_weights)), torch.Generator(device).manual_seed(args.seed)
+    start_eval, seconds = evaluate(), 0.0
+    for epoch in range(args.epochs):
+        epoch_start = time.time()
+        old.refresh()  # 1. pi_old <- pi_theta
+        # 2. G samples per prompt at the training resolution, SDE noise only at the noise steps
+        low = args.image_size // factor
+        images, trajectory, sigmas = generate(rows, low, args.num_steps, args.noise_steps, generator)
+        # 3. rewards at the training resolution, aggregation over the epoch, then group normalisation
+        scores = {k: REAL_REWARDS[k](images, [prompts[i] for i in rows]).float() for k in rewards}  # each [B]
+        total = aggregate(scores, weights, args.agg, delta)  # [B]
+        advantages = group_advantages(total, args.num_generations, args.std)  # [B]
+        # 4. PPO-clip at the noise steps with recomputed old log-probs
+        metrics = grpo_update(velocity, params, old, optimizer, trajectory, rows, advantages, sigmas, args)
+        seconds += time.time() - epoch_start
+        metrics |= reward_metrics(scores, total, args.num_generations, delta) | {"charts/train_seconds": seconds}
+        run.log(epoch, metrics | {"charts/epoch_seconds": time.time() - epoch_start})
+    final_eval = evaluate()
+    table = [{"policy": "start", **start_eval}, {"policy": f"PaCo-GRPO ({args.epochs} epochs)", **final_eval}]
+    peak = f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else ""
+    sizes = f"train {args.image_size // factor} px, eval {args.image_size} px (ODE, {args.eval_steps} steps)"
+    run.finish(
+        f"## PaCo-GRPO on {args.model_name}: {sizes}\n\n{format_table(table)}\n\n"
+        f"{seconds / args.epochs:.2f} s/epoch{peak}"
+    )
+    return {"start": start_eval, "final": final_eval, "lora_b_norm": sum(p.norm().item() for p in lora_b)}
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
