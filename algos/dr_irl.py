@@ -2,10 +2,9 @@
 """DR-IRL: Inverse Reinforcement Learning with Dynamic Reward Scaling for LLM Alignment
 (Cheng et al., ICLR 2026, https://arxiv.org/abs/2503.18991; no official code is public).
 
-Idea: one reward model (RM) per category, fitted by one round of IRL (the balanced demonstration must outscore
-the initial policy's own sample); GRPO routes each prompt to its category's RM and multiplies the group-normalised
-advantage by alpha = alpha^D (distance of the answer from the demonstration in a text encoder) x alpha^M (an
-outlier-trimmed RM gap): GRPO-S.
+Idea: one reward model (RM) per category, fitted by one round of IRL (the balanced demonstration must beat the initial
+policy's own sample); GRPO routes each prompt to its category's RM and multiplies the group-normalised advantage by
+alpha = alpha^D (answer-demonstration distance in a text encoder) x alpha^M (an outlier-trimmed RM gap): GRPO-S.
 
     IRL (Bradley-Terry):  L_j = -mean log sigmoid(r_j(x, y_demo) - r_j(x, y~)),   y~ ~ pi_0(.|x),  y~ != y_demo
     hardness:  s_kl = cos(Phi(S^k), Phi(S~^l)),  W_ji = 1/K sum_k max_l s_kl,  delta_ji = 1 - W_ji
@@ -15,52 +14,43 @@ outlier-trimmed RM gap): GRPO-S.
     GRPO-S:    A_i = alpha^D_ji alpha^M_j (r_i - mean_G r) / (std_G r + 1e-4)        (alpha under no_grad)
     loss:      l_t = -min(rho_t A_i, clip(rho_t, 1-eps, 1+eps) A_i) + beta (e^x_t - x_t - 1),  x_t = log ref/pi
 
-Details ([card] = shared/specs/dr_irl.md, reconstructed from the v1/v2/v3/v5 abstracts, the OpenReview reviews and
-two notes; [Li] = Li et al. 2024, code JasonJiaxiangLi/Reward_learning_SFT; [DAMA] = Lu et al. ICML 2025; [TRL]):
+Details ([card] = shared/specs/dr_irl.md, reconstructed from the v1/v2/v3/v5 abstracts, the OpenReview reviews and two
+notes; [Li] = Li et al. 2024, code JasonJiaxiangLi/Reward_learning_SFT; [DAMA] = Lu et al. ICML 2025; [TRL]):
 1. Data [card 3.1]: a balanced demonstration set (<= --num-demos-per-category per category); GRPO prompts are the
    imbalanced training mix. Columns prompt / category / demonstration (tiny `op` / `reference` renamed).
-2. IRL [card 3.1, Li]: --irl-samples pi_0 samples per demonstration prompt at T=1, identical pairs dropped, BT loss
-   (`--irl-loss linear` = -(r_d - r_s)/beta, needs weight decay); one round (v5). --irl-rounds > 1 = Li's
-   alternation: one policy, trained --irl-policy-steps GRPO steps on the current RMs before each later round, gives
-   that round's samples, and the RMs are refit on them (logged as arm irl<k>; the arms still start from pi_0).
-   DIFFERENCE: one sequence score, not Li's per-token rewards from the first divergence.
-3. RMs [card 6]: `--rm-arch linear` (toy default): one weight vector per category on 1[y_t = x_s] (t, s from start
-   and end), length / multiset match, sortedness; tiny rule prompts only. `transformer`: one
-   AutoModelForSequenceClassification per category (full fine-tune; no LoRA here).
+2. IRL [card 3.1, Li]: --irl-samples pi_0 samples per demo prompt at T=1 as the card, identical pairs dropped, BT loss
+   (`--irl-loss linear`: -(r_d - r_s)/beta, with weight decay); one round (v5). --irl-rounds > 1 = Li's alternation:
+   before each later round one policy takes --irl-policy-steps GRPO steps on the RMs (arm irl<k>) and its samples refit
+   them; arms start from pi_0. DIFFERENCE: one sequence score, not Li's per-token rewards from the first divergence.
+3. RMs [card 6]: `--rm-arch linear` (toy default, tiny data only): weights per category on 1[y_t = x_s] (t, s from
+   either end), length / multiset match, sortedness; `transformer`: fully fine-tuned AutoModelForSequenceClassification.
 4. Routing [card 3.3, v1]: each prompt is scored by its category's RM; `--shared-rm` = Table 2's one-RM ablation.
 5. GRPO as algos/bleuberi.py [TRL]: groups of G, unbiased std + 1e-4, ratio clip 1 +- eps, k3 KL to frozen pi_0,
    logits / T, position ids from the mask, `--loss-type grpo` [card 3.3], AdamW, grad clip.
 6. alpha^D [card 3.2; v3 CLIP, v5 "a text encoder", unverified]: max-mean cosine of sub-sentence embeddings from
-   `--similarity`: ngram (card's stand-in: unigram + bigram counts of --chunk-size-token chunks, bigrams hashed into
-   4096 buckets, exact on the toy vocabulary), lm_hidden (frozen pi_0 mean hidden state per chunk) or encoder
-   (--encoder-name, mean-pooled + normalised; sub-sentences split at . ! ? ; newline, the paper uses an LLM).
-   An answer without sub-sentences has W = 0 (ours).
-7. alpha^M [card 3.2]: gap demo minus policy (`--gap-sign`, unverified), mask (R - Rbar)^2 <= --tau (no value in the
-   sources), mean over the M - T kept gaps; all masked -> 1.
-8. Flags [card 3.2]: --alpha-granularity prompt|response, --stat-scope batch|ema (DAMA-style running means),
-   --hardness-ref category|global (arm grpo-s-global), --scaling both|data|model|none (none = plain GRPO, exactly).
-   Edge rule (ours, batch scope): a category with one prompt in the batch gets alpha = 1. DAMA's resampling unused.
+   `--similarity`: ngram (card's stand-in: unigram + hashed bigram counts of --chunk-size-token chunks, exact on the toy
+   vocabulary), lm_hidden (frozen pi_0 mean hidden state per chunk) or encoder (--encoder-name, mean-pooled, normalised;
+   split at . ! ? ; newline, the paper uses an LLM). An answer without sub-sentences has W = 0 (ours).
+7. alpha^M [card 3.2]: gap demo minus policy (`--gap-sign`, unverified), mask (R - Rbar)^2 <= --tau (no source value),
+   mean over the M - T kept gaps; all masked -> 1. Ours (batch scope): a category's lone prompt -> alpha = 1.
+8. Flags [card 3.2]: --alpha-granularity, --stat-scope (ema: DAMA-style running means), --hardness-ref (global: arm
+   grpo-s-global), --scaling (none = plain GRPO, exactly). DAMA's resampling unused.
 9. Toy [card 6, SCALED]: tiny Qwen2 (~0.11M, not GPT-2 d=96) warm-started 400 x 64 at lr 2e-3 on rule_categories
    (copy 45 / reverse 30 / rotate2 15 / sort 10 %); 200 demos x 4 samples per category; 16 prompts x G=8, 80 steps,
    lr 1e-4, beta 0.04, T=1; greedy exact match on 150 held-out prompts per category, never the RM score.
 
 Logged (suffix /<arm>): TRL's reward, reward_std, rewards/<rm|exact_match>/mean|std, kl, entropy, clip_ratio/*,
-completions/*, num_tokens, losses/loss, charts/grad_norm, charts/learning_rate; rewards/true_exact_match,
-alpha/mean|std|min|max, alpha_data/mean, alpha_model/mean, alpha/<category>, kept_fraction/<category>,
-alpha/corr_true_success; once: losses/irl_loss, irl/pairs/<c>, rewards/accuracies/<c>, rewards/margins/<c>
-(held-out); at the end eval/exact_match/<c>.
+completions/*, num_tokens, losses/loss, charts/grad_norm|learning_rate; rewards/true_exact_match,
+alpha/mean|std|min|max, alpha_data/mean, alpha_model/mean, alpha/<c>, kept_fraction/<c>, alpha/corr_true_success; once:
+losses/irl_loss, irl/pairs/<c>, rewards/accuracies|margins/<c> (held-out); at the end eval/exact_match/<c>.
 
 Commands:
-    python algos/dr_irl.py                                      # offline toy: 4 arms, ~2-3 min on 2 cores
-    python algos/dr_irl.py --arms grpo grpo-s grpo-s-global grpo-true --seed 2
+    python algos/dr_irl.py                           # offline toy: 4 arms, ~2-3 min on 2 cores; --seed 2 for a 2nd seed
     python algos/dr_irl.py --scaling data --alpha-granularity response --similarity lm_hidden --rm-arch transformer
     python algos/dr_irl.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name PATH_WITH_prompt_category_demo \
         --similarity encoder --encoder-name sentence-transformers/all-MiniLM-L6-v2 --max-completion-length 256 \
         --num-generations 8 --batch-size 64 --micro-batch-size 4 --lr 1e-6 --rm-lr 1e-5 --rm-epochs 1 --steps 200
-Measured (toy defaults, 2 shared cores, load ~4): 94 s wall for 4 arms (warm start cached; ~5 steps/s). Held-out
-RM accuracy 0.99-1.0 per category. Seed 1 EM copy/reverse/rotate2/sort: start 1.00/.69/.08/.13; grpo 1.00/.74/.08/.07;
-grpo-s 1.00/.75/.07/.07; grpo-s-global .99/.73/.08/.09; grpo-true .99/.85/.03/.09: GRPO-S vs GRPO is a null (SE .04).
-No GPU run was made.
+Measured: README.md#dr-irl (2 seeds, wall time on 2 cores).
 """
 
 from __future__ import annotations
@@ -79,6 +69,7 @@ import torch
 import torch.nn.functional as F
 import tyro
 from torch.nn.utils.rnn import pad_sequence
+from transformers import AutoModel, AutoModelForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.data import load_data  # noqa: E402
@@ -93,6 +84,10 @@ ARM_SETUP = {  # arm -> (reward, applies --scaling, hardness reference or None =
     "grpo-s-global": ("rm", True, "global"),
     "grpo-true": ("exact_match", False, None),  # the ceiling: the true reward instead of the learned RMs
 }
+WARM_START_LR = 2e-3  # learning rate of the tiny warm start [card 6]
+RM_BATCH_SIZE = 512  # IRL pairs per RM step
+EVAL_BATCH_SIZE = 600  # prompts per batched generate call outside GRPO
+NGRAM_BUCKETS = 4096  # hashed bigram buckets of the ngram encoder
 
 
 @dataclass
@@ -115,8 +110,6 @@ class Args:
     """policy start pi_0: tiny:<task> (warm-started tiny LM), a save_pretrained folder, or a hub id (a chat model)"""
     warm_start_steps: int = 400
     """SFT steps of the tiny warm start [card 6: 400 x 64]"""
-    warm_start_lr: float = 2e-3
-    """learning rate of the tiny warm start [card 6: 2e-3]"""
     warm_start_seed: int = 0
     """seed of the tiny warm start (fixed, so seeds share one cached start)"""
     dataset_name: str = "tiny:rule_categories"
@@ -137,8 +130,6 @@ class Args:
     """balanced demonstration set: prompts per category for IRL [card 6: 200]"""
     irl_samples: int = 4
     """pi_0 samples per demonstration prompt (the non-preferred side) [card 6: 4]"""
-    irl_temperature: float = 1.0
-    """sampling temperature of the IRL samples [card 6: 1]"""
     irl_rounds: int = 1
     """IRL rounds: 1 = the paper; > 1 = Li et al.'s alternation with a policy updated in between"""
     irl_policy_steps: int = 20
@@ -157,8 +148,6 @@ class Args:
     """AdamW learning rate of the RMs (transformer RMs need less, e.g. 1e-3 tiny, 1e-5 real)"""
     rm_epochs: int = 30
     """passes over the IRL pairs"""
-    rm_batch_size: int = 512
-    """IRL pairs per RM step"""
     rm_weight_decay: float = 1e-3
     """AdamW weight decay of the RMs"""
     steps: int = 80
@@ -187,8 +176,6 @@ class Args:
     """divide advantages by the group std (off = Dr. GRPO)"""
     temperature: float = 1.0
     """sampling temperature of GRPO; log-probs use logits / temperature [card 6: 1]"""
-    top_k: int = 0
-    """top-k of GRPO sampling (0 = off)"""
     max_prompt_length: int = 512
     """prompt tokens kept (left-truncated)"""
     max_completion_length: int = 10
@@ -215,8 +202,6 @@ class Args:
     """gap mask threshold on (R - Rbar)^2, RM-logit scale (unverified)"""
     gap_sign: Literal["demo_minus_policy", "policy_minus_demo"] = "demo_minus_policy"
     """sign of the RM gap R (unverified; DAMA: chosen minus rejected)"""
-    eval_batch_size: int = 600
-    """prompts per batched generate call outside GRPO"""
 
 
 # ALGO LOGIC: IRL reward models -------------------------------------------------------------------------------------
@@ -257,12 +242,10 @@ class CategoryRewardModels(torch.nn.Module):
     def __init__(self, kind, num_rms, info, models=None):
         super().__init__()
         self.kind, self.num_rms, self.info = kind, num_rms, info
+        self.models = torch.nn.ModuleList(models or [])  # transformer RMs (none for linear)
         if kind == "linear":  # one zero-initialised weight vector per category on rule_features
-            self.weight = torch.nn.Parameter(
-                torch.zeros(num_rms, 4 * info["max_len"] * info["max_inputs"] + 3)
-            )  # [C, F]
-        else:
-            self.models = torch.nn.ModuleList(models)
+            num_features = 4 * info["max_len"] * info["max_inputs"] + 3  # F, as rule_features
+            self.weight = torch.nn.Parameter(torch.zeros(num_rms, num_features))  # [C, F]
 
     def score(self, table, rows, ids, mask) -> torch.Tensor:
         """r_{c(row)}(prompt, answer) for every row ([N]); rows index `table`, ids/mask [N, T] are the answers."""
@@ -291,10 +274,9 @@ def fit_reward_models(rm, table, rows, sample_ids, sample_mask, args: Args, gene
     history = []
     for _ in range(args.rm_epochs):
         losses = []
-        for batch in torch.randperm(len(rows), generator=generator).split(args.rm_batch_size):
+        for batch in torch.randperm(len(rows), generator=generator).split(RM_BATCH_SIZE):
             r_demo = rm.score(table, rows[batch], table["demo_ids"][rows[batch]], table["demo_mask"][rows[batch]])
             r_sample = rm.score(table, rows[batch], sample_ids[batch], sample_mask[batch])  # [b]
-            # linear: the unbounded first-order objective -(r_d - r_s) / beta, held in place by weight decay
             loss = (irl_loss(r_demo, r_sample) if args.irl_loss == "bt" else (r_sample - r_demo) / args.irl_beta).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -327,8 +309,7 @@ def hardness_delta(policy_embeddings: torch.Tensor, demo_embeddings: torch.Tenso
 
 
 def alpha_data(deltas: torch.Tensor, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """alpha^D_i = sigmoid(delta_i) / sigmoid(mean_i delta) over one category's prompts ([M]); `reference`
-    replaces the mean (running mean, or the global mean)."""
+    """alpha^D_i = sigmoid(delta_i) / sigmoid(mean_i delta) per category ([M]); `reference`: a running/global mean."""
     mean = deltas.mean() if reference is None else reference
     return torch.sigmoid(deltas) / torch.sigmoid(mean)  # [M]
 
@@ -361,8 +342,7 @@ def scaling_factors(deltas, gaps, categories, args: Args, hardness_ref: str, run
     else:  # each response is its own unit
         unit_prompt = unit_prompt.repeat_interleave(group)  # [B]
     unit_cat = categories[unit_prompt]  # [U]
-    a_data, a_model = torch.ones_like(deltas), torch.ones_like(deltas)  # [U]
-    kept = torch.ones_like(deltas, dtype=torch.bool)  # [U]
+    a_data, a_model, kept = torch.ones_like(deltas), torch.ones_like(deltas), torch.ones_like(deltas, dtype=torch.bool)
     scopes = {c: unit_cat == c for c in unit_cat.unique().tolist()} if hardness_ref == "category" else {}
     scopes = scopes or {"all": torch.ones_like(unit_cat, dtype=torch.bool)}  # --hardness-ref global: one scope
     for key, sel in scopes.items():
@@ -396,14 +376,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: bool
 
 def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float):
     """log pi(token_t | prefix) of every completion token ([B, T]) from logits / temperature, and its entropy."""
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        logits_to_keep=completion_ids.size(1) + 1,
-        position_ids=position_ids_from_mask(attention_mask),
-    ).logits  # [B, T+1, V]
+    input_ids, mask = torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
+    positions, keep = position_ids_from_mask(mask), completion_ids.size(1) + 1  # [B, P+T] (all 3); logits [B, T+1, V]
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
     log_probs = (logits[:, :-1].float() / temperature).log_softmax(dim=-1)  # [B, T, V]: t predicts token t
     logps = log_probs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
     with torch.no_grad():
@@ -413,10 +388,8 @@ def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_m
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, completion_mask, beta, epsilon, loss_type, max_completion_length):
     """Clipped-ratio policy loss plus beta * k3 KL per token, aggregated as TRL's grpo / bnpo / dr_grpo."""
-    mask = completion_mask.to(logp.dtype)  # [B, T]
-    ratio = torch.exp(logp - old_logp)  # [B, T] rho = pi / pi_old
-    clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + epsilon)  # [B, T]
-    adv = advantages.unsqueeze(1)  # [B, 1]
+    mask, ratio = completion_mask.to(logp.dtype), torch.exp(logp - old_logp)  # [B, T] each, rho = pi / pi_old
+    clipped_ratio, adv = torch.clamp(ratio, 1 - epsilon, 1 + epsilon), advantages.unsqueeze(1)  # [B, T], [B, 1]
     per_token_loss = -torch.min(ratio * adv, clipped_ratio * adv)  # [B, T]
     if beta != 0.0:
         log_ref_ratio = ref_logp - logp  # [B, T] x = log(pi_ref / pi)
@@ -436,11 +409,8 @@ def ratio_and_kl_metrics(logp, old_logp, ref_logp, advantages, completion_mask, 
     mask = completion_mask.float()  # [B, T]
     ratio, adv = torch.exp(logp - old_logp), advantages.unsqueeze(1)  # [B, T], [B, 1]
     low, high = ((ratio < 1 - epsilon) & (adv < 0)).float(), ((ratio > 1 + epsilon) & (adv > 0)).float()  # [B, T]
-    out = {
-        "clip_ratio/low_mean": (low * mask).sum() / mask.sum(),
-        "clip_ratio/high_mean": (high * mask).sum() / mask.sum(),
-        "clip_ratio/region_mean": (torch.maximum(low, high) * mask).sum() / mask.sum(),
-    }
+    shares = {"low": low, "high": high, "region": torch.maximum(low, high)}  # [B, T] each
+    out = {f"clip_ratio/{k}_mean": (v * mask).sum() / mask.sum() for k, v in shares.items()}
     if ref_logp is not None:
         x = ref_logp - logp  # [B, T]
         out["kl"] = ((torch.exp(x) - x - 1) * mask).sum() / mask.sum()
@@ -448,14 +418,9 @@ def ratio_and_kl_metrics(logp, old_logp, ref_logp, advantages, completion_mask, 
 
 
 # Encoders for alpha^D (the pluggable Phi) ----------------------------------------------------------------------------
-NGRAM_BUCKETS = 4096
-
-
 def make_encoder(args: Args, start_model, tokenizer, stop_ids, device):
     """embed(ids [N, T], mask [N, T], texts) -> (sub-sentence embeddings [N, K, d], sub-sentence mask [N, K])."""
     if args.similarity == "encoder":
-        from transformers import AutoModel
-
         encoder, enc_tokenizer = load_causal_lm(args.encoder_name, device=device, model_class=AutoModel)
         encoder.eval().requires_grad_(False)
 
@@ -526,8 +491,9 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     group, num_tokens, names, running, alpha_log = args.num_generations, 0, table["names"], {}, defaultdict(list)
     stop_ids = torch.tensor(stop_token_ids(tokenizer, model), device=next(model.parameters()).device)
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_completion_length)
-    sampling.update(chat=args.chat, max_prompt_length=args.max_prompt_length)
+    micro_batches = torch.arange(args.batch_size, device=stop_ids.device).split(args.micro_batch_size)  # [M] each
+    sampling = dict(temperature=args.temperature, max_new_tokens=args.max_completion_length, chat=args.chat)
+    sampling.update(max_prompt_length=args.max_prompt_length)
     loss_args = (args.beta, args.epsilon, args.loss_type, args.max_completion_length)
     for step, batch in enumerate(prompt_batches(len(table["prompts"]), args.batch_size // group, steps, args.seed)):
         prompt_rows = torch.tensor(batch, device=stop_ids.device)  # [P]
@@ -563,11 +529,9 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: 
             # 5. clipped-ratio + k3-KL loss, averaged over micro-batches as gradient accumulation does; AdamW step
             logp, entropy = per_token_logps(model, *inputs, args.temperature)  # [B, T], [B, T]
             old = logp.detach() if old_logp is None else old_logp  # [B, T]
-            micro_losses = []
-            for mb in torch.arange(len(rewards), device=mask.device).split(args.micro_batch_size):
-                ref_mb = None if ref_logp is None else ref_logp[mb]  # [M, T]
-                micro_losses.append(grpo_loss(logp[mb], old[mb], ref_mb, advantages[mb], mask[mb], *loss_args))
-            loss = torch.stack(micro_losses).mean()
+            ref = old if ref_logp is None else ref_logp  # [B, T] (grpo_loss ignores it when beta = 0)
+            parts = [grpo_loss(logp[b], old[b], ref[b], advantages[b], mask[b], *loss_args) for b in micro_batches]
+            loss = torch.stack(parts).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -581,8 +545,7 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: 
         metrics = {
             "reward": rewards.mean().item(),
             "reward_std": rewards.view(-1, group).std(1).mean().item(),
-            f"rewards/{reward_name}/mean": rewards.mean().item(),
-            f"rewards/{reward_name}/std": rewards.std().item(),
+            **{f"rewards/{reward_name}/{k}": getattr(rewards, k)().item() for k in ("mean", "std")},
             "rewards/true_exact_match": true.mean().item(),
             **ratio_and_kl_metrics(logp, old, ref_logp, advantages, mask, args.epsilon),
             "entropy": ((entropy * mask).sum() / mask.sum()).item(),
@@ -594,8 +557,7 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: 
             "charts/grad_norm": grad_norm.item(),
             "charts/learning_rate": scheduler.get_last_lr()[0],
             **{f"alpha/{k}": getattr(alpha, k)().item() for k in ("mean", "std", "min", "max")},
-            "alpha_data/mean": a_data.mean().item(),
-            "alpha_model/mean": a_model.mean().item(),
+            **{f"alpha_{k}/mean": v.mean().item() for k, v in (("data", a_data), ("model", a_model))},
             "alpha/corr_true_success": ((centred[0] * centred[1]).sum() / (centred.norm(dim=1).prod() + 1e-12)).item(),
         }
         row_cat = table["category"][rows]  # [B]
@@ -626,14 +588,10 @@ def load_tables(args: Args, tokenizer, device):
     train, test = ([dict(r, category=str(r["category"])) for r in rows] for rows in (train, test))
     present = {r["category"] for r in train + test}
     categories = list(args.categories) or sorted(present)
-    if present - set(categories):
-        fail(
-            f"prompts of category {sorted(present - set(categories))} have no reward model (--categories "
-            f"{categories}): add or drop them"
-        )
+    if missing := sorted(present - set(categories)):
+        fail(f"prompts of category {missing} have no reward model (--categories {categories}): add or drop them")
     has_demo = lambda r: isinstance(r["demonstration"], str) and bool(r["demonstration"].strip())  # noqa: E731
-    empty = [c for c in categories if not any(has_demo(r) for r in train + test if r["category"] == c)]
-    if empty:
+    if empty := [c for c in categories if not any(has_demo(r) for r in train + test if r["category"] == c)]:
         fail(f"category {empty} has no demonstrations (every demonstration is empty): write some or drop its rows")
     train, test = [r for r in train if has_demo(r)], [r for r in test if has_demo(r)]
     # held out: the first --num-eval rows per category (tiny: of the test split, real: of the shuffled data)
@@ -665,13 +623,13 @@ def make_table(rows, categories, tokenizer, args: Args, device) -> dict:
 
 
 @torch.no_grad()
-def sample_rows(model, tokenizer, table, rows: list[int], args: Args, num: int, greedy: bool, temperature=1.0):
-    """`num` completions per row (prompt-major), batched; returns padded ids [N*num, T], mask, texts."""
+def sample_rows(model, tokenizer, table, rows: list[int], args: Args, num: int, greedy: bool):
+    """`num` completions per row (prompt-major; T=1 unless greedy), batched: padded ids [N*num, T], mask, texts."""
     ids, masks, texts = [], [], []
     options = dict(greedy=greedy, chat=args.chat, max_prompt_length=args.max_prompt_length)
-    for start in range(0, len(rows), args.eval_batch_size):
-        prompts = [table["prompts"][i] for i in rows[start : start + args.eval_batch_size]]
-        out = sample(model, tokenizer, prompts, num, args.max_completion_length, temperature, **options)
+    for start in range(0, len(rows), EVAL_BATCH_SIZE):
+        prompts = [table["prompts"][i] for i in rows[start : start + EVAL_BATCH_SIZE]]
+        out = sample(model, tokenizer, prompts, num, args.max_completion_length, **options)
         pad = (0, args.max_completion_length - out.completion_ids.size(1))
         ids.append(F.pad(out.completion_ids, pad, value=tokenizer.pad_token_id))  # [n, T]
         masks.append(F.pad(out.completion_mask, pad))  # [n, T]
@@ -680,8 +638,8 @@ def sample_rows(model, tokenizer, table, rows: list[int], args: Args, num: int, 
 
 
 def irl_pairs(model, tokenizer, table, rows, args, stop_ids):
-    """pi_0 samples on the demonstration prompts, pairs whose sample equals the demonstration dropped."""
-    ids, mask, _ = sample_rows(model, tokenizer, table, rows, args, args.irl_samples, False, args.irl_temperature)
+    """pi_0 samples (T=1) on the demonstration prompts, pairs whose sample equals the demonstration dropped."""
+    ids, mask, _ = sample_rows(model, tokenizer, table, rows, args, args.irl_samples, False)
     pair_rows = torch.tensor(rows, device=ids.device).repeat_interleave(args.irl_samples)  # [N*S]
     same = exact_match_tensor(ids, mask, table["demo_ids"][pair_rows], table["demo_mask"][pair_rows], stop_ids).bool()
     return pair_rows[~same], ids[~same], mask[~same]
@@ -695,19 +653,15 @@ def check_args(args: Args) -> None:
         fail(f"--batch-size {args.batch_size} must be a multiple of --num-generations {args.num_generations}")
     if args.micro_batch_size < 1 or args.batch_size % args.micro_batch_size:
         fail(f"--micro-batch-size {args.micro_batch_size} must divide --batch-size {args.batch_size}")
-    if not args.tau > 0:
-        fail(f"--tau {args.tau} must be > 0 (the gap mask keeps (R - Rbar)^2 <= tau)")
-    if not (args.lr > 0 and args.rm_lr > 0 and args.irl_beta > 0 and args.temperature > 0 and args.irl_temperature > 0):
-        fail("--lr, --rm-lr, --irl-beta, --temperature and --irl-temperature must be > 0")
+    for name in "tau lr rm_lr irl_beta temperature epsilon max_grad_norm".split():  # tau: the gap mask threshold
+        if not getattr(args, name) > 0:
+            fail(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     counts = "steps pool_size num_eval num_demos_per_category irl_samples irl_rounds irl_policy_steps rm_epochs"
-    counts += " rm_batch_size num_iterations max_completion_length max_prompt_length chunk_size eval_batch_size"
-    for name in (counts + " num_threads").split():
+    for name in (counts + " num_iterations max_completion_length max_prompt_length chunk_size num_threads").split():
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.beta < 0 or args.epsilon <= 0 or args.max_grad_norm <= 0 or not (0 <= args.warmup_ratio < 1):
-        fail("--beta must be >= 0, --epsilon and --max-grad-norm > 0, --warmup-ratio in [0, 1)")
-    if not 0 <= args.ema_gamma < 1:
-        fail(f"--ema-gamma {args.ema_gamma} must be in [0, 1)")
+    if args.beta < 0 or not (0 <= args.warmup_ratio < 1 and 0 <= args.ema_gamma < 1):
+        fail(f"--beta {args.beta} must be >= 0, --warmup-ratio and --ema-gamma in [0, 1)")
     if args.similarity == "encoder" and not args.encoder_name:
         fail("--similarity encoder needs --encoder-name (a from_pretrained folder or hub id of a text encoder)")
     if args.rm_arch == "linear" and not args.dataset_name.startswith("tiny:"):
@@ -722,14 +676,12 @@ def main(args: Args) -> dict:
     seed_everything(args.seed)
     device = pick_device(args.cuda)
     dtype = pick_dtype(args.dtype, device)
-    start_time = time.time()
-    tiny = args.dataset_name.startswith("tiny:")
+    start_time, tiny = time.time(), args.dataset_name.startswith("tiny:")
     rm_arch = args.rm_arch or ("linear" if tiny else "transformer")
     # 0. pi_0 (frozen: the first IRL sampler, every arm's start and KL reference), the data, Phi and the RMs
     policy_path = args.model_name
     if policy_path.startswith("tiny:"):  # the tiny LM SFT-warm-started on the task [card 6], cached
-        path = warm_start(policy_path[5:], args.warm_start_seed, args.warm_start_steps, lr=args.warm_start_lr)
-        policy_path = str(path)
+        policy_path = str(warm_start(policy_path[5:], args.warm_start_seed, args.warm_start_steps, lr=WARM_START_LR))
     start_model, tokenizer = load_causal_lm(policy_path, device=device, dtype=dtype, seed=args.seed)
     start_model.eval().requires_grad_(False)
     stop_ids = torch.tensor(stop_token_ids(tokenizer, start_model), device=device)
@@ -741,8 +693,6 @@ def main(args: Args) -> dict:
         fail(f"the {args.similarity} encoder gives {width}-wide embeddings, --encoder-dim expects {args.encoder_dim}")
     num_rms, models = 1 if args.shared_rm else len(names), None
     if rm_arch == "transformer":
-        from transformers import AutoModelForSequenceClassification
-
         rm_name = args.rm_model_name or ("tiny" if tiny else policy_path)
         kwargs = dict(device=device, dtype=dtype, model_class=AutoModelForSequenceClassification, num_labels=1)
         models = [load_causal_lm(rm_name, seed=args.seed + j, **kwargs)[0] for j in range(num_rms)]
@@ -752,7 +702,6 @@ def main(args: Args) -> dict:
     rm = CategoryRewardModels(rm_arch, num_rms, dict(info, tokenizer=tokenizer, chat=args.chat), models).to(device)
     task = args.dataset_name.split(":", 1)[1] if tiny else "custom"
     run = RunLogger(make_run_name(f"dr_irl-{task}", args.exp_name, args.seed), args, track=args.track, print_every=20)
-
     # 1. D: a balanced demonstration set, up to --num-demos-per-category prompts per category
     first = [(train["category"] == c).nonzero()[: args.num_demos_per_category, 0] for c in range(len(names))]
     demo_rows = torch.cat(first).tolist()
@@ -766,19 +715,15 @@ def main(args: Args) -> dict:
             policy.eval()
         pair_rows, sample_ids, sample_mask = irl_pairs(policy, tokenizer, train, demo_rows, args, stop_ids)
         counts = torch.bincount(train["category"][pair_rows], minlength=len(names)).tolist()
-        if 0 in counts:
-            fail(
-                f"IRL round {irl_round}: category {[n for n, k in zip(names, counts) if k == 0]} has no pair (every "
-                "sample equals its demonstration): raise --irl-samples or --irl-temperature"
-            )
+        if empty := [n for n, k in zip(names, counts) if k == 0]:
+            fail(f"IRL round {irl_round}: category {empty} has no pair (every sample is its demo): raise --irl-samples")
         history = fit_reward_models(rm, train, pair_rows, sample_ids, sample_mask, args, generator)
         pairs = ", ".join(f"{n} {k}" for n, k in zip(names, counts))
         notes.append(f"IRL round {irl_round}: pairs {pairs}; loss {history[0]:.3f} -> {history[-1]:.3f}")
         print(notes[-1], flush=True)
         run.log(irl_round, {"losses/irl_loss": history[-1], **{f"irl/pairs/{n}": k for n, k in zip(names, counts)}})
     rm.requires_grad_(False)
-    # held-out RM pairwise accuracy: demonstration vs a pi_0 sample on held-out prompts
-    with torch.no_grad():
+    with torch.no_grad():  # held-out RM pairwise accuracy: demonstration vs a pi_0 sample on held-out prompts
         rows, ids, mask = irl_pairs(start_model, tokenizer, heldout, everything, args, stop_ids)
         demo_scores = rm.score(heldout, rows, heldout["demo_ids"][rows], heldout["demo_mask"][rows])  # [P]
         margin = demo_scores - rm.score(heldout, rows, ids, mask)  # [P]
@@ -812,7 +757,6 @@ def main(args: Args) -> dict:
         if args.save_model:
             model.save_pretrained(run.dir / arm)
             tokenizer.save_pretrained(run.dir / arm)
-
     # 6. the tables: true exact match per category (never the RM score), RM accuracy, alpha per category
     n_eval = {n: int((heldout["category"] == c).sum()) for c, n in enumerate(names)}
     em_rows = [
