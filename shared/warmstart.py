@@ -99,6 +99,7 @@ def warm_start(
         return folder
 
     start = time.time()
+    caller_rng = torch.random.get_rng_state()  # restored below: a cache miss must not change the caller's samples
     torch.manual_seed(seed)
     model, tokenizer = build_tiny_lm(seed=seed, **(config_kwargs or {}))
     data = task.dataset(steps * batch_size if steps * batch_size <= 20000 else 20000, seed=seed, split="train")
@@ -122,6 +123,7 @@ def warm_start(
             )
     model.eval()
     accuracy = exact_match(model, tokenizer, task, task.dataset(num_eval, seed=seed, split="test"))
+    torch.random.set_rng_state(caller_rng)
     info = {
         **recipe,
         "test_exact_match": accuracy,

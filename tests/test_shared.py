@@ -327,3 +327,12 @@ def test_rule_categories_is_imbalanced_string_ops():
     assert set(counts) == {"copy", "reverse", "rotate2", "sort"}
     assert counts["copy"] > counts["reverse"] > counts["rotate2"] > counts["sort"] > 100
     assert task.score("rotate2 : a b c d", "c d a b") == 1.0
+
+
+def test_warm_start_leaves_the_callers_random_stream_alone(tmp_path):
+    # a script seeds, then loads its start: a cold cache (training) and a warm one must give the same samples after
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    warm_start("string_ops", seed=0, steps=3, num_eval=2, cache_dir=tmp_path, verbose=False)
+    assert torch.equal(torch.rand(3), expected)
