@@ -96,7 +96,7 @@ from torch.func import functional_call
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import shared.warmstart  # noqa: E402
 from shared.data import load_data  # noqa: E402
-from shared.lm import check_hub_id, build_tokenizer, load_causal_lm, sample, tiny_config  # noqa: E402
+from shared.lm import build_tokenizer, check_hub_id, load_causal_lm, sample, tiny_config  # noqa: E402
 from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa: E402
 from shared.tasks import Preferences, StringOps  # noqa: E402
 from shared.warmstart import sft_batch, sft_loss  # noqa: E402

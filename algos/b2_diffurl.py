@@ -53,12 +53,12 @@ Metrics (suffix /<arm>_s<seed>, step = cumulative reward calls): reward, reward_
 eval/entropy (mode occupancy, 1 = uniform), eval/spread (mean distance to the nearest centre), losses/policy_loss,
 clip_ratio/region_mean, kl (approx), charts/span, charts/selected. Also summary.md and b2_toy.png.
 
-    python algos/b2_diffurl.py                                   # toy: B², DDPO and the ablations, 3 seeds (~3 min)
+    python algos/b2_diffurl.py                                   # toy: B², DDPO and the ablations, 3 seeds (62 s)
     python algos/b2_diffurl.py --reward-fn mode --arms main ddpo # the honesty variant: early-step reward
     python algos/b2_diffurl.py --model-name CompVis/stable-diffusion-v1-4 --reward-fn clip --num-stages 100 \
         --s-min 14 --s-max 20 --prefixes-per-stage 256 --train-batch-size 128 --train-micro-batch 2 --lr 1e-4
 
-Measured (toy default, 3 seeds, 2 shared cores, 82 s): eval precision reward after 6080 calls B² 0.449 +- 0.010, DDPO
+Measured (toy default, 3 seeds, 2 cores, 62 s): eval precision reward after 6080 calls B² 0.449 +- 0.010, DDPO
 0.266 +- 0.012 at its eps 1e-4 (0.446 +- 0.010 with --ddpo-clip 0.1), no-branch 0.517, select-all 0.513, fixed-split
 0.455; mode entropy >= 0.95 everywhere. No GPU was lent to this task: --cuda and bf16 are untested.
 """

@@ -63,13 +63,13 @@ Logged metrics (suffix /<arm>): TRL 0.17 names `reward`, `reward_std` (mean per-
 `losses/sft_loss`, `charts/learning_rate`, `charts/grad_norm`, and at the end `eval/exact_match`, `eval/bleu`.
 
 Commands:
-    python algos/bleuberi.py                                   # offline toy, 4 arms + the start, ~2-3 min on 2 cores
+    python algos/bleuberi.py                                   # offline toy, 4 arms + the start, 60 s on 2 cores
     python algos/bleuberi.py --arms bleuberi sft-hard --loss-type dr_grpo --seed 2
     python algos/bleuberi.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name yapeichang/BLEUBERI-Tulu3-50k \
         --reference-columns ref_output_gold --group-column source --pool-size 2000 --num-examples 500 \
         --num-eval 200 --max-completion-length 512 --temperature 0.9 --lr 1e-6 --steps 250 --arms bleuberi sft-hard
-Measured (toy defaults, seeds 1 / 2; 2 cores shared with other jobs, load 3-5): 62-99 s with the warm start cached,
-109 s with a fresh one. Start EM 0.594 / 0.650; dEM bleuberi -0.148 / -0.184, grpo-bleu-random -0.052 / -0.026,
+Measured (toy defaults, seeds 1 / 2; 2 cores, nothing else running): 60 s with a fresh warm start (62-109 s
+under load 3-5). Start EM 0.594 / 0.650; dEM bleuberi -0.148 / -0.184, grpo-bleu-random -0.052 / -0.026,
 sft-hard -0.024 / -0.038, grpo-em -0.006 / -0.012 (SE ~0.02). The BLEU-hard set is ~98% dedup / reverse / sort and
 GRPO-BLEU on it makes the tiny model forget copy (EM 0.97 -> 0.50); no arm beats the start. The EM-hard set is the
 first 500 zero-EM prompts (all tie at 0). Real path: the SFT arm does not truncate long references. No GPU was lent

@@ -70,8 +70,9 @@ Commands:
         --max-new-tokens 512 --learning-rate 1e-6 --sft-learning-rate 5e-6 --sft-steps 0 --sft-epochs 5 \\
         --dpo-batch-size 8 --score-batch-size 16          # add --lora-r 32 when full fine-tuning does not fit
 
-Measured on 2 loaded CPU cores, one torch thread (no GPU was lent to this task): the default run (seeds 1-3) took
-113 s with cold warm starts, `--seed 4` (seeds 4-6) 93 s. Over the 6 paired seeds, greedy q / EM after t = 3: M1
+Measured on 2 CPU cores, one torch thread (no GPU was lent to this task): the default run (seeds 1-3) took
+58 s with cold warm starts (113 s under load), `--seed 4` (seeds 4-6) 93 s under load.
+Over the 6 paired seeds, greedy q / EM after t = 3: M1
 0.870 / 0.516, SRLM 0.751 / 0.204, CREAM 0.755 / 0.223, oracle 0.895 / 0.588. CREAM - SRLM in q per seed: +0.000
 +0.005 -0.012 +0.014 +0.010 +0.011 (mean +0.005, s.e. 0.004; EM +0.018, s.e. 0.010): within noise, as in the card's
 prototype. C is 0.62 at t = 1 (M0 likelihood vs M1 reward) and 0.87-0.91 at t >= 2 while the self-reward's tau with

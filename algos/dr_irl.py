@@ -45,7 +45,7 @@ alpha/mean|std|min|max, alpha_data/mean, alpha_model/mean, alpha/<c>, kept_fract
 losses/irl_loss, irl/pairs/<c>, rewards/accuracies|margins/<c> (held-out); at the end eval/exact_match/<c>.
 
 Commands:
-    python algos/dr_irl.py                           # offline toy: 4 arms, ~2-3 min on 2 cores; --seed 2 for a 2nd seed
+    python algos/dr_irl.py                           # offline toy: 4 arms, 54 s on 2 cores; --seed 2 for a 2nd seed
     python algos/dr_irl.py --scaling data --alpha-granularity response --similarity lm_hidden --rm-arch transformer
     python algos/dr_irl.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name PATH_WITH_prompt_category_demo \
         --similarity encoder --encoder-name sentence-transformers/all-MiniLM-L6-v2 --max-completion-length 256 \

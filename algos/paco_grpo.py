@@ -56,7 +56,7 @@ Commands:
     python algos/paco_grpo.py                                  # offline toy: 4 arms x 3 seeds, ~75 s + pretraining
     python algos/paco_grpo.py --model-name stabilityai/stable-diffusion-3.5-medium --image-size 1024 \
         --train-res half --epochs 50 --num-prompts 4 --num-generations 16 --guidance-scale 4.5 --lr 3e-4
-Measured (2 shared cores, load ~3; no GPU lent): 66-76 s with the pretrained net cached, 3m39 cold (pretraining 71 s).
+Measured (2 cores, no GPU lent): 121 s cold with nothing else running; under load ~3, 3m39 cold and 66-76 s cached.
 Seeds 1-3 / 4-6, eval at 16 px: r_cons 0.48 -> ~0.985 in every arm; duplicate rate 0.23 -> paco 0.75 / 0.96, sum 0.73 /
 0.96, full-res 0.46 / 0.57 (3.5-4x the seconds per epoch), quarter-res lowest reward (1.83 vs 1.87). Log-tame = sum
 here: R_cons's CV drops below delta = 0.2 within ~3 epochs, after which both arms take identical steps.

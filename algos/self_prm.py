@@ -76,14 +76,14 @@ judge/recall/<b>, judge/positives/<b>, judge/valid_rate, charts/solve_tokens, ch
 (warm start), coevolve/reward, coevolve/solve_acc, coevolve/judge_f1. Samples go to runs/<run>/samples.txt.
 
 Commands:
-    python algos/self_prm.py                                  # offline toy: 150 problems x 16 samples, ~3 min on CPU
+    python algos/self_prm.py                                  # offline toy: 150 problems x 16 samples, 93 s on 2 cores
     python algos/self_prm.py --seed 2 --coevolve              # second seed plus the co-evolution arm
     python algos/self_prm.py --model-name Qwen/Qwen2.5-Math-7B-Instruct --dataset-name HuggingFaceH4/MATH-500 \
         --split test --num-problems 500 --num-samples 16 --k-max 16 --max-new-tokens 2048 --judge-max-new-tokens 2048 \
         --temperature 0.6 --top-p 0.95 --gen-batch-size 256 --processbench-name Qwen/ProcessBench \
         --processbench-split gsm8k
-Measured (toy defaults, seeds 1 / 2, one cached warm start; 2 CPU cores shared, load ~4): 172 s with a fresh warm
-start, 15 s cached. pass@1 0.90 / 0.87; at k = 16: MV 0.980 / 0.973, Self-PRM 0.967 / 0.973, soft 0.980 / 0.973,
+Measured (toy defaults, seeds 1 / 2; 2 CPU cores, nothing else running): 93 s with a fresh warm start (172 s
+under load), ~15 s cached. pass@1 0.90 / 0.87; at k = 16: MV 0.980 / 0.973, Self-PRM 0.967 / 0.973, soft 0.980 / 0.973,
 oracle judge = pass@16 = 1.000 / 1.000, noisy 0.1 1.000 / 0.987, noisy 0.3 0.987 / 0.987; Self-PRM - MV in
 [-1.3, +2.0] points at every k: null within noise. Synthetic ProcessBench F1 56.9 / 57.4 (acc_err 40, acc_cor 98.5);
 own samples F1 21 / 25. Self-verdict precision hard 0.20 / 0.21 (3 / 5 problems), middle 0.59 / 0.67, easy 0.96 /

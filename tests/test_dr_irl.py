@@ -175,8 +175,8 @@ def test_group_advantages_and_grpo_loss():
     one = torch.full((1, 2), -1.0)  # k3 with pi_ref / pi = 2: e^x - x - 1 = 1 - log 2
     kl = grpo_loss(one, one, one + math.log(2), torch.zeros(1), torch.ones(1, 2), 0.5, 0.2, "bnpo", 2)
     assert kl.item() == pytest.approx(0.5 * (1 - math.log(2)))
-    # alpha multiplies the normalised advantage: the REINFORCE gradient scales with it, a per-group constant
-    # on the raw reward would not (the z-score removes it)
+    # why alpha must scale the normalised advantage, not the raw reward: the z-score removes any per-group affine
+    # change of the rewards (main() applies alpha after group_advantages)
     assert torch.allclose(group_advantages(3.0 * rewards + 1.0, 4), group_advantages(rewards, 4), atol=1e-4)
 
 
