@@ -19,7 +19,7 @@ Every ratio in this script, flag and table (`--pre-weights`, `--mean-pre-weights
     w(l) = 25 / (|l - c| + 1),  c = L // 2                                 (code: c = 13 hard-coded for 26 layers)
 
 Implementation details ([code] = avalonstrel/Mitigating-the-Alignment-Tax-of-RLHF @ 40165e6; [card] =
-shared/specs/ama.md, built from paper and code):
+rewardlab's method notes, built from paper and code):
 1. Merge [paper D.4, code mask_trainer.py]: only nn.Linear weights and biases of the decoder layers get the group
    ratios; the lm_head sits at gbar. Non-Linear tensors (embeddings, RMSNorms) are copied from theta0 as in the code
    (`--nonlinear pre`), or interpolated at gbar (`--nonlinear interp`). A model with tied embeddings (e.g.
@@ -66,7 +66,7 @@ Commands:
         --dataset-name prompts_folder --reward-model RM_folder --tax-dataset-name qa_folder --mean-pre-weights 0.2 \\
         --num-d-samples 4000 --num-d-keep 2000 --max-new-tokens 256 --batch-size 1 --num-eval 200
 
-Measured (2 CPU cores shared with other jobs, load ~4; 1 thread; no GPU lent): 118 s cold (theta0 SFT ~57 s), 52 s
+Measured (2 CPU cores shared with other jobs, load ~4; 1 thread; no GPU run yet): 118 s cold (theta0 SFT ~57 s), 52 s
 cached. RSF: reward -0.04 -> 3.41 / 0.10 -> 3.33, tax accuracy 1.00 -> 0.64 / 0.19 (seeds 1 / 2). Hypervolume on the
 shared grid, MA vs AMA: 0.850 vs 0.844 (seed 1), 0.707 vs 0.573 (seed 2): no gain; AMA moves theta0 weight out of the
 input third, and partwise input-third MA alone gives 0.849 / 0.766. The real path was not run on a GPU.

@@ -16,7 +16,7 @@ branch group is trained on, and only when its per-prompt z-score is extreme enou
     selection:        per branch group keep (argmax z) if z >= tau+, (argmin z) if z < tau-
     loss:             L = mean max(-A rho, -A clip(rho, 1-eps, 1+eps)),  A = clip(z, -5, 5) beta+-,  rho = pi/pi_old
 
-Implementation details ([code] = hu-zijing/B2-DiffuRL @ e3a9129, [card] = shared/specs/b2_diffurl.md, [ddpo] =
+Implementation details ([code] = hu-zijing/B2-DiffuRL @ e3a9129, [card] = rewardlab's method notes, [ddpo] =
 kvablack/ddpo-pytorch):
 1. `ddim_step_with_logprob` [ddpo ddim_with_logprob.py, code run_train.py] works on a diffusers DDIMScheduler (or the
    toy's `ToyDDIM` with the same attributes): "leading" timesteps 951..1, t' = t - 50 (a_t' = final_alpha_cumprod =
@@ -60,7 +60,7 @@ clip_ratio/region_mean, kl (approx), charts/span, charts/selected. Also summary.
 
 Measured (toy default, 3 seeds, 2 cores, 62 s): eval precision reward after 6080 calls B² 0.449 +- 0.010, DDPO
 0.266 +- 0.012 at its eps 1e-4 (0.446 +- 0.010 with --ddpo-clip 0.1), no-branch 0.517, select-all 0.513, fixed-split
-0.455; mode entropy >= 0.95 everywhere. No GPU was lent to this task: --cuda and bf16 are untested.
+0.455; mode entropy >= 0.95 everywhere. No GPU run has been made: --cuda and bf16 are untested.
 """
 
 from __future__ import annotations

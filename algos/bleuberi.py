@@ -13,7 +13,7 @@ own answer has the lowest BLEU ("hard" prompts), then run GRPO with BLEU against
     bnpo: sum(mask l) / sum(mask) per micro-batch;  grpo: mean_i sum_t(mask l) / sum_t mask;  dr_grpo: sum(mask l)/(B T)
 
 Implementation details ([code] = lilakk/BLEUBERI @ 70a66e4; [TRL] = trl v0.17.0 trl/trainer/grpo_trainer.py, the
-version the paper pinned; [card] = shared/specs/bleuberi.md):
+version the paper pinned; [card] = rewardlab's method notes):
 1. Reward = smoothed NMT-BLEU of `evaluate.load("bleu").compute(..., smooth=True)` [code training/utils.py
    bleu_reward; evaluate metrics/bleu = tensorflow/nmt bleu.py], written out by hand in `bleu_reward`: sacrebleu's
    13a tokeniser (evaluate's tokenizer_13a.py is a copy of it), case-sensitive, clipped n-gram matches against the
@@ -72,8 +72,8 @@ Measured (toy defaults, seeds 1 / 2; 2 cores, nothing else running): 60 s with a
 under load 3-5). Start EM 0.594 / 0.650; dEM bleuberi -0.148 / -0.184, grpo-bleu-random -0.052 / -0.026,
 sft-hard -0.024 / -0.038, grpo-em -0.006 / -0.012 (SE ~0.02). The BLEU-hard set is ~98% dedup / reverse / sort and
 GRPO-BLEU on it makes the tiny model forget copy (EM 0.97 -> 0.50); no arm beats the start. The EM-hard set is the
-first 500 zero-EM prompts (all tie at 0). Real path: the SFT arm does not truncate long references. No GPU was lent
-to this task, so no GPU numbers.
+first 500 zero-EM prompts (all tie at 0). Real path: the SFT arm does not truncate long references. No GPU run has
+been made yet.
 """
 
 from __future__ import annotations

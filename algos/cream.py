@@ -13,7 +13,7 @@ uses that agreement C as a soft label: weight C on "chosen > rejected", 1 - C on
     h = [s_theta(y+) - s_ref(y+)] - [s_theta(y-) - s_ref(y-)],   ref = M_t (the model at the start of iteration t)
     L = C softplus(-beta h) + (1 - C) softplus(beta h)            C = 1: plain DPO (the SRLM arm)
 
-Implementation details ([code] = Raibows/CREAM @ de1d04b; [card] = shared/specs/cream.md, built from that code):
+Implementation details ([code] = Raibows/CREAM @ de1d04b; [card] = rewardlab's method notes on that code):
 1. Self-reward [code rewarding.py]: summed response log-probs of the current model minus those of the frozen M0;
    the previous model M0 (t = 1) is scored by its mean token log-likelihood s_M0 / |y| [code normalized_by_length].
    For t >= 2 the previous model's score is its own DPO reward. Which reference the ranking uses at t >= 2 is
@@ -70,7 +70,7 @@ Commands:
         --max-new-tokens 512 --learning-rate 1e-6 --sft-learning-rate 5e-6 --sft-steps 0 --sft-epochs 5 \\
         --dpo-batch-size 8 --score-batch-size 16          # add --lora-r 32 when full fine-tuning does not fit
 
-Measured on 2 CPU cores, one torch thread (no GPU was lent to this task): the default run (seeds 1-3) took
+Measured on 2 CPU cores, one torch thread (no GPU run yet): the default run (seeds 1-3) took
 58 s with cold warm starts (113 s under load), `--seed 4` (seeds 4-6) 93 s under load.
 Over the 6 paired seeds, greedy q / EM after t = 3: M1
 0.870 / 0.516, SRLM 0.751 / 0.204, CREAM 0.755 / 0.223, oracle 0.895 / 0.588. CREAM - SRLM in q per seed: +0.000

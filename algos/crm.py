@@ -16,7 +16,7 @@ other (Co-teaching, Han et al. 2018, adapted to BT reward models). The same exch
     CRM-DPO: m_k = beta * [(log pi_k(y_w) - log pi_ref(y_w)) - (log pi_k(y_l) - log pi_ref(y_l))]
 
 Implementation details (sources: [abs] arXiv abstract, [rev] the four ICLR 2026 reviews, [ct] Co-teaching,
-bhanML/Co-teaching; [card] = shared/specs/crm.md, whose items marked unverified are flags here):
+bhanML/Co-teaching; [card] = rewardlab's method notes, whose unverified items are flags here):
 1. BT loss softplus(-m), per pair [abs, rev]. Small loss == large SIGNED margin; never |m| [card 3.1].
 2. Peer review per mini-batch, online [rev]: each RM scores the batch, keeps k_keep pairs (stable sort: ties keep
    batch order), and the other RM steps on them; separate AdamW optimizers. Both RMs see the same batch
@@ -75,7 +75,7 @@ Commands:
 
 Measured on the toy (seeds 1-3, one seed per invocation; mean over seeds of the final-epoch accuracy, mean of RM1 and
 RM2, against true labels; in brackets the best evaluated epoch). CPU, 2 cores shared with other jobs: the default run
-took 1 min 53 s (load 1.8) to 3 min 10 s (load 3.8) wall. No GPU was lent to this task, so no GPU numbers.
+took 1 min 53 s (load 1.8) to 3 min 10 s (load 3.8) wall. No GPU run has been made yet.
     eta  regime    single        oracle  coteach  self-review  crm (abs)  crm-sort  crm-buckets
     0.4  500x40    0.606 (0.754) 0.976   0.721    0.578        0.678      0.591     0.635
     0.4  2000x10   0.770 (0.826) 1.000   0.711    0.627        0.710      0.534     0.524

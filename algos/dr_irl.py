@@ -14,7 +14,7 @@ alpha = alpha^D (answer-demonstration distance in a text encoder) x alpha^M (an 
     GRPO-S:    A_i = alpha^D_ji alpha^M_j (r_i - mean_G r) / (std_G r + 1e-4)        (alpha under no_grad)
     loss:      l_t = -min(rho_t A_i, clip(rho_t, 1-eps, 1+eps) A_i) + beta (e^x_t - x_t - 1),  x_t = log ref/pi
 
-Details ([card] = shared/specs/dr_irl.md, reconstructed from the v1/v2/v3/v5 abstracts, the OpenReview reviews and two
+Details ([card] = rewardlab's method notes, reconstructed from the v1/v2/v3/v5 abstracts, the OpenReview reviews and two
 notes; [Li] = Li et al. 2024, code JasonJiaxiangLi/Reward_learning_SFT; [DAMA] = Lu et al. ICML 2025; [TRL]):
 1. Data [card 3.1]: a balanced demonstration set (<= --num-demos-per-category per category); GRPO prompts are the
    imbalanced training mix. Columns prompt / category / demonstration (tiny `op` / `reference` renamed).

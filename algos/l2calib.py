@@ -13,7 +13,7 @@ from a Gaussian; PPO moves the policy; an excitation score keeps only well-excit
     r = exp(-e/2),  e = RMSE of LiDAR positions after Umeyama SE(3) alignment (m)
     L = -min(A ratio, A clip(ratio, 1 -+ 0.2)) + 0.5 max((V - r)^2, (V_clip - r)^2) - c_ent (H_gauss + H_bingham)
 
-Implementation details ([code] = APRIL-ZJU/learn-to-calibrate @ 6639e06, [card] = shared/specs/l2calib.md):
+Implementation details ([code] = APRIL-ZJU/learn-to-calibrate @ 6639e06, [card] = rewardlab's method notes):
 1. Scalar-last quaternions (x, y, z, w) as Eigen's Quaterniond(Vector4) [code evo_ape.hpp]; p_I = R p_L + t.
 2. Policy [code rl_solver/common.py CustomActor_B]: mu, log sigma (3), raw 4x4 A orthonormalised by classical
    Gram-Schmidt (columns 1 -> 4), zeta (3), a scalar value V; no observation.
@@ -51,7 +51,7 @@ Implementation details ([code] = APRIL-ZJU/learn-to-calibrate @ 6639e06, [card] 
    values printed), translation by least squares on (R_A - I) t = R t_B - t_A. A: noisy INS poses (toy) or the
    integrated gyro (files: rotation only).
 15. All arms run in lockstep (one batched odometry call serves every arm), each from its own generator with the same
-   seed. Everything is float64 (tiny tensors), hence no --dtype. No GPU was lent to this task: --cuda is untested.
+   seed. Everything is float64 (tiny tensors), hence no --dtype. No GPU run has been made: --cuda is untested.
 
 Toy [card 6]: X_true rpy (10, -5, 30) deg, t (0.15, -0.10, 0.05) m, rho 0.3 m; 8 segments of 10 s, IMU 50 Hz, LiDAR
 10 Hz; motion full / weak / planar, excitation 0.15x..1x per segment; gyro noise 0.005 + bias 0.002 rad/s, accel

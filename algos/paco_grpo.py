@@ -16,7 +16,7 @@ the advantages and drive the sets to near-duplicates.
               r = sum_k w_k R~_k;   A = (r - mean_group r) / max(std r, 1e-6)   (std global [code] or per group [paper])
     loss = mean max(-A rho, -A clip(rho, 1 - eps, 1 + eps)),  rho = exp(log pi - log pi_old),  A clipped to +-5
 
-Implementation details ([code] = X-GenGroup/PaCo-RL @ 08caac6 PaCo-GRPO/; [card] = shared/specs/paco_grpo.md):
+Implementation details ([code] = X-GenGroup/PaCo-RL @ 08caac6 PaCo-GRPO/; [card] = rewardlab's method notes):
 1. `sde_step_with_logprob` follows [code diffusers_patch/sde_denoising_step.py] (itself Flow-GRPO's SD3 step): fp32,
    the target is detached inside the log-prob, mean over non-batch dims. At t = 1 the denominator uses sigma_next
    (= t_1 at step 0, Flow-GRPO's sigma_max = sigmas[1]); PaCo's default is a constant 0.98. noise_level 0 returns
@@ -56,7 +56,7 @@ Commands:
     python algos/paco_grpo.py                                  # offline toy: 4 arms x 3 seeds, ~75 s + pretraining
     python algos/paco_grpo.py --model-name stabilityai/stable-diffusion-3.5-medium --image-size 1024 \
         --train-res half --epochs 50 --num-prompts 4 --num-generations 16 --guidance-scale 4.5 --lr 3e-4
-Measured (2 cores, no GPU lent): 121 s cold with nothing else running; under load ~3, 3m39 cold and 66-76 s cached.
+Measured (2 cores, no GPU run yet): 121 s cold with nothing else running; under load ~3, 3m39 cold and 66-76 s cached.
 Seeds 1-3 / 4-6, eval at 16 px: r_cons 0.48 -> ~0.985 in every arm; duplicate rate 0.23 -> paco 0.75 / 0.96, sum 0.73 /
 0.96, full-res 0.46 / 0.57 (3.5-4x the seconds per epoch), quarter-res lowest reward (1.83 vs 1.87). Log-tame = sum
 here: R_cons's CV drops below delta = 0.2 within ~3 epochs, after which both arms take identical steps.

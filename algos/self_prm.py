@@ -1,6 +1,6 @@
 # arXiv:2505.11227 | README: #self-prm
 """Self-PRM (Feng et al., "Is PRM Necessary? Problem-Solving RL Implicitly Induces PRM Capability in LLMs",
-NeurIPS 2025, https://arxiv.org/abs/2505.11227). No official code exists; the card (shared/specs/self_prm.md) marks
+NeurIPS 2025, https://arxiv.org/abs/2505.11227). No official code exists; our method notes [card] mark
 the reconstructed parts, and every one of them is a flag here, tagged (reconstructed) in --help.
 
 Idea: a policy trained with outcome-only RL is already a good process judge. Self-PRM samples k solutions per problem
@@ -18,7 +18,7 @@ solutions it validated. The paper: gains appear at large k, and self-judgment pr
     precision_b = #(v=1, correct) / #(v=1),  recall_b = #(v=1, correct) / #correct, pooled over the samples of the
                   problems in difficulty bucket b (own accuracy over the pool); undefined (nan) with no positives
 
-Implementation details ([card] = shared/specs/self_prm.md; [PB] = the ProcessBench code's critique prompt, answer
+Implementation details ([card] = rewardlab's method notes; [PB] = the ProcessBench code's critique prompt, answer
 parsing and F1, as the card describes them):
 1. Judge prompt [PB, card 3.1]: the solution split into paragraphs at blank lines, paragraph j wrapped as
    `<paragraph_j>\\n...\\n</paragraph_j>` (j from 0, blank-line joined), inserted into a critique template sent as one
@@ -87,7 +87,7 @@ under load), ~15 s cached. pass@1 0.90 / 0.87; at k = 16: MV 0.980 / 0.973, Self
 oracle judge = pass@16 = 1.000 / 1.000, noisy 0.1 1.000 / 0.987, noisy 0.3 0.987 / 0.987; Self-PRM - MV in
 [-1.3, +2.0] points at every k: null within noise. Synthetic ProcessBench F1 56.9 / 57.4 (acc_err 40, acc_cor 98.5);
 own samples F1 21 / 25. Self-verdict precision hard 0.20 / 0.21 (3 / 5 problems), middle 0.59 / 0.67, easy 0.96 /
-0.95: low precision on hard problems, as in the paper. No GPU was lent to this task, so no GPU numbers.
+0.95: low precision on hard problems, as in the paper. No GPU run has been made yet.
 """
 
 from __future__ import annotations
