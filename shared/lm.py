@@ -289,10 +289,16 @@ def sample(
         use_cache=True,
         **({} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": top_k}),
     )
-    was_training = model.training
+    was_training, model_defaults = model.training, model.generation_config
+    # generate() fills every field we leave at its default from the model's own generation_config (Qwen ships
+    # repetition_penalty 1.05, top_k 20, ...): sample exactly the distribution asked for, which the log-probs assume
     model.eval()
-    sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
-    model.train(was_training)
+    model.generation_config = GenerationConfig()
+    try:
+        sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    finally:
+        model.generation_config = model_defaults
+        model.train(was_training)
     completion_ids = sequences[:, prompt_ids.shape[1] :]  # [N*G, T]
     mask = completion_mask(completion_ids, stop_ids)
     texts = tokenizer.batch_decode(

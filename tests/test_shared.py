@@ -336,3 +336,14 @@ def test_warm_start_leaves_the_callers_random_stream_alone(tmp_path):
     torch.manual_seed(7)
     warm_start("string_ops", seed=0, steps=3, num_eval=2, cache_dir=tmp_path, verbose=False)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_sample_ignores_the_models_own_generation_defaults():
+    # real checkpoints ship sampling defaults (Qwen: repetition_penalty 1.05, top_k 20); the policy's log-probs
+    # assume exactly the distribution sample() was asked for, so those defaults must not leak in
+    model, tokenizer = build_tiny_lm(seed=0)
+    prompts = ["copy : a b", "sort : c b a"]
+    plain = sample(model, tokenizer, prompts, max_new_tokens=12, greedy=True).texts
+    model.generation_config.repetition_penalty = 50.0
+    assert sample(model, tokenizer, prompts, max_new_tokens=12, greedy=True).texts == plain
+    assert model.generation_config.repetition_penalty == 50.0  # the model's own config is left as it was
