@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -250,6 +251,18 @@ def encode_prompts(
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
+@contextmanager
+def only_given_generation_options(model):
+    """Inside, `generate` uses only the options passed to it. Outside, it fills every option left at its default from
+    the checkpoint's generation_config (Qwen ships repetition_penalty 1.05, top_k 20, ...), so samples would not
+    follow the distribution that the policy's log-probs assume."""
+    saved, model.generation_config = model.generation_config, GenerationConfig()
+    try:
+        yield model
+    finally:
+        model.generation_config = saved
+
+
 @dataclass
 class Completions:
     """A batch of sampled completions; rows are prompt-major (the samples of prompt i are contiguous)."""
@@ -289,16 +302,11 @@ def sample(
         use_cache=True,
         **({} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": top_k}),
     )
-    was_training, model_defaults = model.training, model.generation_config
-    # generate() fills every field we leave at its default from the model's own generation_config (Qwen ships
-    # repetition_penalty 1.05, top_k 20, ...): sample exactly the distribution asked for, which the log-probs assume
+    was_training = model.training
     model.eval()
-    model.generation_config = GenerationConfig()
-    try:
+    with only_given_generation_options(model):
         sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
-    finally:
-        model.generation_config = model_defaults
-        model.train(was_training)
+    model.train(was_training)
     completion_ids = sequences[:, prompt_ids.shape[1] :]  # [N*G, T]
     mask = completion_mask(completion_ids, stop_ids)
     texts = tokenizer.batch_decode(
