@@ -13,8 +13,8 @@ plain PPO. PPO-C scores the answer with its confidence removed and adds w (r - r
     PPO:   reward_t = -beta (log pi_t - log ref_t) + [t = EOS] rhat;  A = GAE(gamma, lambda; V);  R = A + V
            L_pi = -min(rho A, clip(rho, 1+-eps) A);  L_V = 0.5 max((V - R)^2, (V_old + clip(V - V_old, +-eps_v) - R)^2)
 
-Implementation details ([code] = SeanLeng1/Reward-Calibration @ 25ecc96 and its openrlhf/, via the method card
-shared/specs/ppo_mc.md [card], whose sources name the files):
+Implementation details ([code] = SeanLeng1/Reward-Calibration @ 25ecc96 and its openrlhf/, via rewardlab's method
+notes [card], whose sources name the files):
 1. Parser [code calibrated_experience_maker.py]: first `Confidence:\\s*(\\d+(\\.\\d+)?)` (any case) clamped to [0, 10],
    / 10, none -> 0.5, searched in the decoded prompt + response (`--confidence-scope response`: response only).
    The stripper deletes every `Confidence:\\s*\\d+(\\.\\d+)?(/\\d+)?\\s*[,.!?]* *`, right-strips, adds " " + EOS if
@@ -64,7 +64,7 @@ Commands:
         --actor-lr 5e-7 --critic-lr 9e-6 --beta 0.01 --max-new-tokens 1024   # the paper's recipe (4 x 8B: needs ZeRO)
 Measured (toy defaults, 2 shared cores, one torch thread, 130-160 s per run incl. ~45 s SFT/RM/CRM; ECE / AUC / ACC):
 seed 1: SFT .270/.755/.348, PPO .264/.556/.531, PPO-M .140/.828/.490, PPO-C .152/.842/.506; seed 2: SFT .182/.732/.395,
-PPO .216/.726/.514, PPO-M .149/.832/.475, PPO-C .153/.850/.467. No GPU was lent to this task: no GPU numbers.
+PPO .216/.726/.514, PPO-M .149/.832/.475, PPO-C .153/.850/.467. No GPU run has been made yet.
 """
 
 from __future__ import annotations
@@ -346,9 +346,9 @@ def generate(model, prompt_ids, prompt_mask, stop_ids, args: Args, allowed=None,
         return scores.masked_fill(~allowed[t], float("-inf"))  # [B, V]
 
     was_training, processors = model.training, LogitsProcessorList([position_mask] if allowed is not None else [])
-    model.eval()
-    out = model.generate(prompt_ids, attention_mask=prompt_mask, generation_config=config, logits_processor=processors)
-    model.train(was_training)
+    saved, model.generation_config = model.generation_config, GenerationConfig()  # only `config` applies: no sampling
+    out = model.eval().generate(prompt_ids, config, processors, attention_mask=prompt_mask)  # defaults of the weights
+    model.train(was_training).generation_config = saved
     ids = F.pad(out[:, prompt_ids.shape[1] :], (0, max_new_tokens + prompt_ids.shape[1] - out.shape[1]), value=-1)
     is_stop = torch.isin(ids, torch.as_tensor(stop_ids, device=ids.device)).long()  # [B, T]
     mask = (((is_stop.cumsum(1) - is_stop) == 0) & (ids >= 0)).long()  # [B, T] up to and including the first stop
