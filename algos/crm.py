@@ -266,10 +266,10 @@ def dpo_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref
 
 
 # Data: pairs -> tensors [N, 2, T] (index 1 of dim 1: 0 = observed chosen, 1 = observed rejected)
-def load_pairs(args: Args, split: str, n: int, seed: int):
-    """Rows of (prompt or None, chosen, rejected) from the tiny world or a real dataset, checked."""
+def load_pairs(args: Args, split: str, n: int | None, seed: int):
+    """Rows of (prompt or None, chosen, rejected) from the tiny world or a real dataset, shuffled, checked."""
     name = args.data.dataset_name
-    data = load_data(name, split=split, required_columns=["chosen", "rejected"], num_examples=n, seed=seed)
+    data = load_data(name, split, ["chosen", "rejected"], num_examples=n, seed=seed, shuffle=True)
     prompts = data["prompt"] if "prompt" in data.column_names else None
     chosen, rejected = list(data["chosen"]), list(data["rejected"])
     same = [i for i in range(len(chosen)) if chosen[i] == rejected[i]]
@@ -278,7 +278,7 @@ def load_pairs(args: Args, split: str, n: int, seed: int):
             f"{len(same)} pair(s) of {name!r} ({split}) have chosen == rejected (first: row {same[0]}): they carry "
             f"no preference. Clean the data or pass --drop-identical-pairs."
         )
-    keep = [i for i in range(len(chosen)) if i not in set(same)]
+    keep = sorted(set(range(len(chosen))) - set(same))
     if len(keep) < 2:
         fail(f"{name!r} ({split}) has {len(keep)} usable pair(s); need at least 2")
     pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
@@ -579,7 +579,7 @@ def main(args: Args) -> dict:
     if tiny_world or d.eval_split:
         test_rows = load_pairs(args, "test" if tiny_world else d.eval_split, d.num_test_pairs, seed=0)
     else:
-        rows = load_pairs(args, d.train_split, 10**12, seed=0)  # all pairs, shuffled once
+        rows = load_pairs(args, d.train_split, None, seed=0)  # all pairs, shuffled once
         if len(rows[1]) < d.num_test_pairs + 2:
             fail(
                 f"{d.dataset_name!r} has {len(rows[1])} pairs: too few to hold out --num-test-pairs "

@@ -28,6 +28,7 @@ def load_data(
     num_examples: int | None = None,
     seed: int = 0,
     task_kwargs: dict | None = None,
+    shuffle: bool | None = None,
 ) -> Dataset:
     """A `datasets.Dataset` from `tiny:<task>`, a `save_to_disk` folder, a json/jsonl/csv/parquet file or a hub id."""
     path = Path(name)
@@ -71,6 +72,10 @@ def load_data(
             f"dataset {name!r} lacks the column(s) {missing}; it has {data.column_names}. Rename them with "
             f"`dataset.rename_column` (the script needs {list(required_columns)})."
         )
+    if shuffle is None:
+        shuffle = num_examples is not None  # a subset of a real dataset is a random one, not its first rows
+    if shuffle and not name.startswith("tiny:") and len(data) > 0:
+        data = data.shuffle(seed=seed)
     if num_examples is not None and not name.startswith("tiny:"):
-        data = data.shuffle(seed=seed).select(range(min(num_examples, len(data))))
+        data = data.select(list(range(min(num_examples, len(data)))))
     return data

@@ -347,3 +347,13 @@ def test_sample_ignores_the_models_own_generation_defaults():
     model.generation_config.repetition_penalty = 50.0
     assert sample(model, tokenizer, prompts, max_new_tokens=12, greedy=True).texts == plain
     assert model.generation_config.repetition_penalty == 50.0  # the model's own config is left as it was
+
+
+def test_load_data_shuffles_whole_datasets_on_request(tmp_path):
+    rows = load_data("tiny:string_ops", num_examples=50)
+    rows.save_to_disk(str(tmp_path / "d"))
+    whole = load_data(str(tmp_path / "d"))
+    assert whole["prompt"] == rows["prompt"]  # no subset asked for: order kept
+    mixed = load_data(str(tmp_path / "d"), shuffle=True, seed=1)
+    assert sorted(mixed["prompt"]) == sorted(rows["prompt"]) and mixed["prompt"] != rows["prompt"]
+    assert load_data(str(tmp_path / "d"), num_examples=10, seed=1)["prompt"] == mixed["prompt"][:10]
