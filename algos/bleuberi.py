@@ -10,7 +10,8 @@ own answer has the lowest BLEU ("hard" prompts), then run GRPO with BLEU against
     m_n = sum_g min(cnt_y(g), max_{r in R} cnt_r(g)),   d_n = max(|y| - n + 1, 0),   BP = min(1, exp(1 - r_min / |y|))
     A_i = (r_i - mean_G r) / (std_G r + 1e-4)                          (unbiased std over the G samples of a prompt)
     l_t = -min(rho_t A_i, clip(rho_t, 1-eps, 1+eps) A_i) + beta (e^x_t - x_t - 1),  rho_t = pi/pi_old,  x_t = log ref/pi
-    bnpo: sum(mask l) / sum(mask) per micro-batch;  grpo: mean_i sum_t(mask l) / sum_t mask;  dr_grpo: sum(mask l)/(B T)
+    bnpo: sum(mask l) / sum(mask);  grpo: mean_i sum_t(mask l) / sum_t mask;  dr_grpo: sum(mask l) / (B T_max)
+    (sums and means over the whole step batch of B completions, accumulated over micro-batches)
 
 Implementation details ([code] = lilakk/BLEUBERI @ 70a66e4; [TRL] = trl v0.17.0 trl/trainer/grpo_trainer.py, the
 version the paper pinned; [card] = rewardlab's method notes):
@@ -26,9 +27,10 @@ version the paper pinned; [card] = rewardlab's method notes):
    with ref_len = shortest reference. A fully wrong 6-token answer against a 6-token reference scores
    (1/7 1/6 1/5 1/4)^(1/4) = (1/840)^(1/4) = 0.186; `c b a` against `a b c` scores 0.639 [card 5].
    An empty reference list or reference raises ValueError (evaluate divides by zero there).
-2. In GRPO the text inside the first `<answer>...</answer>` is scored when both tags are present, else the stripped
-   completion [card 3.1]; selection scores the raw text [code create_training_data.py]. The official dataset.py that
-   does the extraction is not in the released repo snapshot we read: this detail is from the card.
+2. In GRPO the answer is extracted as the official code does [code training/dataset.py extract_answer]: with an
+   `<answer>` tag, the text after the first one, cut at `</answer>` when the completion has one, stripped (a lone
+   `<answer>` also scores the text after it); without the tag, the stripped completion. Selection scores the raw
+   text [code create_training_data.py].
 3. Selection [code create_training_data.py]: a pool prompt is eligible only if all its references are non-empty;
    one base-model sample per prompt (T 0.7, top_p 0.9 as the code's vLLM call); hard = lowest BLEU, easy = highest,
    medium = the slice from (N - num) // 2 of the ascending order, random = np.random.seed(seed) choice without
@@ -37,18 +39,25 @@ version the paper pinned; [card] = rewardlab's method notes):
    advantages z-scored with the unbiased std + 1e-4 (`--no-scale-rewards` = Dr. GRPO centring), token ratio against
    the sampling policy clipped at 1 +- 0.2 (with --num-iterations 1, the default, old = logp.detach(), so rho = 1 and
    the clip never binds), k3 KL to the frozen start with beta 0.04, log-probs of logits / sampling temperature, mask
-   up to and including the first stop token (truncated completions stay in), `--loss-type` grpo/bnpo/dr_grpo averaged
-   over micro-batches of `--micro-batch-size` completions as gradient accumulation does (default 8 = G: each
-   micro-batch is one prompt group, as in the paper's per-device batch 8). AdamW (wd 0), grad-norm clip 0.2,
-   constant LR after 5% linear warmup [code grpo.sh].
+   up to and including the first stop token (truncated completions stay in), `--loss-type` grpo/bnpo/dr_grpo.
+   AdamW (wd 0), grad-norm clip 0.2, constant LR after 5% linear warmup [code grpo.sh].
+   DIFFERENCE: every aggregation is normalised over the whole step batch, so forward and backward run per
+   micro-batch of `--micro-batch-size` completions with gradient accumulation and the gradient does not depend
+   on the micro-batch size (tested: 1 x 8 = 4 x 2). TRL normalises bnpo within each micro-batch (the per-device
+   batch 8 of the paper); ours is TRL's `dapo` normalisation, equal to TRL's bnpo when one micro-batch = the batch.
 5. DIFFERENCE: training forward passes use position ids from the attention mask, so left-padded prompts get the same
    positions as in `generate`; TRL 0.17 passes none (positions shift by the padding in short prompts).
 6. DIFFERENCE: sampling stops on end-of-turn tokens as well as EOS (TRL 0.17 stops only on the tokenizer EOS, so
    `<|endoftext|>` base-Qwen runs could score text after `<|im_end|>` [card 5]); temperature 1.0 in the toy (paper
    0.9), top_k 50, top_p 1.0 (TRL defaults). One process, no vLLM, no DeepSpeed.
+   Real models (shared/precision.py, shared/lm.py): the policy keeps fp32 master weights under `--dtype` bf16
+   autocast (the paper's DeepSpeed bf16 does the same), the frozen start is held in bf16; log-probs come from a
+   chunked fp32 log-softmax that never copies the micro-batch's logits to fp32; generation runs in calls of at most
+   `--generation-batch-size` sequences. `--lora-r` trains fp32 adapters over a frozen base (the paper: full FT).
 7. Arms, all from the same start and seed: `bleuberi` (GRPO-BLEU on the BLEU-hard set), `grpo-bleu-random`
    (random set), `sft-hard` (completion-only SFT on the hard set's references, one example per reference, the same
-   number of optimizer steps and prompts per step [code sft.py]) and `grpo-em` (GRPO with an exact-match reward on
+   number of optimizer steps and prompts per step [code sft.py]; a reference longer than --max-completion-length
+   tokens is cut there) and `grpo-em` (GRPO with an exact-match reward on
    its own hard set, ranked by that reward as the paper ranked by RM score: the stand-in for GRPO-RM).
 8. Toy (card 6, SCALED): the tiny Qwen2 (~0.1M params) SFT-warm-started for 450 steps on string_ops (copy, reverse,
    sort, dedup, rotate-left-1; greedy EM 0.59-0.67, so there is headroom); pool 2000, 500 selected, G = 8, 8 prompts
@@ -67,7 +76,8 @@ Commands:
     python algos/bleuberi.py --arms bleuberi sft-hard --loss-type dr_grpo --seed 2
     python algos/bleuberi.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name yapeichang/BLEUBERI-Tulu3-50k \
         --reference-columns ref_output_gold --group-column source --pool-size 2000 --num-examples 500 \
-        --num-eval 200 --max-completion-length 512 --temperature 0.9 --lr 1e-6 --steps 250 --arms bleuberi sft-hard
+        --num-eval 200 --max-completion-length 512 --temperature 0.9 --lr 1e-6 --steps 250 --arms bleuberi sft-hard \
+        --micro-batch-size 8 --generation-batch-size 64 --gradient-checkpointing   # add --lora-r 16 for 7B on one GPU
 Measured (toy defaults, seeds 1 / 2; 2 cores, nothing else running): 60 s with a fresh warm start (62-109 s
 under load 3-5). Start EM 0.594 / 0.650; dEM bleuberi -0.148 / -0.184, grpo-bleu-random -0.052 / -0.026,
 sft-hard -0.024 / -0.038, grpo-em -0.006 / -0.012 (SE ~0.02). The BLEU-hard set is ~98% dedup / reverse / sort and
@@ -78,9 +88,8 @@ been made yet.
 
 from __future__ import annotations
 
-import copy
+import gc
 import math
-import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -95,9 +104,17 @@ from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.data import load_data  # noqa: E402
-from shared.lm import load_causal_lm, position_ids_from_mask, sample, stop_token_ids  # noqa: E402
-from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa: E402
-from shared.warmstart import sft_batch, sft_loss, warm_start  # noqa: E402
+from shared.lm import (  # noqa: E402
+    completion_logprobs,
+    load_causal_lm,
+    load_policy,
+    sample,
+    stop_token_ids,
+    trained_parameters,
+)
+from shared.precision import Precision, setup_precision  # noqa: E402
+from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything  # noqa: E402
+from shared.warmstart import sft_parts, warm_start  # noqa: E402
 
 Arm = Literal["bleuberi", "grpo-bleu-random", "sft-hard", "grpo-em"]
 ARM_SETUP = {  # arm -> (trainer, reward, selection mode, reward that ranks the selection)
@@ -117,11 +134,19 @@ class Args:
     cuda: bool = True
     """use the GPU when one is visible"""
     dtype: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16"""
+    """compute dtype: auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16 (autocast, also on the CPU) or fp16 (GPU)"""
+    fp32_master: bool = True
+    """keep fp32 master weights of the trained policy under bf16/fp16 autocast (off: weights in --dtype, warned)"""
+    gradient_checkpointing: bool = False
+    """recompute activations in backward (less memory, ~1/3 more compute)"""
+    lora_r: int = 0
+    """LoRA rank (0 = full fine-tuning); > 0 trains fp32 adapters on every linear layer over a frozen --dtype base"""
+    lora_alpha: float = 16.0
+    """LoRA scaling alpha (the update is alpha / r x B A)"""
     track: bool = False
     """also log to Weights & Biases"""
     save_model: bool = False
-    """save each arm's final policy under runs/<run_name>/<arm>/"""
+    """save each arm's final policy (fp32 master weights, or the LoRA adapter) under runs/<run_name>/<arm>/"""
     num_threads: int = 1
     """torch CPU threads (1 is fastest for the tiny model)"""
     model_name: str = "tiny:string_ops"
@@ -159,7 +184,7 @@ class Args:
     num_generations: int = 8
     """G, completions per prompt [code grpo.sh: 8]"""
     micro_batch_size: int = 8
-    """completions per loss micro-batch (bnpo normalises within it) [paper: per-device batch 8]"""
+    """completions per forward/backward (gradient accumulation): sets memory, not the gradient [paper: 8/device]"""
     lr: float = 3e-5
     """AdamW learning rate of every arm [paper: 1e-6 for 7B]"""
     warmup_ratio: float = 0.05
@@ -184,8 +209,8 @@ class Args:
     """prompt tokens kept (left-truncated) [code: 512]"""
     max_completion_length: int = 16
     """new tokens per completion [code: 512]"""
-    eval_batch_size: int = 500
-    """prompts per batched generate call in selection and evaluation"""
+    generation_batch_size: int = 500
+    """sequences per batched generate call (selection, GRPO sampling, evaluation): bounds the KV cache"""
 
 
 # ALGO LOGIC: the reward ------------------------------------------------------------------------------------------
@@ -227,9 +252,14 @@ def bleu_reward(completion: str, references: list[str]) -> float:
 
 
 def answer_text(completion: str) -> str:
-    """The text inside the first <answer>...</answer> when both tags are present, else the stripped completion."""
-    match = re.search(r"<answer>(.*?)</answer>", completion, flags=re.DOTALL)
-    return (match.group(1) if match else completion).strip()
+    """The scored text [code training/dataset.py extract_answer]: after the first `<answer>`, up to `</answer>`
+    when the completion has one (a lone `<answer>` scores all that follows it); no tag: the whole completion."""
+    if "<answer>" not in completion:
+        return completion.strip()
+    after_tag = completion.split("<answer>")[1]  # up to a second <answer>, as the official split does
+    if "</answer>" in completion:
+        after_tag = after_tag.split("</answer>")[0]
+    return after_tag.strip()
 
 
 def exact_match_reward(completion: str, references: list[str]) -> float:
@@ -277,27 +307,26 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: bool
     return advantages.reshape(-1)  # [B]
 
 
-def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float):
-    """log pi(token_t | prefix) of every completion token ([B, T]) from logits / temperature, and its entropy."""
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
-    num_completion = completion_ids.size(1)
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        logits_to_keep=num_completion + 1,
-        position_ids=position_ids_from_mask(attention_mask),
-    ).logits  # [B, T+1, V]
-    logits = logits[:, :-1].float() / temperature  # [B, T, V]: position t predicts completion token t
-    log_probs = logits.log_softmax(dim=-1)  # [B, T, V]
-    logps = log_probs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
-    with torch.no_grad():
-        entropy = -(log_probs.exp() * log_probs).sum(-1)  # [B, T]
-    return logps, entropy
+def grpo_loss(
+    logp,
+    old_logp,
+    ref_logp,
+    advantages,
+    completion_mask,
+    beta,
+    epsilon,
+    loss_type,
+    max_completion_length,
+    batch_sequences=None,
+    batch_tokens=None,
+):
+    """Clipped-ratio policy loss plus beta * k3 KL per token, aggregated as grpo / bnpo / dr_grpo.
 
-
-def grpo_loss(logp, old_logp, ref_logp, advantages, completion_mask, beta, epsilon, loss_type, max_completion_length):
-    """Clipped-ratio policy loss plus beta * k3 KL per token, aggregated as TRL 0.17's grpo / bnpo / dr_grpo."""
+    `batch_sequences` and `batch_tokens` are the completions and completion tokens of the whole step batch (default:
+    these rows alone): the loss of a micro-batch is then its share of the step batch's loss, and the micro-batch
+    losses (and gradients) add up to the full-batch ones."""
+    batch_sequences = logp.size(0) if batch_sequences is None else batch_sequences
+    batch_tokens = completion_mask.sum() if batch_tokens is None else batch_tokens
     mask = completion_mask.to(logp.dtype)  # [B, T]
     ratio = torch.exp(logp - old_logp)  # [B, T] rho = pi / pi_old (1 when old_logp = logp.detach())
     clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + epsilon)  # [B, T]
@@ -307,12 +336,12 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, completion_mask, beta, epsil
         log_ref_ratio = ref_logp - logp  # [B, T] x = log(pi_ref / pi)
         per_token_kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # [B, T] k3 estimator of KL(pi || pi_ref), >= 0
         per_token_loss = per_token_loss + beta * per_token_kl  # [B, T]
-    if loss_type == "grpo":  # mean over each sequence's tokens, then over sequences
-        return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-    if loss_type == "bnpo":  # mean over all tokens of the (micro-)batch
-        return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
+    if loss_type == "grpo":  # mean over each sequence's tokens, then over the batch's sequences
+        return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / batch_sequences
+    if loss_type == "bnpo":  # mean over all completion tokens of the batch
+        return (per_token_loss * mask).sum() / max(float(batch_tokens), 1.0)
     if loss_type == "dr_grpo":  # sum over tokens divided by a constant: batch size x max completion length
-        return (per_token_loss * mask).sum() / (per_token_loss.size(0) * max_completion_length)
+        return (per_token_loss * mask).sum() / (batch_sequences * max_completion_length)
     raise ValueError(f"unknown loss_type {loss_type!r}; choose grpo, bnpo or dr_grpo")
 
 
@@ -336,10 +365,12 @@ def ratio_and_kl_metrics(logp, old_logp, ref_logp, advantages, completion_mask, 
 
 
 # Training loops --------------------------------------------------------------------------------------------------
-def make_optimizer(model, args: Args):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+def make_optimizer(parameters, args: Args, precision: Precision):
+    """AdamW (weight decay 0) over the trained parameters, constant LR after a linear warmup [code grpo.sh]."""
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
     warmup = max(1, round(args.warmup_ratio * args.steps))
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    return precision.prepare_optimizer(optimizer), scheduler
 
 
 def prompt_batches(num_rows: int, per_step: int, steps: int, seed: int):
@@ -352,44 +383,78 @@ def prompt_batches(num_rows: int, per_step: int, steps: int, seed: int):
         order = order[per_step:]
 
 
-def train_grpo(arm, model, ref_model, tokenizer, rows, reward_name, args: Args, run: RunLogger) -> None:
+def micro_batches(num_rows: int, micro_batch_size: int, device) -> list[torch.Tensor]:
+    """Row indices of consecutive micro-batches of at most `micro_batch_size` rows."""
+    return list(torch.arange(num_rows, device=device).split(micro_batch_size))
+
+
+@torch.no_grad()
+def frozen_logprobs(model, inputs, args: Args, precision: Precision) -> torch.Tensor:
+    """Per-token log-probs ([B, T]) of a model that is not being updated (the reference, the sampling policy),
+    one micro-batch at a time."""
+    rows = micro_batches(len(inputs[0]), args.micro_batch_size, inputs[0].device)
+    with precision.autocast():
+        return torch.cat([completion_logprobs(model, *(x[mb] for x in inputs), args.temperature)[0] for mb in rows])
+
+
+def accumulate_grpo_gradients(model, inputs, old_logp, ref_logp, advantages, args: Args, precision: Precision):
+    """Forward and backward of the GRPO loss per micro-batch; the gradients add up to the full batch's.
+
+    Returns the policy's log-probs and token entropies ([B, T] each, detached) and the step batch's loss."""
+    prompt_ids, prompt_mask, completion_ids, completion_mask = inputs
+    batch_sequences = len(advantages)
+    batch_tokens = completion_mask.sum()
+    loss_args = (args.beta, args.epsilon, args.loss_type, args.max_completion_length, batch_sequences, batch_tokens)
+    logps, entropies, total_loss = [], [], 0.0
+    for mb in micro_batches(batch_sequences, args.micro_batch_size, advantages.device):
+        with precision.autocast():
+            logp, entropy = completion_logprobs(
+                model, prompt_ids[mb], prompt_mask[mb], completion_ids[mb], completion_mask[mb], args.temperature, True
+            )  # [M, T], [M, T]
+        old = logp.detach() if old_logp is None else old_logp[mb]  # [M, T]
+        ref = None if ref_logp is None else ref_logp[mb]  # [M, T]
+        loss = grpo_loss(logp, old, ref, advantages[mb], completion_mask[mb], *loss_args)  # this share of the loss
+        precision.backward(loss)
+        logps.append(logp.detach())
+        entropies.append(entropy)
+        total_loss += loss.item()
+    return torch.cat(logps), torch.cat(entropies), total_loss
+
+
+def train_grpo(arm, model, ref_model, tokenizer, rows, reward_name, args: Args, run: RunLogger, precision) -> None:
     """GRPO [TRL 0.17 GRPOTrainer] on `rows` (dicts with prompt and references) with `reward_name`."""
-    optimizer, scheduler = make_optimizer(model, args)
+    parameters = trained_parameters(model)
+    optimizer, scheduler = make_optimizer(parameters, args, precision)
     num_prompts, num_tokens = args.batch_size // args.num_generations, 0
-    stop_ids = torch.tensor(stop_token_ids(tokenizer, model), device=next(model.parameters()).device)
+    stop_ids = torch.tensor(stop_token_ids(tokenizer, model), device=precision.device)
     sampling = dict(temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_completion_length)
-    sampling.update(chat=args.chat, max_prompt_length=args.max_prompt_length)
-    loss_args = (args.beta, args.epsilon, args.loss_type, args.max_completion_length)
+    sampling.update(chat=args.chat, max_prompt_length=args.max_prompt_length, batch_size=args.generation_batch_size)
     for step, batch in enumerate(prompt_batches(len(rows), num_prompts, args.steps, args.seed)):
         prompts = [rows[i]["prompt"] for i in batch]
         # 1. sample G completions per prompt (rows prompt-major: each group of G is contiguous)
-        out = sample(model, tokenizer, prompts, num_samples=args.num_generations, **sampling)
+        with precision.autocast():
+            out = sample(model, tokenizer, prompts, num_samples=args.num_generations, **sampling)
         references = [rows[i]["references"] for i in batch for _ in range(args.num_generations)]
         # 2. reward each completion against its prompt's references, then z-score within each group
-        rewards = compute_rewards(reward_name, out.texts, references).to(out.completion_ids.device)  # [B]
+        rewards = compute_rewards(reward_name, out.texts, references).to(precision.device)  # [B]
         advantages = group_advantages(rewards, args.num_generations, args.scale_rewards)  # [B]
         mask = out.completion_mask  # [B, T] 1 up to and including the first stop token
         inputs = (out.prompt_ids, out.prompt_mask, out.completion_ids, mask)
         # 3. log-probs of the frozen reference (and of the sampling policy when it is reused for several updates)
-        with torch.no_grad():
-            ref_logp = per_token_logps(ref_model, *inputs, args.temperature)[0] if args.beta != 0 else None  # [B, T]
-            old_logp = per_token_logps(model, *inputs, args.temperature)[0] if args.num_iterations > 1 else None
+        ref_logp = frozen_logprobs(ref_model, inputs, args, precision) if args.beta != 0 else None  # [B, T]
+        old_logp = frozen_logprobs(model, inputs, args, precision) if args.num_iterations > 1 else None  # [B, T]
         for _ in range(args.num_iterations):
-            # 4. clipped-ratio + k3-KL loss, averaged over micro-batches as gradient accumulation does
-            logp, entropy = per_token_logps(model, *inputs, args.temperature)  # [B, T], [B, T]
-            old = logp.detach() if old_logp is None else old_logp  # [B, T]
-            micro_losses = []
-            for mb in torch.arange(len(rewards), device=mask.device).split(args.micro_batch_size):
-                ref_mb = None if ref_logp is None else ref_logp[mb]  # [M, T]
-                micro_losses.append(grpo_loss(logp[mb], old[mb], ref_mb, advantages[mb], mask[mb], *loss_args))
-            loss = torch.stack(micro_losses).mean()  # as gradient accumulation over the micro-batches
-            # 5. AdamW step on the whole policy
+            # 4. clipped-ratio + k3-KL loss: forward and backward per micro-batch, gradients accumulated
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            logp, entropy, loss = accumulate_grpo_gradients(
+                model, inputs, old_logp, ref_logp, advantages, args, precision
+            )
+            # 5. AdamW step on the trained parameters (fp32 master weights)
+            grad_norm = precision.clip_grad_norm_(parameters, args.max_grad_norm)
             optimizer.step()
         scheduler.step()
         # 6. log TRL's metrics
+        old = logp if old_logp is None else old_logp  # [B, T]
         lengths = mask.sum(1).float()  # [B]
         terminated = lengths[torch.isin(out.completion_ids, stop_ids).any(dim=1)]  # rows that emitted a stop token
         num_tokens += int(out.prompt_mask.sum() + mask.sum())
@@ -407,28 +472,51 @@ def train_grpo(arm, model, ref_model, tokenizer, rows, reward_name, args: Args, 
             "completions/clipped_ratio": 1 - len(terminated) / len(lengths),
             "completions/mean_terminated_length": terminated.mean().item() if len(terminated) else 0.0,
             "num_tokens": num_tokens,
-            "losses/loss": loss.item(),
+            "losses/loss": loss,
             "charts/grad_norm": grad_norm.item(),
             "charts/learning_rate": scheduler.get_last_lr()[0],
         }
         run.log(step, {f"{k}/{arm}": v for k, v in metrics.items()})
 
 
-def train_sft(arm, model, tokenizer, rows, args: Args, run: RunLogger) -> None:
+def accumulate_sft_gradients(model, inputs, args: Args, precision: Precision) -> float:
+    """Forward and backward of the mean token cross-entropy of the references, per micro-batch; each micro-batch
+    adds its share (its summed NLL over the step batch's target tokens), so the gradients add up to the full
+    batch's. Returns the step batch's loss."""
+    target_mask = inputs[3]  # [N, T] 1 on reference tokens and the EOS
+    batch_tokens = target_mask.sum()
+    total_loss = 0.0
+    for mb in micro_batches(len(target_mask), args.micro_batch_size, target_mask.device):
+        with precision.autocast():
+            logp = completion_logprobs(model, *(x[mb] for x in inputs))[0]  # [M, T]
+        loss = -(logp * target_mask[mb]).sum() / batch_tokens
+        precision.backward(loss)
+        total_loss += loss.item()
+    return total_loss
+
+
+def train_sft(arm, model, tokenizer, rows, args: Args, run: RunLogger, precision: Precision) -> None:
     """Completion-only SFT on the references (one example per reference), as many steps as GRPO [code sft.py]."""
-    optimizer, scheduler = make_optimizer(model, args)
-    device = next(model.parameters()).device
-    for step, batch in enumerate(
-        prompt_batches(len(rows), args.batch_size // args.num_generations, args.steps, args.seed)
-    ):
+    parameters = trained_parameters(model)
+    optimizer, scheduler = make_optimizer(parameters, args, precision)
+    per_step = args.batch_size // args.num_generations
+    for step, batch in enumerate(prompt_batches(len(rows), per_step, args.steps, args.seed)):
         pairs = [(rows[i]["prompt"], ref) for i in batch for ref in rows[i]["references"]]
-        loss = sft_loss(model, *sft_batch(tokenizer, [p for p, _ in pairs], [r for _, r in pairs], device=device))
+        inputs = sft_parts(
+            tokenizer,
+            [prompt for prompt, _ in pairs],
+            [reference for _, reference in pairs],
+            device=precision.device,
+            chat=args.chat,
+            max_prompt_length=args.max_prompt_length,
+            max_target_length=args.max_completion_length,
+        )  # prompt ids and mask [N, P], target ids (reference + EOS) and mask [N, T]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        loss = accumulate_sft_gradients(model, inputs, args, precision)
+        grad_norm = precision.clip_grad_norm_(parameters, args.max_grad_norm)
         optimizer.step()
         scheduler.step()
-        run.log(step, {f"losses/sft_loss/{arm}": loss.item(), f"charts/grad_norm/{arm}": grad_norm.item()})
+        run.log(step, {f"losses/sft_loss/{arm}": loss, f"charts/grad_norm/{arm}": grad_norm.item()})
 
 
 # Data, evaluation and the run ------------------------------------------------------------------------------------
@@ -472,20 +560,27 @@ def load_rows(args: Args) -> tuple[list[dict], list[dict]]:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, rows, args: Args, greedy: bool, temperature: float = 1.0, top_p: float = 1.0):
-    """One completion per row, batched."""
-    texts, lengths = [], dict(max_new_tokens=args.max_completion_length, max_prompt_length=args.max_prompt_length)
-    lengths["chat"] = args.chat
-    for start in range(0, len(rows), args.eval_batch_size):
-        prompts = [r["prompt"] for r in rows[start : start + args.eval_batch_size]]
-        out = sample(model, tokenizer, prompts, greedy=greedy, temperature=temperature, top_p=top_p, **lengths)
-        texts += out.texts
-    return texts
+def generate(model, tokenizer, rows, args: Args, precision: Precision, greedy: bool, **sampling) -> list[str]:
+    """One completion per row, in generate calls of at most --generation-batch-size sequences."""
+    prompts = [row["prompt"] for row in rows]
+    lengths = dict(max_new_tokens=args.max_completion_length, max_prompt_length=args.max_prompt_length)
+    with precision.autocast():
+        out = sample(
+            model,
+            tokenizer,
+            prompts,
+            greedy=greedy,
+            chat=args.chat,
+            batch_size=args.generation_batch_size,
+            **lengths,
+            **sampling,
+        )
+    return out.texts
 
 
-def evaluate(model, tokenizer, rows, args: Args) -> dict:
+def evaluate(model, tokenizer, rows, args: Args, precision: Precision) -> dict:
     """Greedy exact match and BLEU on held-out rows, overall and per group."""
-    texts = generate(model, tokenizer, rows, args, greedy=True)
+    texts = generate(model, tokenizer, rows, args, precision, greedy=True)
     references = [r["references"] for r in rows]
     em, bleu = compute_rewards("exact_match", texts, references), compute_rewards("bleu", texts, references)  # [N]
     groups = defaultdict(list)
@@ -506,7 +601,7 @@ def check_args(args: Args) -> None:
     if not args.lr > 0:
         fail(f"--lr {args.lr} must be positive")
     counts = "steps pool_size num_examples num_eval num_iterations max_completion_length max_prompt_length"
-    for name in (counts + " eval_batch_size warm_start_steps num_threads").split():
+    for name in (counts + " generation_batch_size warm_start_steps num_threads").split():
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not (args.temperature > 0 and args.selection_temperature > 0 and 0 < args.selection_top_p <= 1):
@@ -517,29 +612,30 @@ def check_args(args: Args) -> None:
         fail(f"--reference-columns {args.reference_columns} must name one or more reference columns (not prompt)")
     if not args.arms or len(set(args.arms)) != len(args.arms):
         fail(f"--arms must list distinct arms, got {args.arms}")
+    if args.lora_r < 0 or not args.lora_alpha > 0:
+        fail(f"--lora-r must be >= 0 (0 = full fine-tuning) and --lora-alpha > 0, got {args.lora_r}, {args.lora_alpha}")
 
 
 def main(args: Args) -> dict:
     check_args(args)
     torch.set_num_threads(args.num_threads)
     seed_everything(args.seed)
-    device = pick_device(args.cuda)
-    dtype = pick_dtype(args.dtype, device)
+    precision = setup_precision(args.dtype, args.cuda, args.fp32_master)
     start_time = time.time()
     pool, heldout = load_rows(args)
-    # 1. pi_0 = the start policy (frozen: it is also the KL reference of every GRPO arm)
+    # 1. pi_0 = the start policy, frozen (also the KL reference of every GRPO arm), held in the frozen dtype
+    model_path = args.model_name
     if args.model_name.startswith("tiny:"):
-        path = warm_start(args.model_name.split(":", 1)[1], seed=args.warm_start_seed, steps=args.warm_start_steps)
-        start_model, tokenizer = load_causal_lm(str(path), device=device, dtype=dtype)
-    else:
-        start_model, tokenizer = load_causal_lm(args.model_name, device=device, dtype=dtype, seed=args.seed)
+        task_name = args.model_name.split(":", 1)[1]
+        model_path = str(warm_start(task_name, seed=args.warm_start_seed, steps=args.warm_start_steps))
+    start_model, tokenizer = load_causal_lm(model_path, precision.device, precision.frozen_dtype, seed=args.seed)
     start_model.eval().requires_grad_(False)
     task = args.dataset_name.split(":", 1)[1] if args.dataset_name.startswith("tiny:") else "custom"
     run = RunLogger(make_run_name(f"bleuberi-{task}", args.exp_name, args.seed), args, track=args.track, print_every=25)
 
     # 2. selection: one pi_0 sample per pool prompt, scored on its raw text; keep the lowest-scoring prompts
     sampling = dict(temperature=args.selection_temperature, top_p=args.selection_top_p)
-    texts = generate(start_model, tokenizer, pool, args, greedy=False, **sampling)
+    texts = generate(start_model, tokenizer, pool, args, precision, greedy=False, **sampling)
     pool_refs = [r["references"] for r in pool]
     scores = {name: compute_rewards(name, texts, pool_refs, extract=False).tolist() for name in REWARDS}
     train_sets, notes = {}, []
@@ -555,22 +651,26 @@ def main(args: Args) -> dict:
         print(notes[-1], flush=True)
     print(f"setup (data, start, selection): {time.time() - start_time:.1f} s", flush=True)
 
-    # 3. each arm trains a copy of pi_0 on its set, from the same seed; then greedy evaluation on held-out prompts
-    start_eval = evaluate(start_model, tokenizer, heldout, args)
+    # 3. each arm trains pi_0, loaded afresh in fp32 master weights (or with LoRA adapters), on its set from the
+    #    same seed; then greedy evaluation on held-out prompts
+    start_eval = evaluate(start_model, tokenizer, heldout, args, precision)
     results = {"start": {**start_eval, "set": "-", "reward": "-", "seconds": 0.0}}
+    policy_options = dict(
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, gradient_checkpointing=args.gradient_checkpointing
+    )
     for arm in args.arms:
         trainer, reward_name, mode, rank = ARM_SETUP[arm]
         seed_everything(args.seed)
-        model = copy.deepcopy(start_model).train().requires_grad_(True)
+        model, _ = load_policy(model_path, precision, seed=args.seed, **policy_options)
         arm_start = time.time()
         if trainer == "grpo":
-            train_grpo(arm, model, start_model, tokenizer, train_sets[mode, rank], reward_name, args, run)
+            train_grpo(arm, model, start_model, tokenizer, train_sets[mode, rank], reward_name, args, run, precision)
         else:
-            train_sft(arm, model, tokenizer, train_sets[mode, rank], args, run)
+            train_sft(arm, model, tokenizer, train_sets[mode, rank], args, run, precision)
         seconds = time.time() - arm_start
         model.eval()
         results[arm] = {
-            **evaluate(model, tokenizer, heldout, args),
+            **evaluate(model, tokenizer, heldout, args, precision),
             "set": f"{mode} ({rank})",
             "reward": reward_name if trainer == "grpo" else "SFT",
             "seconds": seconds,
@@ -581,8 +681,10 @@ def main(args: Args) -> dict:
             echo=True,
         )
         if args.save_model:
-            model.save_pretrained(run.dir / arm)
+            model.save_pretrained(run.dir / arm)  # fp32 master weights; with --lora-r, the peft adapter
             tokenizer.save_pretrained(run.dir / arm)
+        del model  # the next arm's policy takes its place on the device
+        gc.collect()
 
     # 4. the table: greedy exact match and BLEU on held-out prompts, per arm and per group
     rows = [

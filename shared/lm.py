@@ -172,12 +172,16 @@ def load_causal_lm(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     model_class=AutoModelForCausalLM,
+    new_head: bool = False,
     **model_kwargs,
 ):
     """(model, tokenizer) for `tiny`, `tiny:<task>`, a local `save_pretrained` folder, or a hub id.
 
     `model_class` lets a script load a different head through the same path (e.g.
-    `AutoModelForSequenceClassification` with `num_labels=1` for a reward model)."""
+    `AutoModelForSequenceClassification` with `num_labels=1` for a reward model). A checkpoint that lacks weights
+    the model needs (a causal LM loaded as a reward model has no `score` head) stops the run with a message, where
+    transformers would only warn and initialise them at random; `new_head=True` is for a script that trains a new
+    head on purpose (a reward model fitted from a language model)."""
     if name_or_path == "tiny":  # a freshly initialised tiny model, with the head `model_class` gives it
         tokenizer = build_tokenizer()
         config = tiny_config(tokenizer)
@@ -193,7 +197,16 @@ def load_causal_lm(
     if not Path(name_or_path).is_dir():
         check_hub_id(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
-    model = model_class.from_pretrained(name_or_path, dtype=dtype, local_files_only=offline(), **model_kwargs)
+    model, loading_info = model_class.from_pretrained(
+        name_or_path, dtype=dtype, local_files_only=offline(), output_loading_info=True, **model_kwargs
+    )
+    missing = sorted(loading_info["missing_keys"])
+    if missing and not new_head:
+        fail(
+            f"{name_or_path!r} has no weights for {', '.join(missing)}: loaded as {model_class.__name__} these would "
+            "be random. Pass a checkpoint that has them (for a reward model: one saved with its scalar head), "
+            "not a plain language model."
+        )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device), tokenizer
@@ -288,10 +301,11 @@ def sample(
     chat: bool = True,
     max_prompt_length: int | None = None,
     system_prompt: str | None = None,
+    batch_size: int | None = None,
 ) -> Completions:
-    """Sample `num_samples` completions per prompt in one batched `generate` call with the KV cache."""
+    """Sample `num_samples` completions per prompt with the KV cache, in batched `generate` calls of at most
+    `batch_size` sequences each (None: one call), so the KV cache is bounded by `batch_size`, not by the batch."""
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, chat, max_prompt_length, system_prompt, device)
     stop_ids = stop_token_ids(tokenizer, model)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -302,12 +316,29 @@ def sample(
         use_cache=True,
         **({} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": top_k}),
     )
+    prompts_per_call = len(prompts) if batch_size is None else max(1, batch_size // num_samples)
     was_training = model.training
     model.eval()
+    prompt_chunks, completion_chunks = [], []
     with only_given_generation_options(model):
-        sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+        for start in range(0, len(prompts), prompts_per_call):
+            chunk = prompts[start : start + prompts_per_call]
+            ids, mask = encode_prompts(tokenizer, chunk, chat, max_prompt_length, system_prompt, device)  # [n, P]
+            sequences = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            prompt_chunks.append((ids, mask))
+            completion_chunks.append(sequences[:, ids.shape[1] :])  # [n*G, T_chunk]
     model.train(was_training)
-    completion_ids = sequences[:, prompt_ids.shape[1] :]  # [N*G, T]
+    # calls differ in prompt width and completion length: left-pad prompts and right-pad completions to the longest
+    widest = max(ids.shape[1] for ids, _ in prompt_chunks)
+    pad = torch.nn.functional.pad
+    prompt_ids = torch.cat(
+        [pad(ids, (widest - ids.shape[1], 0), value=tokenizer.pad_token_id) for ids, _ in prompt_chunks]
+    )
+    prompt_mask = torch.cat([pad(mask, (widest - mask.shape[1], 0), value=0) for _, mask in prompt_chunks])
+    longest = max(chunk.shape[1] for chunk in completion_chunks)
+    completion_ids = torch.cat(
+        [pad(chunk, (0, longest - chunk.shape[1]), value=tokenizer.pad_token_id) for chunk in completion_chunks]
+    )  # [N*G, T]
     mask = completion_mask(completion_ids, stop_ids)
     texts = tokenizer.batch_decode(
         completion_ids * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True
@@ -319,3 +350,138 @@ def sample(
         completion_mask=mask,
         texts=[t.strip() for t in texts],
     )
+
+
+# Log-probabilities without full-vocabulary fp32 copies --------------------------------------------------------------
+LOGPROB_CHUNK_ELEMENTS = 2**23  # fp32 numbers per chunk (32 MiB): 55 positions at a 151,936-token vocabulary
+
+
+def chunk_rows_for(vocab_size: int) -> int:
+    """Positions per chunk so that one [rows, V] fp32 chunk holds about LOGPROB_CHUNK_ELEMENTS numbers."""
+    return max(1, LOGPROB_CHUNK_ELEMENTS // vocab_size)
+
+
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    """log softmax(logits / T)[index] row by row, in fp32, holding one chunk of fp32 rows at a time.
+
+    The plain `logits.float().log_softmax(-1).gather(...)` makes an fp32 copy of all the logits and keeps the
+    fp32 log-softmax for backward: two [N, V] fp32 tensors. Here forward keeps only the logits (in their own
+    dtype) and one fp32 log-sum-exp per row; backward recomputes softmax chunk by chunk:
+        d logp_n / d logit_{n,v} = (1[v = index_n] - softmax(logits_n / T)_v) / T."""
+
+    @staticmethod
+    def forward(ctx, logits, index, temperature, chunk_rows):
+        logps = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)  # [N]
+        log_normalisers = torch.empty_like(logps)  # [N]
+        for start in range(0, logits.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            scaled = logits[rows].float() / temperature  # [c, V] the one fp32 chunk
+            log_normalisers[rows] = scaled.logsumexp(dim=-1)  # [c]
+            logps[rows] = scaled.gather(-1, index[rows, None]).squeeze(-1) - log_normalisers[rows]  # [c]
+        ctx.save_for_backward(logits, index, log_normalisers)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        return logps
+
+    @staticmethod
+    def backward(ctx, grad_logps):
+        logits, index, log_normalisers = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)  # [N, V] in the logits' dtype
+        for start in range(0, logits.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            probs = torch.exp(logits[rows].float() / ctx.temperature - log_normalisers[rows, None])  # [c, V]
+            grad = -probs * grad_logps[rows, None]  # [c, V]
+            grad.scatter_add_(-1, index[rows, None], grad_logps[rows, None].float())  # + 1[v = index] * g
+            grad_logits[rows] = grad / ctx.temperature
+        return grad_logits, None, None, None
+
+
+def selective_log_softmax(
+    logits: torch.Tensor, index: torch.Tensor, temperature: float = 1.0, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """log softmax(logits / temperature) at `index`: [..., V] logits and [...] ids -> [...] fp32 log-probs.
+
+    Equal to `(logits.float() / temperature).log_softmax(-1).gather(-1, index[..., None])[..., 0]` for fp32, bf16
+    or fp16 logits, with gradients, but never holds more than `chunk_rows` rows of a full-vocabulary fp32 tensor
+    (default: about 32 MiB of them, see `chunk_rows_for`)."""
+    vocab_size = logits.shape[-1]
+    flat_logits = logits.reshape(-1, vocab_size)  # a view when the logits are contiguous
+    chunk_rows = chunk_rows or chunk_rows_for(vocab_size)
+    logps = _SelectiveLogSoftmax.apply(flat_logits, index.reshape(-1), float(temperature), chunk_rows)
+    return logps.view(index.shape)
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk_rows: int | None = None) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) per position ([..., V] -> [...] fp32), one fp32 chunk at a time."""
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # [N, V]
+    chunk_rows = chunk_rows or chunk_rows_for(logits.shape[-1])
+    entropy = torch.empty(flat_logits.shape[0], dtype=torch.float32, device=logits.device)  # [N]
+    for start in range(0, flat_logits.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        log_probs = (flat_logits[rows].float() / temperature).log_softmax(dim=-1)  # [c, V]
+        entropy[rows] = -(log_probs.exp() * log_probs).sum(dim=-1)  # [c]
+    return entropy.view(logits.shape[:-1])
+
+
+def completion_logprobs(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(completion token t | prompt, tokens < t) of every completion token ([B, T], fp32), from
+    logits / temperature, and the token entropy ([B, T], no gradient) when `with_entropy`.
+
+    Position ids come from the attention mask, so left-padded prompts see the positions `generate` gave them.
+    Only the T positions that predict completion tokens go through the LM head, and the log-softmax is taken in
+    fp32 one chunk of positions at a time: memory is set by the batch passed in, so call it per micro-batch."""
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
+    prompt_length, completion_length = prompt_ids.shape[1], completion_ids.shape[1]
+    # position P-1+t predicts completion token t: keep exactly those T positions
+    predicting = torch.arange(prompt_length - 1, prompt_length + completion_length - 1, device=input_ids.device)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=predicting,
+        use_cache=False,
+    ).logits  # [B, T, V]
+    logps = selective_log_softmax(logits, completion_ids, temperature)  # [B, T]
+    entropy = token_entropy(logits.detach(), temperature) if with_entropy else None  # [B, T]
+    return logps, entropy
+
+
+# The model that is trained ----------------------------------------------------------------------------------------
+def load_policy(
+    name_or_path: str,
+    precision,
+    seed: int = 0,
+    lora_r: int = 0,
+    lora_alpha: float = 16.0,
+    gradient_checkpointing: bool = False,
+    **load_kwargs,
+):
+    """(model, tokenizer) ready to train: fp32 master weights (`precision.trained_dtype`), or with `lora_r` > 0 a
+    frozen base in the compute dtype with fp32 LoRA adapters on every linear layer (peft); optionally with
+    gradient checkpointing (activations recomputed in backward: less memory, about a third more compute)."""
+    base_dtype = precision.frozen_dtype if lora_r > 0 else precision.trained_dtype
+    model, tokenizer = load_causal_lm(name_or_path, precision.device, base_dtype, seed, **load_kwargs)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora_r > 0:
+        from peft import LoraConfig, get_peft_model  # lazy: only behind --lora-r
+
+        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = get_peft_model(model, config, autocast_adapter_dtype=True)  # adapters in fp32
+    return model.train(), tokenizer
+
+
+def trained_parameters(model) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer updates (all of them, or the LoRA adapters)."""
+    return [parameter for parameter in model.parameters() if parameter.requires_grad]

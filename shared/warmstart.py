@@ -32,21 +32,34 @@ CACHE_DIR = Path(os.environ.get("REWARDLAB_CACHE", Path(__file__).resolve().pare
 RECIPE_VERSION = 1  # bump when the recipe below changes, so stale caches are not reused
 
 
+def sft_parts(
+    tokenizer,
+    prompts: list[str],
+    targets: list[str],
+    device="cpu",
+    chat: bool = True,
+    max_prompt_length: int | None = None,
+    max_target_length: int | None = None,
+):
+    """Prompt ids and mask (left-padded) and target ids and mask (right-padded): each target is the reference's
+    tokens followed by the EOS id, or its first `max_target_length` tokens (no EOS) when it is longer."""
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, chat, max_prompt_length, device=device)  # [B, P]
+    rows = []
+    for ids in tokenizer(list(targets), add_special_tokens=False)["input_ids"]:
+        cut = max_target_length is not None and len(ids) >= max_target_length
+        rows.append(ids[:max_target_length] if cut else ids + [tokenizer.eos_token_id])
+    longest = max(len(row) for row in rows)
+    target_ids = torch.tensor([row + [tokenizer.pad_token_id] * (longest - len(row)) for row in rows], device=device)
+    target_mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in rows], device=device)
+    return prompt_ids, prompt_mask, target_ids, target_mask  # [B, P], [B, P], [B, T], [B, T]
+
+
 def sft_batch(tokenizer, prompts: list[str], targets: list[str], device="cpu"):
     """input ids, attention mask, position ids and labels (-100 on prompt and padding) for completion-only SFT."""
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device=device)  # [B, P] left-padded
-    target = tokenizer(
-        [t + " " + tokenizer.eos_token for t in targets],
-        add_special_tokens=False,
-        padding=True,
-        padding_side="right",
-        return_tensors="pt",
-    ).to(device)  # [B, T] right-padded
-    input_ids = torch.cat([prompt_ids, target["input_ids"]], dim=1)  # [B, P+T]
-    attention_mask = torch.cat([prompt_mask, target["attention_mask"]], dim=1)  # [B, P+T]
-    labels = torch.cat(
-        [torch.full_like(prompt_ids, -100), target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)], dim=1
-    )  # [B, P+T]
+    prompt_ids, prompt_mask, target_ids, target_mask = sft_parts(tokenizer, prompts, targets, device=device)
+    input_ids = torch.cat([prompt_ids, target_ids], dim=1)  # [B, P+T]
+    attention_mask = torch.cat([prompt_mask, target_mask], dim=1)  # [B, P+T]
+    labels = torch.cat([torch.full_like(prompt_ids, -100), target_ids.masked_fill(target_mask == 0, -100)], dim=1)
     return input_ids, attention_mask, position_ids_from_mask(attention_mask), labels
 
 

@@ -99,8 +99,15 @@ def test_bleu_equals_sacrebleu_counts_plus_one_with_shortest_reference():
 
 
 def test_answer_tags_and_rewards():
+    """The official extract_answer: text after the first <answer>, cut at </answer> when there is one."""
     assert bleuberi.answer_text("<think>x y</think><answer> a b c </answer>") == "a b c"
-    assert bleuberi.answer_text("  a b <answer>") == "a b <answer>"  # no closing tag: the whole stripped text
+    assert bleuberi.answer_text("<think>x</think><answer> a b c") == "a b c"  # a lone tag scores what follows
+    assert bleuberi.answer_text("  a b <answer>") == ""  # ... which can be nothing: reward 0
+    assert bleuberi.answer_text("<answer>a<answer>b</answer>") == "a"  # up to the second <answer>
+    assert bleuberi.answer_text("x </answer> y <answer> z") == "z"  # a closing tag before the opening one
+    assert bleuberi.answer_text("  no tags here \n") == "no tags here"
+    assert bleuberi.compute_rewards("bleu", ["a b <answer>"], [["a b"]]).tolist() == [0.0]
+    assert bleuberi.compute_rewards("bleu", ["<think>q</think><answer> a b c d"], [["a b c d"]]).tolist() == [1.0]
     texts, refs = ["<think>q</think><answer>a b c d</answer>", "a b c d"], [["a b c d"], ["a b c d"]]
     assert bleuberi.compute_rewards("bleu", texts, refs).tolist() == [1.0, 1.0]
     assert bleuberi.compute_rewards("bleu", texts, refs, extract=False)[0] < 1.0  # selection scores the raw text
@@ -174,33 +181,6 @@ def test_grpo_loss_k3_kl_and_clip():
         assert (grad.abs().sum().item() == 0) == clipped
         metrics = bleuberi.ratio_and_kl_metrics(logp, old, None, torch.tensor([advantage]), mask, 0.2)
         assert metrics["clip_ratio/region_mean"] == float(clipped)
-
-
-def test_per_token_logps_match_generate_scores():
-    """logits / T gathered on the completion tokens, with position ids from the mask, equal generate's scores."""
-    from transformers import GenerationConfig
-
-    from shared.lm import build_tiny_lm, completion_mask, encode_prompts
-
-    model, tokenizer = build_tiny_lm(seed=3)
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, ["copy : a b", "sort : c a b d e f g"])  # left-padded
-    config = GenerationConfig(
-        do_sample=True, temperature=0.7, top_k=0, max_new_tokens=6, pad_token_id=0, eos_token_id=tokenizer.eos_token_id
-    )
-    torch.manual_seed(0)
-    out = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        generation_config=config,
-        output_scores=True,
-        return_dict_in_generate=True,
-    )
-    completion_ids = out.sequences[:, prompt_ids.size(1) :]
-    mask = completion_mask(completion_ids, [tokenizer.eos_token_id])
-    expected = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, completion_ids[..., None])[..., 0]
-    logps, entropy = bleuberi.per_token_logps(model, prompt_ids, prompt_mask, completion_ids, mask, 0.7)
-    assert torch.allclose(logps[mask.bool()], expected[mask.bool()], atol=1e-5)
-    assert (entropy >= 0).all()
 
 
 # runs ------------------------------------------------------------------------------------------------------------
@@ -320,3 +300,139 @@ def test_bad_datasets_fail_fast(columns, message, tmp_path, runs_in_tmp):
     with pytest.raises(SystemExit, match=message):
         main(Args(dataset_name=str(tmp_path / "data"), model_name="tiny", **TINY))
     assert not runs_in_tmp.exists() or not any(runs_in_tmp.iterdir())
+
+
+# real models: micro-batches, precision, memory -------------------------------------------------------------------
+def grpo_batch():
+    """8 sampled completions of 4 prompts (groups of 2) with random rewards, a reference and a sampling policy
+    away from the policy (so the KL term, the ratio and its clip all act)."""
+    from shared.lm import build_tiny_lm, completion_logprobs, sample
+
+    model, tokenizer = build_tiny_lm(seed=8)
+    reference, _ = build_tiny_lm(seed=9)
+    torch.manual_seed(0)
+    prompts = ["copy : a b", "sort : c a b d e f g", "reverse : a b c", "dedup : a a b"]
+    out = sample(model, tokenizer, prompts, num_samples=2, max_new_tokens=6)
+    lengths = torch.tensor([6, 2, 4, 1, 5, 3, 6, 2])  # completions of different lengths: token normalisation matters
+    mask = (torch.arange(6)[None, :] < lengths[:, None]).long()  # [8, 6]
+    completion_ids = out.completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    inputs = (out.prompt_ids, out.prompt_mask, completion_ids, mask)
+    advantages = group_advantages(torch.randn(8), 2)
+    with torch.no_grad():
+        ref_logp = completion_logprobs(reference, *inputs)[0]
+        old_logp = completion_logprobs(model, *inputs)[0] + 0.3 * torch.randn(mask.shape)
+    return model, inputs, old_logp, ref_logp, advantages
+
+
+def gradients(model):
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo"])
+def test_micro_batches_give_the_full_batch_gradient(loss_type):
+    """The same batch as 1 x 8, 4 x 2 and 8 x 1 gives the gradient of one full-batch grpo_loss (1e-5)."""
+    from shared.lm import completion_logprobs
+    from shared.precision import setup_precision
+
+    model, inputs, old_logp, ref_logp, advantages = grpo_batch()
+    precision = setup_precision("fp32", cuda=False)
+    logp = completion_logprobs(model, *inputs)[0]
+    full = grpo_loss(logp, old_logp, ref_logp, advantages, inputs[3], 0.04, 0.2, loss_type, 6)
+    full.backward()
+    expected = gradients(model)
+    for micro_batch_size in (8, 2, 1):
+        args = Args(micro_batch_size=micro_batch_size, loss_type=loss_type, max_completion_length=6)
+        _, _, loss = bleuberi.accumulate_grpo_gradients(model, inputs, old_logp, ref_logp, advantages, args, precision)
+        assert loss == pytest.approx(full.item(), abs=1e-6)
+        for ours, theirs in zip(gradients(model), expected):
+            assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5), micro_batch_size
+    # the control: normalising bnpo within each micro-batch (TRL's bnpo) gives another gradient at 4 x 2
+    if loss_type == "bnpo":
+        per_micro = sum(
+            grpo_loss(logp[mb], old_logp[mb], ref_logp[mb], advantages[mb], inputs[3][mb], 0.04, 0.2, "bnpo", 6) / 4
+            for mb in torch.arange(8).split(2)
+        )
+        assert per_micro.item() != pytest.approx(full.item(), abs=1e-4)
+
+
+def test_sft_micro_batches_give_the_mean_cross_entropy_and_its_gradient():
+    from shared.lm import build_tiny_lm
+    from shared.precision import setup_precision
+    from shared.warmstart import sft_batch, sft_loss, sft_parts
+
+    model, tokenizer = build_tiny_lm(seed=10)
+    prompts = ["copy : a b", "sort : c a b d e f g", "reverse : a b c", "dedup : a a b"] * 2
+    references = ["a b", "a b c d e f g", "c b a", "a b", "a", "b c", "c", "a b c d"]
+    sft_loss(model, *sft_batch(tokenizer, prompts, references)).backward()  # the warm start's own loss, one batch
+    expected = gradients(model)
+    expected_loss = sft_loss(model, *sft_batch(tokenizer, prompts, references)).item()
+    precision = setup_precision("fp32", cuda=False)
+    inputs = sft_parts(tokenizer, prompts, references)
+    for micro_batch_size in (8, 2):
+        loss = bleuberi.accumulate_sft_gradients(model, inputs, Args(micro_batch_size=micro_batch_size), precision)
+        assert loss == pytest.approx(expected_loss, rel=1e-5)
+        for ours, theirs in zip(gradients(model), expected):
+            assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
+    cut = sft_parts(tokenizer, ["sort : c a b d e f g"], ["a b c d e f g"], max_target_length=3)
+    assert cut[2].tolist() == [tokenizer.convert_tokens_to_ids(["a", "b", "c"])]  # cut: no EOS
+
+
+def weight_distance(folder_a, folder_b) -> float:
+    from shared.lm import load_causal_lm
+
+    a = load_causal_lm(str(folder_a))[0].state_dict()
+    b = load_causal_lm(str(folder_b))[0].state_dict()
+    return math.sqrt(sum((a[k].float() - b[k].float()).pow(2).sum().item() for k in a))
+
+
+def test_bf16_autocast_moves_the_weights_like_fp32(tmp_path, runs_in_tmp):
+    """512-wide random Qwen2, lr 1e-6, 3 steps: fp32 master weights under bf16 autocast move 0.7-1.4x as far as
+    fp32 training does; bf16 weights without master copies do not (their distance is the rounding of the start)."""
+    from shared.lm import build_tiny_lm
+
+    model, tokenizer = build_tiny_lm(seed=11, hidden_size=512)
+    model.save_pretrained(tmp_path / "start")
+    tokenizer.save_pretrained(tmp_path / "start")
+    options = dict(TINY, model_name=str(tmp_path / "start"), arms=("bleuberi",), lr=1e-6, steps=3, save_model=True)
+    distances = {}
+    for name, extra in (
+        ("fp32", dict(dtype="fp32")),
+        ("bf16", dict(dtype="bf16")),
+        ("pure", dict(dtype="bf16", fp32_master=False)),
+    ):
+        main(Args(**options, **extra, exp_name=name))
+        (folder,) = [f for f in runs_in_tmp.iterdir() if f"__{name}__" in f.name]
+        distances[name] = weight_distance(tmp_path / "start", folder / "bleuberi")
+    assert distances["fp32"] > 0
+    assert 0.7 <= distances["bf16"] / distances["fp32"] <= 1.4, distances
+    assert distances["pure"] / distances["fp32"] > 3, distances
+
+
+def test_lora_and_gradient_checkpointing_train_adapters_only(tmp_path, runs_in_tmp):
+    from peft import PeftModel
+
+    from shared.lm import build_tiny_lm, load_causal_lm
+
+    model, tokenizer = build_tiny_lm(seed=12)
+    model.save_pretrained(tmp_path / "start")
+    tokenizer.save_pretrained(tmp_path / "start")
+    args = Args(
+        **{**TINY, "steps": 3},
+        model_name=str(tmp_path / "start"),
+        arms=("bleuberi", "sft-hard"),
+        lora_r=4,
+        lora_alpha=8,
+        lr=1e-2,
+        gradient_checkpointing=True,
+        save_model=True,
+    )
+    main(args)
+    folder = run_folder(runs_in_tmp)
+    for arm in ("bleuberi", "sft-hard"):
+        assert (folder / arm / "adapter_config.json").exists()
+        base = load_causal_lm(str(tmp_path / "start"))[0]
+        merged = PeftModel.from_pretrained(base, str(folder / arm)).merge_and_unload()
+        start = load_causal_lm(str(tmp_path / "start"))[0].state_dict()
+        assert any(not torch.equal(start[k], v) for k, v in merged.state_dict().items()), arm
