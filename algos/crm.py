@@ -549,7 +549,8 @@ def main(args: Args) -> dict:
     # 1. the two models (RM heads or policies), seeds seed and seed + 1; fails fast on an unreachable model id
     def load(seed: int, model_class=AutoModelForSequenceClassification):
         torch.manual_seed(seed)  # a pretrained backbone gets its new head from the global RNG
-        kwargs = {"num_labels": 1} if model_class is AutoModelForSequenceClassification else {}
+        # a reward model gets a new scalar head on purpose: CRM fits it from a language model
+        kwargs = {"num_labels": 1, "new_head": True} if model_class is AutoModelForSequenceClassification else {}
         tiny = TINY_RM if args.model.model_name == "tiny" else {}
         return load_causal_lm(args.model.model_name, device, dtype, seed, model_class, **kwargs, **tiny)
 

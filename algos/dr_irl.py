@@ -695,6 +695,7 @@ def main(args: Args) -> dict:
     if rm_arch == "transformer":
         rm_name = args.rm_model_name or ("tiny" if tiny else policy_path)
         kwargs = dict(device=device, dtype=dtype, model_class=AutoModelForSequenceClassification, num_labels=1)
+        kwargs["new_head"] = True  # IRL fits each category's reward head from the policy's backbone
         models = [load_causal_lm(rm_name, seed=args.seed + j, **kwargs)[0] for j in range(num_rms)]
         for m in models:
             m.config.pad_token_id = tokenizer.pad_token_id

@@ -6,7 +6,7 @@ prompt pool, the same reward function (`bleuberi.compute_rewards("bleu", ...)`: 
 size G, completions per step, completion length, beta, epsilon, loss aggregation (bnpo), learning rate (constant),
 grad-norm clip, sampling (temperature, top-k 50) and micro-batch size, and run the same number of optimiser steps after
 the same number of warm-up steps. Ours is `bleuberi.train_grpo` itself (no second copy of the maths); its phases
-are timed by wrapping the module's `sample` (generation), `compute_rewards` + no-grad `per_token_logps` (scoring)
+are timed by wrapping the module's `sample` (generation), `compute_rewards` + no-grad `completion_logprobs` (scoring)
 and the rest of the step (update). TRL's phases: `_generate` (generation), the rest of
 `_generate_and_score_completions` (rewards, reference log-probs, advantages: scoring), the rest of the step (update).
 
@@ -45,7 +45,8 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import algos.bleuberi as bleuberi  # noqa: E402
 from shared.data import load_data  # noqa: E402
-from shared.lm import load_causal_lm, stop_token_ids  # noqa: E402
+from shared.lm import completion_logprobs, load_causal_lm, stop_token_ids  # noqa: E402
+from shared.precision import setup_precision  # noqa: E402
 from shared.runs import fail, pick_device, pick_dtype, seed_everything  # noqa: E402
 from shared.warmstart import warm_start  # noqa: E402
 
@@ -158,19 +159,21 @@ def bleuberi_args(args: Args, steps: int) -> bleuberi.Args:
 def run_ours(start_model, tokenizer, rows, args: Args, device) -> dict:
     """bleuberi.train_grpo for warmup + steps optimiser steps, phases timed by wrapping its module functions."""
     seed_everything(args.seed)
-    model = copy.deepcopy(start_model).train().requires_grad_(True)
+    precision = setup_precision(args.dtype, args.cuda)
+    model = copy.deepcopy(start_model).to(precision.trained_dtype).train().requires_grad_(True)
     timer = PhaseTimer(device)
     logger = type("StepMarks", (), {"log": lambda self, step, metrics: timer.mark()})()
     no_grad = lambda: not torch.is_grad_enabled()  # noqa: E731  the reference / old-policy passes
     wrappers = dict(
         sample=timer.wrap(bleuberi.sample, "generation"),
         compute_rewards=timer.wrap(bleuberi.compute_rewards, "scoring"),
-        per_token_logps=timer.wrap(bleuberi.per_token_logps, "scoring", when=no_grad),
+        completion_logprobs=timer.wrap(bleuberi.completion_logprobs, "scoring", when=no_grad),
     )
     with patched(bleuberi, **wrappers):
         timer.mark()  # start of step 0 (optimiser creation is inside train_grpo's first step)
         steps = args.warmup_steps + args.steps
-        bleuberi.train_grpo("bench", model, start_model, tokenizer, rows, "bleu", bleuberi_args(args, steps), logger)
+        train_args = bleuberi_args(args, steps)
+        bleuberi.train_grpo("bench", model, start_model, tokenizer, rows, "bleu", train_args, logger, precision)
     return timer.summary(args.warmup_steps, args.batch_size)
 
 
@@ -233,7 +236,7 @@ def both_losses(model, trainer, out, advantages, ref_logp, trl_ref, args: Args) 
     """(ours, TRL's, max relative gradient difference) of the GRPO loss of `model` on one batch."""
     inputs = (out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
     model.zero_grad(set_to_none=True)
-    logp = bleuberi.per_token_logps(model, *inputs, args.temperature)[0]  # [B, T]
+    logp = completion_logprobs(model, *inputs, args.temperature)[0]  # [B, T]
     ours = bleuberi.grpo_loss(
         logp, logp.detach(), ref_logp, advantages, out.completion_mask, args.beta, args.epsilon, args.loss_type,
         args.max_completion_length,
@@ -269,7 +272,7 @@ def check_same_first_loss(start_model, tokenizer, rows, dataset, args: Args, dev
     advantages = bleuberi.group_advantages(rewards, args.num_generations)  # [B]
     inputs = (out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
     with torch.no_grad():
-        ref_logp = bleuberi.per_token_logps(start_model, *inputs, args.temperature)[0]  # [B, T]
+        ref_logp = completion_logprobs(start_model, *inputs, args.temperature)[0]  # [B, T]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trl_trainer(start_model, tokenizer, dataset, args, device, 1, tmp)
         ids = torch.cat([out.prompt_ids, out.completion_ids], 1)  # [B, P+T]

@@ -89,7 +89,8 @@ def test_unknown_model_id_fails_fast_with_message():
 def test_sequence_classification_head_through_the_same_loader(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    model, _ = load_causal_lm(str(_saved_tiny(tmp_path)), model_class=AutoModelForSequenceClassification, num_labels=1)
+    folder = str(_saved_tiny(tmp_path))
+    model, _ = load_causal_lm(folder, model_class=AutoModelForSequenceClassification, num_labels=1, new_head=True)
     assert model(torch.tensor([[5, 6, 7]])).logits.shape == (1, 1)
 
 
