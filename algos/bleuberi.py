@@ -78,12 +78,12 @@ Commands:
         --reference-columns ref_output_gold --group-column source --pool-size 2000 --num-examples 500 \
         --num-eval 200 --max-completion-length 512 --temperature 0.9 --lr 1e-6 --steps 250 --arms bleuberi sft-hard \
         --micro-batch-size 8 --generation-batch-size 64 --gradient-checkpointing   # add --lora-r 16 for 7B on one GPU
-Measured (toy defaults, seeds 1 / 2; 2 cores, nothing else running): 60 s with a fresh warm start (62-109 s
-under load 3-5). Start EM 0.594 / 0.650; dEM bleuberi -0.148 / -0.184, grpo-bleu-random -0.052 / -0.026,
-sft-hard -0.024 / -0.038, grpo-em -0.006 / -0.012 (SE ~0.02). The BLEU-hard set is ~98% dedup / reverse / sort and
-GRPO-BLEU on it makes the tiny model forget copy (EM 0.97 -> 0.50); no arm beats the start. The EM-hard set is the
-first 500 zero-EM prompts (all tie at 0). Real path: the SFT arm does not truncate long references. No GPU run has
-been made yet.
+Measured (toy defaults, seeds 1 / 2, transformers 5.24; 2 cores at load 1.5-2): 172 s with a cold warm-start cache,
+134 s warm. Start EM 0.598 / 0.656 (pass@1 0.331 / 0.364, pass@8 0.656 / 0.720 at T = 1); dEM bleuberi -0.136 /
+-0.222, grpo-bleu-random -0.030 / -0.016, sft-hard -0.006 / +0.006, grpo-em -0.016 / -0.002 (SE ~0.02). The BLEU-hard
+set is ~97% dedup / reverse / sort and GRPO-BLEU on it makes the tiny model forget copy (EM 0.99 -> 0.54); no arm
+beats the start, not even GRPO on the exact-match reward. Real shapes: see benchmarks/real_shape.py and the README's
+"Real models"; no GPU run has been made yet.
 """
 
 from __future__ import annotations
@@ -590,6 +590,29 @@ def evaluate(model, tokenizer, rows, args: Args, precision: Precision) -> dict:
     return {"exact_match": em.mean().item(), "bleu": bleu.mean().item(), "groups": per_group, "texts": texts}
 
 
+@torch.no_grad()
+def headroom(model, tokenizer, rows, args: Args, precision: Precision) -> tuple[float, float]:
+    """pass@1 and pass@G of the exact match over G samples per row at the GRPO sampling settings: where pass@G is
+    well above pass@1, GRPO's groups find right answers to reinforce."""
+    prompts = [row["prompt"] for row in rows]
+    with precision.autocast():
+        out = sample(
+            model,
+            tokenizer,
+            prompts,
+            num_samples=args.num_generations,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            max_new_tokens=args.max_completion_length,
+            chat=args.chat,
+            max_prompt_length=args.max_prompt_length,
+            batch_size=args.generation_batch_size,
+        )
+    references = [row["references"] for row in rows for _ in range(args.num_generations)]
+    correct = compute_rewards("exact_match", out.texts, references).view(len(rows), args.num_generations)  # [N, G]
+    return correct.mean().item(), correct.amax(dim=1).mean().item()
+
+
 def check_args(args: Args) -> None:
     """Every option is checked before any data, model or training work."""
     if args.num_generations < 2:
@@ -654,6 +677,12 @@ def main(args: Args) -> dict:
     # 3. each arm trains pi_0, loaded afresh in fp32 master weights (or with LoRA adapters), on its set from the
     #    same seed; then greedy evaluation on held-out prompts
     start_eval = evaluate(start_model, tokenizer, heldout, args, precision)
+    pass_at_1, pass_at_g = headroom(start_model, tokenizer, heldout, args, precision)
+    headroom_note = (
+        f"start headroom on the held-out prompts: pass@1 {pass_at_1:.3f}, pass@{args.num_generations} "
+        f"{pass_at_g:.3f} (exact match of {args.num_generations} samples each at temperature {args.temperature})"
+    )
+    print(headroom_note, flush=True)
     results = {"start": {**start_eval, "set": "-", "reward": "-", "seconds": 0.0}}
     policy_options = dict(
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, gradient_checkpointing=args.gradient_checkpointing
@@ -715,7 +744,7 @@ def main(args: Args) -> dict:
     summary = (
         f"## BLEUBERI on {task}, seed {args.seed}, {args.steps} steps x {args.batch_size} completions "
         f"(G={args.num_generations}), loss {args.loss_type}, lr {args.lr}\n\n"
-        + "\n".join(notes)
+        + "\n".join(notes + [headroom_note])
         + f"\n\nGreedy exact match (EM) and BLEU on {len(heldout)} held-out prompts "
         f"(SE of EM ~ {standard_error:.3f}):\n\n"
         + format_table(rows)

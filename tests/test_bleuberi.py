@@ -5,6 +5,7 @@ the bad inputs of issue 4."""
 import json
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -214,7 +215,9 @@ def test_smoke_every_arm_changes_parameters(runs_in_tmp):
         "eval/exact_match/bleuberi",
     ):
         assert key in keys
-    assert "| bleuberi" in (folder / "summary.md").read_text()
+    summary = (folder / "summary.md").read_text()
+    assert "| bleuberi" in summary
+    assert re.search(r"pass@1 \d\.\d{3}, pass@4 \d\.\d{3}", summary)  # the start's headroom
 
 
 def test_bleuberi_learns(tmp_path, runs_in_tmp):
@@ -280,6 +283,11 @@ def test_real_path_local_model_and_dataset(tmp_path, runs_in_tmp):
         (dict(lr=-1e-4), "--lr"),
         (dict(micro_batch_size=5), "--micro-batch-size"),
         (dict(model_name="nobody/no-such-model-xyz"), "cannot load"),
+        (dict(lora_r=-1), "--lora-r"),
+        (dict(lora_alpha=0.0), "--lora-alpha"),
+        (dict(generation_batch_size=0), "--generation-batch-size"),
+        (dict(dtype="fp16", cuda=False), "fp16 needs a GPU"),
+        (dict(dtype="float8"), "--dtype"),
     ],
 )
 def test_bad_options_fail_fast(change, message, runs_in_tmp):
