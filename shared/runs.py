@@ -26,6 +26,7 @@ from typing import Any, NoReturn, Sequence
 import numpy as np
 import torch
 
+PRINT_AT_LEAST_EVERY_SECONDS = 30.0  # `log` prints a progress line after this long even between `print_every` calls
 RUNS_DIR = Path(os.environ.get("REWARDLAB_RUNS", Path(__file__).resolve().parent.parent / "runs"))
 
 
@@ -84,7 +85,8 @@ def _jsonable(value: Any) -> Any:
 class RunLogger:
     """Writes `runs/<run_name>/`: args.json, TensorBoard events, metrics.jsonl, summary.md (and wandb with track).
 
-    `log(step, metrics)` also prints a line every `print_every` calls with the steps/s since the last print;
+    `log(step, metrics)` also prints a line every `print_every` calls (and whenever 30 s have passed since the last
+    line) with the steps/s since the last print;
     the steps/s goes to TensorBoard as `charts/steps_per_sec` (not to metrics.jsonl, so that two seeded runs
     write identical metrics apart from the `time` field).
     """
@@ -143,7 +145,8 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log(row, step=step)
         self._calls += 1
-        if echo or (echo is None and self._calls % self.print_every == 0):
+        slow = now - self._last_time >= PRINT_AT_LEAST_EVERY_SECONDS  # real models: a step can take minutes
+        if echo or (echo is None and (self._calls % self.print_every == 0 or slow)):
             # steps since the last print; a script that restarts its step count (a new arm) counts log calls
             fresh = self._last_step is None or step <= self._last_step
             steps = self._calls - self._last_calls if fresh else step - self._last_step

@@ -318,6 +318,19 @@ def test_steps_per_second_printed_and_never_negative_when_steps_restart(capsys):
     assert len(rates) == 4 and all(r > 0 for r in rates)
 
 
+def test_slow_steps_print_progress_between_print_every_calls(capsys, monkeypatch):
+    import shared.runs
+
+    run = RunLogger("slow-run", {}, print_every=100)
+    run.log(0, {"reward": 0.0})
+    assert "steps/s" not in capsys.readouterr().out  # fast steps: only every 100 calls
+    monkeypatch.setattr(shared.runs, "PRINT_AT_LEAST_EVERY_SECONDS", 0.0)  # as if each step took longer than that
+    run.log(1, {"reward": 1.0})
+    run.log(2, {"reward": 2.0})
+    run.close()
+    assert capsys.readouterr().out.count("steps/s") == 2
+
+
 def test_rule_categories_is_imbalanced_string_ops():
     from collections import Counter
 
