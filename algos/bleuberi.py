@@ -712,6 +712,7 @@ def main(args: Args) -> dict:
         if args.save_model:
             model.save_pretrained(run.dir / arm)  # fp32 master weights; with --lora-r, the peft adapter
             tokenizer.save_pretrained(run.dir / arm)
+        precision.release()  # the arm's optimizer state goes with its policy
         del model  # the next arm's policy takes its place on the device
         gc.collect()
 

@@ -23,39 +23,77 @@ notes; [Li] = Li et al. 2024, code JasonJiaxiangLi/Reward_learning_SFT; [DAMA] =
    before each later round one policy takes --irl-policy-steps GRPO steps on the RMs (arm irl<k>) and its samples refit
    them; arms start from pi_0. DIFFERENCE: one sequence score, not Li's per-token rewards from the first divergence.
 3. RMs [card 6]: `--rm-arch linear` (toy default, tiny data only): weights per category on 1[y_t = x_s] (t, s from
-   either end), length / multiset match, sortedness; `transformer`: fully fine-tuned AutoModelForSequenceClassification.
+   either end), length / multiset match, sortedness, fitted together; `transformer`: fully fine-tuned
+   AutoModelForSequenceClassification (a new score head on --rm-model-name's body), fitted ONE AT A TIME on its own
+   category's pairs, --rm-batch-size pairs per step in micro-batches of --rm-micro-batch-size (gradient accumulation,
+   tested equal to one batch), fp32 master weights under --dtype autocast; once fitted it is frozen in the frozen dtype
+   and put away (--rm-offload cpu: CPU memory; disk: runs/<run>/reward_models/<category>), so at most one RM is on the
+   device, and scoring swaps them in one by one (each once per GRPO step: samples and demonstrations in one call;
+   with several RMs none stays there during the policy's update).
+   `--rm-model-paths` (one folder per --categories entry, e.g. a disk run's reward_models/) skips IRL: ready RMs with a
+   score head and the policy's tokenizer; a folder without the head fails with the loader's message.
 4. Routing [card 3.3, v1]: each prompt is scored by its category's RM; `--shared-rm` = Table 2's one-RM ablation.
 5. GRPO as algos/bleuberi.py [TRL]: groups of G, unbiased std + 1e-4, ratio clip 1 +- eps, k3 KL to frozen pi_0,
-   logits / T, position ids from the mask, `--loss-type grpo` [card 3.3], AdamW, grad clip.
+   logits / T, position ids from the mask, `--loss-type grpo` [card 3.3], AdamW, grad clip. Every aggregation is over
+   the whole step batch: forward and backward run per --micro-batch-size completions with gradient accumulation and
+   the gradient does not depend on the micro-batch size (tested: 1 x 8 = 4 x 2).
+   Real models (shared/precision.py, shared/lm.py): the policy keeps fp32 master weights under `--dtype` bf16 autocast,
+   pi_0 (KL reference, lm_hidden encoder) is held frozen in bf16; log-probs come from a chunked fp32 log-softmax per
+   micro-batch; generation runs in calls of at most `--generation-batch-size` sequences; `--lora-r` trains fp32
+   adapters over a frozen base, `--gradient-checkpointing` recomputes activations.
 6. alpha^D [card 3.2; v3 CLIP, v5 "a text encoder", unverified]: max-mean cosine of sub-sentence embeddings from
    `--similarity`: ngram (card's stand-in: unigram + hashed bigram counts of --chunk-size-token chunks, exact on the toy
-   vocabulary), lm_hidden (frozen pi_0 mean hidden state per chunk) or encoder (--encoder-name, mean-pooled, normalised;
-   split at . ! ? ; newline, the paper uses an LLM). An answer without sub-sentences has W = 0 (ours).
+   vocabulary; tiny data only, it is vocabulary-wide per chunk), lm_hidden (frozen pi_0's body, mean hidden state per
+   chunk; the real-data default) or encoder (--encoder-name, mean-pooled, normalised; split at . ! ? ; newline, the
+   paper uses an LLM). An answer without sub-sentences has W = 0 (ours). The demonstration is the same for the encoder
+   and the RM gap: truncated to --max-completion-length tokens (the encoder embeds its decoded text), because the
+   policy's answers are cut there and the RMs were fitted on truncated demonstrations against them.
 7. alpha^M [card 3.2]: gap demo minus policy (`--gap-sign`, unverified), mask (R - Rbar)^2 <= --tau (no source value),
    mean over the M - T kept gaps; all masked -> 1. Ours (batch scope): a category's lone prompt -> alpha = 1.
 8. Flags [card 3.2]: --alpha-granularity, --stat-scope (ema: DAMA-style running means), --hardness-ref (global: arm
    grpo-s-global), --scaling (none = plain GRPO, exactly). DAMA's resampling unused.
-9. Toy [card 6, SCALED]: tiny Qwen2 (~0.11M, not GPT-2 d=96) warm-started 400 x 64 at lr 2e-3 on rule_categories
+9. Success measure (ours; the paper reports GPT-4 judged win rates): `grpo-true`, the positive control, trains on it
+   and the table reports it, never the learned RMs' score. Toy: exact match to the demonstration (`--true-reward
+   exact_match`). Real data: `--judge-model-name`, a ready sequence-classification reward model (e.g. a Skywork
+   reward model) scoring the chat-formatted prompt and answer text with its own tokenizer; exact match (~0 on free
+   text) only when asked for. The toy-only parts (linear RM features, ngram encoder) refuse real data.
+10. Toy [card 6, SCALED]: tiny Qwen2 (~0.11M, not GPT-2 d=96) warm-started 400 x 64 at lr 2e-3 on rule_categories
    (copy 45 / reverse 30 / rotate2 15 / sort 10 %); 200 demos x 4 samples per category; 16 prompts x G=8, 80 steps,
-   lr 1e-4, beta 0.04, T=1; greedy exact match on 150 held-out prompts per category, never the RM score.
+   lr 1e-4, beta 0.04, T=1; greedy exact match on 150 held-out prompts per category, never the RM score; the summary
+   also gives the start's headroom (best of G samples against greedy, per category).
 
-Logged (suffix /<arm>): TRL's reward, reward_std, rewards/<rm|exact_match>/mean|std, kl, entropy, clip_ratio/*,
-completions/*, num_tokens, losses/loss, charts/grad_norm|learning_rate; rewards/true_exact_match,
+Logged (suffix /<arm>): TRL's reward, reward_std, rewards/<rm|exact_match|judge>/mean|std, kl, entropy, clip_ratio/*,
+completions/*, num_tokens, losses/loss, charts/grad_norm|learning_rate; rewards/true_<exact_match|judge>,
 alpha/mean|std|min|max, alpha_data/mean, alpha_model/mean, alpha/<c>, kept_fraction/<c>, alpha/corr_true_success; once:
-losses/irl_loss, irl/pairs/<c>, rewards/accuracies|margins/<c> (held-out); at the end eval/exact_match/<c>.
+losses/irl_loss, irl/pairs/<c>, rewards/accuracies|margins/<c> (held-out); at the end eval/<exact_match|judge>/<c>.
 
 Commands:
-    python algos/dr_irl.py                           # offline toy: 4 arms, 54 s on 2 cores; --seed 2 for a 2nd seed
+    python algos/dr_irl.py                           # offline toy: 4 arms, 166-173 s on 2 cores under load; --seed 2
     python algos/dr_irl.py --scaling data --alpha-granularity response --similarity lm_hidden --rm-arch transformer
     python algos/dr_irl.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name PATH_WITH_prompt_category_demo \
-        --similarity encoder --encoder-name sentence-transformers/all-MiniLM-L6-v2 --max-completion-length 256 \
-        --num-generations 8 --batch-size 64 --micro-batch-size 4 --lr 1e-6 --rm-lr 1e-5 --rm-epochs 1 --steps 200
-Measured: README.md#dr-irl (2 seeds, wall time on 2 cores).
+        --judge-model-name Skywork/Skywork-Reward-V2-Llama-3.1-8B --similarity encoder \
+        --encoder-name sentence-transformers/all-MiniLM-L6-v2 --max-completion-length 256 --num-generations 8 \
+        --batch-size 64 --micro-batch-size 4 --generation-batch-size 64 --lr 1e-6 --rm-lr 1e-5 --rm-epochs 1 \
+        --rm-batch-size 64 --rm-micro-batch-size 4 --rm-offload disk --gradient-checkpointing --steps 200
+    # reuse those RMs: the same command with --categories A B --rm-model-paths runs/<run>/reward_models/A ...B
+Measured (toy defaults, seeds 1 / 2 / 3, each run sharing 2 cores with two other processes: 166-173 s): mean EM of
+the start 0.478 / 0.470 / 0.487; dEM grpo -0.023 / 0.000 / -0.009, grpo-s -0.001 / -0.018 / -0.002, grpo-s-global
+-0.008 / -0.005 / +0.003, grpo-true +0.019 / +0.038 / +0.011 (SE of a mean ~0.02); held-out RM accuracy 0.98-1.00.
+The positive control is NOT there: grpo-true gains on reverse (+0.13 to +0.20), loses on rotate2 and sort.
+Start headroom (seed 1, best of 8 vs greedy): reverse 0.86 vs 0.69, rotate2 0.20 vs 0.07, sort 0.15 vs 0.15.
+grpo-true alone, seed 1, did not reach +0.10 either with lr 3e-4 (+0.009) or 1e-3 (-0.050), nor with shorter or
+longer warm starts (250, 300, 350, 450, 550 steps; 100 steps at lr 3e-4: -0.003 to -0.097): its sampled reward rises
+slowly (+0.03 to +0.05 over 80-100 steps) while greedy EM on copy or reverse falls. Real path, `benchmarks/
+real_shape.py --shape test --scripts dr_irl --batch-size 8 --micro-batch-size 4 --generation-batch-size 8
+--completion-length 16 --num-threads 1` (151,936 vocabulary, CPU, loaded machine): 2.50 s/step, peak RSS B 1.17 GB,
+4B 1.11 GB (ratio 0.95), bf16/fp32 update ratio 1.00: bounded; `--shape vocab --scripts dr_irl` (defaults: B 16,
+micro-batch 8, 32 tokens): 48.75 s/step, peak RSS B 2.48 GB, 4B 2.81 GB (ratio 1.14), update ratio 1.00: bounded.
+No GPU run has been made yet.
 """
 
 from __future__ import annotations
 
-import copy
+import gc
 import math
 import re
 import sys
@@ -73,8 +111,19 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.data import load_data  # noqa: E402
-from shared.lm import encode_prompts, load_causal_lm, position_ids_from_mask, sample, stop_token_ids  # noqa: E402
-from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa: E402
+from shared.lm import (  # noqa: E402
+    completion_logprobs,
+    encode_prompts,
+    load_causal_lm,
+    load_policy,
+    load_tokenizer,
+    position_ids_from_mask,
+    sample,
+    stop_token_ids,
+    trained_parameters,
+)
+from shared.precision import Precision, setup_precision  # noqa: E402
+from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything  # noqa: E402
 from shared.warmstart import warm_start  # noqa: E402
 
 Arm = Literal["grpo", "grpo-s", "grpo-s-global", "grpo-true"]
@@ -82,12 +131,11 @@ ARM_SETUP = {  # arm -> (reward, applies --scaling, hardness reference or None =
     "grpo": ("rm", False, None),
     "grpo-s": ("rm", True, None),
     "grpo-s-global": ("rm", True, "global"),
-    "grpo-true": ("exact_match", False, None),  # the ceiling: the true reward instead of the learned RMs
+    "grpo-true": ("true", False, None),  # the positive control: the success measure itself as the reward
 }
 WARM_START_LR = 2e-3  # learning rate of the tiny warm start [card 6]
-RM_BATCH_SIZE = 512  # IRL pairs per RM step
-EVAL_BATCH_SIZE = 600  # prompts per batched generate call outside GRPO
 NGRAM_BUCKETS = 4096  # hashed bigram buckets of the ngram encoder
+ENCODER_BATCH_SIZE = 256  # sentences per forward of the --similarity encoder text encoder
 
 
 @dataclass
@@ -99,11 +147,19 @@ class Args:
     cuda: bool = True
     """use the GPU when one is visible"""
     dtype: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16"""
+    """compute dtype: auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16 (autocast, also on the CPU) or fp16 (GPU)"""
+    fp32_master: bool = True
+    """keep fp32 master weights of the trained policy and RMs under bf16/fp16 autocast (off: weights in --dtype)"""
+    gradient_checkpointing: bool = False
+    """recompute the policy's activations in backward (less memory, ~1/3 more compute)"""
+    lora_r: int = 0
+    """policy LoRA rank (0 = full fine-tuning); > 0 trains fp32 adapters on every linear layer over a frozen base"""
+    lora_alpha: float = 16.0
+    """LoRA scaling alpha (the update is alpha / r x B A)"""
     track: bool = False
     """also log to Weights & Biases"""
     save_model: bool = False
-    """save each arm's final policy under runs/<run_name>/<arm>/"""
+    """save each arm's final policy (fp32 master weights, or the LoRA adapter) under runs/<run_name>/<arm>/"""
     num_threads: int = 1
     """torch CPU threads (1 is fastest for the tiny model)"""
     model_name: str = "tiny:rule_categories"
@@ -125,7 +181,7 @@ class Args:
     pool_size: int = 3000
     """training prompts read (tiny: drawn from the train split)"""
     num_eval: int = 150
-    """held-out prompts per category for greedy exact match and RM accuracy [card 6: 150]"""
+    """held-out prompts per category for the success measure and RM accuracy [card 6: 150]"""
     num_demos_per_category: int = 200
     """balanced demonstration set: prompts per category for IRL [card 6: 200]"""
     irl_samples: int = 4
@@ -142,6 +198,12 @@ class Args:
     """RM: linear rule features (None = this on tiny data) or a sequence-classification transformer (real data)"""
     rm_model_name: Optional[str] = None
     """start of transformer RMs (None: tiny = a fresh tiny model, else --model-name)"""
+    rm_model_paths: tuple[str, ...] = ()
+    """ready reward models instead of IRL: one save_pretrained folder with a score head per --categories entry (in
+    that order; one with --shared-rm), sharing the policy's tokenizer (e.g. runs/<run>/reward_models/<c> of a run
+    with --rm-offload disk)"""
+    rm_offload: Literal["cpu", "disk"] = "cpu"
+    """where the transformer RMs not in use wait: CPU memory, or saved folders runs/<run>/reward_models/<c>"""
     shared_rm: bool = False
     """one RM for all categories (Table 2 ablation) instead of one per category"""
     rm_lr: float = 3e-2
@@ -150,14 +212,22 @@ class Args:
     """passes over the IRL pairs"""
     rm_weight_decay: float = 1e-3
     """AdamW weight decay of the RMs"""
+    rm_batch_size: int = 512
+    """IRL pairs per RM optimizer step (of one RM: transformer RMs are fitted one at a time)"""
+    rm_micro_batch_size: Optional[int] = None
+    """IRL pairs per RM forward/backward (gradient accumulation), and rows per RM / judge scoring forward (None =
+    --rm-batch-size; set it on a real model, e.g. 4)"""
     steps: int = 80
     """GRPO steps per arm [card 6: 80]"""
     batch_size: int = 128
     """completions per step (= prompts per step x --num-generations) [card 6: 16 x 8]"""
     num_generations: int = 8
     """G, completions per prompt [card 6: 8]"""
-    micro_batch_size: int = 8
-    """completions per loss micro-batch (bnpo normalises within it)"""
+    micro_batch_size: Optional[int] = None
+    """completions per forward/backward (gradient accumulation): sets memory, not the gradient (None = the whole step
+    batch, fastest for the tiny model; set it on a real model, e.g. 4)"""
+    generation_batch_size: int = 2400
+    """sequences per batched generate call (IRL samples, GRPO sampling, evaluation): bounds the KV cache"""
     lr: float = 1e-4
     """AdamW learning rate of the policy [card 6: 1e-4]"""
     warmup_ratio: float = 0.05
@@ -171,7 +241,7 @@ class Args:
     num_iterations: int = 1
     """policy updates per sampled batch (1 = on-policy, the ratio clip never binds)"""
     loss_type: Literal["grpo", "bnpo", "dr_grpo"] = "grpo"
-    """token-loss aggregation as TRL defines it [card 3.3: grpo]"""
+    """token-loss aggregation as TRL defines it, over the whole step batch [card 3.3: grpo]"""
     scale_rewards: bool = True
     """divide advantages by the group std (off = Dr. GRPO)"""
     temperature: float = 1.0
@@ -179,11 +249,19 @@ class Args:
     max_prompt_length: int = 512
     """prompt tokens kept (left-truncated)"""
     max_completion_length: int = 10
-    """new tokens per completion (demonstrations are truncated to it)"""
+    """new tokens per completion (demonstrations are truncated to it, for the RMs and the encoder alike)"""
+    true_reward: Optional[Literal["exact_match", "judge"]] = None
+    """success measure (grpo-true's reward and the evaluation table): exact_match (answer tokens = the truncated
+    demonstration's; ~0 on free text) or judge (--judge-model-name's score of the prompt and answer text). None:
+    judge when --judge-model-name is given, else exact_match on tiny data (real data then needs one of them)"""
+    judge_model_name: Optional[str] = None
+    """judge of --true-reward judge: a sequence-classification reward model with its score head (folder or hub id),
+    scoring the chat-formatted prompt and answer with its own tokenizer (e.g. Skywork/Skywork-Reward-V2-Llama-3.1-8B)"""
     scaling: Literal["none", "data", "model", "both"] = "both"
     """alpha of the GRPO-S arms: alpha^D x alpha^M (both), one of them, or none (= plain GRPO) [Figure 4]"""
-    similarity: Literal["ngram", "lm_hidden", "encoder"] = "ngram"
-    """Phi of alpha^D: n-gram counts of chunks, frozen-LM mean hidden state, or the --encoder-name text encoder"""
+    similarity: Optional[Literal["ngram", "lm_hidden", "encoder"]] = None
+    """Phi of alpha^D: n-gram counts of chunks (tiny data only; None = this there), frozen-LM mean hidden state
+    (None = this on real data) or the --encoder-name text encoder"""
     encoder_name: Optional[str] = None
     """text encoder for --similarity encoder: a from_pretrained folder or hub id (mean-pooled, normalised)"""
     encoder_dim: Optional[int] = None
@@ -202,6 +280,15 @@ class Args:
     """gap mask threshold on (R - Rbar)^2, RM-logit scale (unverified)"""
     gap_sign: Literal["demo_minus_policy", "policy_minus_demo"] = "demo_minus_policy"
     """sign of the RM gap R (unverified; DAMA: chosen minus rejected)"""
+
+
+def resolved_options(args: Args) -> tuple[str, str, str]:
+    """(RM architecture, similarity, success measure) after the defaults that depend on tiny versus real data."""
+    tiny = args.dataset_name.startswith("tiny:")
+    rm_arch = args.rm_arch or ("linear" if tiny and not args.rm_model_paths else "transformer")
+    similarity = args.similarity or ("ngram" if tiny else "lm_hidden")
+    success = args.true_reward or ("judge" if args.judge_model_name or not tiny else "exact_match")
+    return rm_arch, similarity, success
 
 
 # ALGO LOGIC: IRL reward models -------------------------------------------------------------------------------------
@@ -236,55 +323,205 @@ def rule_features(inputs, ids, mask, stop_ids, max_len: int) -> torch.Tensor:
     return torch.cat([*matches, torch.stack([length_match, multiset_match, ascending], 1)], 1).float()  # [N, F]
 
 
-class CategoryRewardModels(torch.nn.Module):
-    """One RM per category (index = category id; one RM with --shared-rm). `score` routes each row to its RM."""
+def sequence_scores(model, prompt_ids, prompt_mask, answer_ids, answer_mask, pad_token_id: int) -> torch.Tensor:
+    """A sequence-classification RM's scalar score of each prompt + answer ([N], fp32), pooled at the last non-pad
+    token (the answer's stop token); position ids from the mask, as in generation."""
+    answer = torch.where(answer_mask.bool(), answer_ids, pad_token_id)  # [N, T] pads after the stop token
+    input_ids = torch.cat([prompt_ids, answer], dim=1)  # [N, P+T]
+    attention_mask = torch.cat([prompt_mask, answer_mask.long()], dim=1)  # [N, P+T]
+    positions = position_ids_from_mask(attention_mask)  # [N, P+T]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits  # [N, 1]
+    return logits[:, 0].float()  # [N]
 
-    def __init__(self, kind, num_rms, info, models=None):
+
+class CategoryRewardModels(torch.nn.Module):
+    """One RM per category (index = category id; one RM with --shared-rm). `score` routes each row to its RM.
+
+    linear: one zero-initialised weight vector per category on `rule_features`, all held (and fitted) together.
+    transformer: sequence-classification models, at most one of them on the device at a time: `activate(j)` puts
+    RM j there and sends the previous one back to the CPU (--rm-offload cpu) or to its saved folder (disk).
+    `sources[j]` = (folder or hub id, new_head) that RM j is loaded from when it is in neither place."""
+
+    def __init__(self, kind, num_rms, info, precision: Precision, sources=(), offload="cpu"):
         super().__init__()
-        self.kind, self.num_rms, self.info = kind, num_rms, info
-        self.models = torch.nn.ModuleList(models or [])  # transformer RMs (none for linear)
+        self.kind, self.num_rms, self.info, self.precision = kind, num_rms, info, precision
+        self.sources, self.offload_mode = list(sources), offload
+        self.offload_dir = None  # disk: the run folder's reward_models/, set once the run exists
+        self.cpu_models = {}  # j -> RM waiting on the CPU (--rm-offload cpu)
+        self.active = None  # (j, RM) on the device, or None
+        self.changed = False  # the active RM was fitted since it was loaded (disk: save it before dropping it)
         if kind == "linear":  # one zero-initialised weight vector per category on rule_features
             num_features = 4 * info["max_len"] * info["max_inputs"] + 3  # F, as rule_features
             self.weight = torch.nn.Parameter(torch.zeros(num_rms, num_features))  # [C, F]
 
+    def route(self, table, rows) -> torch.Tensor:
+        """The RM index of each row ([N]): its category's (all 0 when shared)."""
+        return table["category"][rows] * (self.num_rms > 1)
+
+    def activate(self, j: int, dtype: Optional[torch.dtype] = None):
+        """RM j on the device (loaded in `dtype`, default the frozen dtype), after the active one is put away."""
+        if self.active is not None and self.active[0] == j:
+            return self.active[1]
+        self.put_away()
+        device, dtype = self.precision.device, dtype or self.precision.frozen_dtype
+        if j in self.cpu_models:
+            model = self.cpu_models.pop(j).to(device=device, dtype=dtype)
+        else:
+            source, new_head = self.sources[j]
+            options = dict(model_class=AutoModelForSequenceClassification, num_labels=1, new_head=new_head)
+            model = load_causal_lm(source, device, dtype, seed=self.info["seed"] + j, **options)[0]
+            model.config.pad_token_id = self.info["tokenizer"].pad_token_id
+        self.active, self.changed = (j, model.eval().requires_grad_(False)), False
+        return model
+
+    def put_away(self) -> None:
+        """Send the active RM to the CPU, or (disk) drop it, saved first if it was fitted; free the device memory."""
+        if self.active is None:
+            return
+        (j, model), self.active = self.active, None
+        if self.offload_mode == "cpu":
+            self.cpu_models[j] = model.to("cpu")
+        elif self.changed:
+            folder = self.offload_dir / self.info["names"][j]
+            model.save_pretrained(folder)
+            self.info["tokenizer"].save_pretrained(folder)
+            self.sources[j] = (str(folder), False)
+        del model
+        if self.offload_mode == "disk":
+            gc.collect()  # a dropped model's reference cycles hold its weights until collected
+        if self.precision.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def begin_fit(self, j: int):
+        """RM j on the device in the trained dtype (fp32 master weights), trainable: what its optimizer updates."""
+        if self.active is not None and self.active[0] == j:
+            self.put_away()  # reloaded below in the trained dtype
+        model = self.activate(j, self.precision.trained_dtype)
+        return model.train().requires_grad_(True)
+
+    def end_fit(self, j: int) -> None:
+        """RM j frozen in the frozen dtype, then put away: the next RM gets the device."""
+        _, model = self.active
+        model.to(dtype=self.precision.frozen_dtype).eval().requires_grad_(False)
+        self.changed = True
+        self.put_away()
+
     def score(self, table, rows, ids, mask) -> torch.Tensor:
-        """r_{c(row)}(prompt, answer) for every row ([N]); rows index `table`, ids/mask [N, T] are the answers."""
-        rm_index = table["category"][rows] * (self.num_rms > 1)  # [N] routing (all to RM 0 when shared)
+        """r_{c(row)}(prompt, answer) for every row ([N]); rows index `table`, ids/mask [N, T] are the answers.
+        Transformer RMs: one RM on the device at a time, rows scored in micro-batches of --rm-micro-batch-size."""
+        rm_index = self.route(table, rows)  # [N]
         if self.kind == "linear":
             feats = rule_features(table["inputs"][rows], ids, mask, self.info["stop_ids"], self.info["max_len"])
             return (feats * self.weight[rm_index]).sum(-1)  # [N]
-        tokenizer, device = self.info["tokenizer"], next(self.models[0].parameters()).device
+        tokenizer, device = self.info["tokenizer"], self.precision.device
         prompts = [table["prompts"][i] for i in rows.tolist()]
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, self.info["chat"], device=device)  # [N, P]
-        answer = torch.where(mask.bool(), ids, tokenizer.pad_token_id)  # [N, T] pads after the stop token
-        input_ids, attention = torch.cat([prompt_ids, answer], 1), torch.cat([prompt_mask, mask.long()], 1)  # [N, P+T]
+        prompt_ids, prompt_mask = encode_prompts(
+            tokenizer, prompts, self.info["chat"], self.info["max_prompt_length"], device=device
+        )  # [N, P]
         scores = torch.zeros(len(rows), device=device)  # [N]
-        for j in rm_index.unique().tolist():  # one forward per RM present (categories, not samples)
-            sel = rm_index == j
-            positions = position_ids_from_mask(attention[sel])
-            out = self.models[j](input_ids=input_ids[sel], attention_mask=attention[sel], position_ids=positions)
-            scores[sel] = out.logits[:, 0].float()  # pooled at the last non-pad token
+        for j in rm_index.unique().tolist():  # one RM at a time (categories, not samples)
+            model = self.activate(j)
+            for mb in (rm_index == j).nonzero()[:, 0].split(self.info["micro_batch_size"]):
+                with self.precision.autocast():
+                    scores[mb] = sequence_scores(
+                        model, prompt_ids[mb], prompt_mask[mb], ids[mb], mask[mb], tokenizer.pad_token_id
+                    )  # [M]
         return scores
 
 
-def fit_reward_models(rm, table, rows, sample_ids, sample_mask, args: Args, generator) -> list[float]:
-    """Minimise the IRL loss (demonstration over sample) on the pairs; returns the per-epoch mean loss."""
-    optimizer = torch.optim.AdamW(rm.parameters(), lr=args.rm_lr, weight_decay=args.rm_weight_decay)
-    rm.train()
-    history = []
-    for _ in range(args.rm_epochs):
-        losses = []
-        for batch in torch.randperm(len(rows), generator=generator).split(RM_BATCH_SIZE):
-            r_demo = rm.score(table, rows[batch], table["demo_ids"][rows[batch]], table["demo_mask"][rows[batch]])
-            r_sample = rm.score(table, rows[batch], sample_ids[batch], sample_mask[batch])  # [b]
-            loss = (irl_loss(r_demo, r_sample) if args.irl_loss == "bt" else (r_sample - r_demo) / args.irl_beta).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        history.append(sum(losses) / len(losses))
+def accumulate_rm_gradients(rm, table, rows, sample_ids, sample_mask, args: Args, precision: Precision) -> float:
+    """Forward and backward of the IRL loss (demonstration over sample) per micro-batch of --rm-micro-batch-size
+    pairs; each micro-batch adds its share (its summed pair loss / the step's pairs), so the gradients add up to the
+    mean loss of the step batch. Returns that loss."""
+    batch_pairs = len(rows)
+    total_loss = 0.0
+    for mb in micro_batches(batch_pairs, args.rm_micro_batch_size or args.rm_batch_size, rows.device):
+        demo_rewards = rm.score(table, rows[mb], table["demo_ids"][rows[mb]], table["demo_mask"][rows[mb]])  # [M]
+        sample_rewards = rm.score(table, rows[mb], sample_ids[mb], sample_mask[mb])  # [M]
+        if args.irl_loss == "bt":
+            pair_losses = irl_loss(demo_rewards, sample_rewards)  # [M]
+        else:
+            pair_losses = (sample_rewards - demo_rewards) / args.irl_beta  # [M]
+        loss = pair_losses.sum() / batch_pairs
+        precision.backward(loss)
+        total_loss += loss.item()
+    return total_loss
+
+
+def fit_reward_models(rm, table, rows, sample_ids, sample_mask, args: Args, generator, precision) -> list[float]:
+    """Minimise the IRL loss on the pairs; returns the per-epoch mean loss (averaged over the RMs).
+
+    Transformer RMs are fitted one at a time, each on its own category's pairs (all pairs when shared), on the
+    device alone with its optimizer, then frozen and put away; the linear RMs (one small tensor) are fitted together."""
+    if rm.kind == "linear":
+        units = [(None, torch.arange(len(rows)))]
+    else:
+        route = rm.route(table, rows).cpu()  # [P]
+        units = [(j, (route == j).nonzero()[:, 0]) for j in range(rm.num_rms)]
+    history = [0.0] * args.rm_epochs
+    for j, pairs in units:
+        parameters = list(rm.parameters()) if j is None else trained_parameters(rm.begin_fit(j))
+        optimizer = torch.optim.AdamW(parameters, lr=args.rm_lr, weight_decay=args.rm_weight_decay)
+        optimizer = precision.prepare_optimizer(optimizer)
+        for epoch in range(args.rm_epochs):
+            losses = []
+            for batch in pairs[torch.randperm(len(pairs), generator=generator)].split(args.rm_batch_size):
+                batch = batch.to(rows.device)
+                optimizer.zero_grad(set_to_none=True)
+                pair_rows, pair_ids, pair_mask = rows[batch], sample_ids[batch], sample_mask[batch]  # [b], [b, T]
+                loss = accumulate_rm_gradients(rm, table, pair_rows, pair_ids, pair_mask, args, precision)
+                optimizer.step()
+                losses.append(loss)
+            history[epoch] += sum(losses) / len(losses) / len(units)
+        optimizer.zero_grad(set_to_none=True)
+        del optimizer, parameters  # nothing may keep this RM's weights alive once it is put away
+        precision.release()  # the RM's optimizer and its state can be freed
+        if j is not None:
+            rm.end_fit(j)
     rm.eval()
     return history
+
+
+class Judge:
+    """The real path's success measure: a ready sequence-classification reward model (with its score head) that
+    scores the prompt and the answer TEXT, formatted by its own tokenizer's chat template, in micro-batches."""
+
+    def __init__(self, name: str, args: Args, precision: Precision):
+        options = dict(model_class=AutoModelForSequenceClassification)
+        self.model, self.tokenizer = load_causal_lm(name, precision.device, precision.frozen_dtype, **options)
+        if self.model.config.num_labels != 1:
+            fail(f"--judge-model-name {name!r} has {self.model.config.num_labels} labels: a judge gives one score")
+        self.model.eval().requires_grad_(False)
+        self.precision, self.max_length = precision, 4096
+        self.micro_batch_size = args.rm_micro_batch_size or args.rm_batch_size
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], answers: list[str]) -> torch.Tensor:
+        """The judge's score of each (prompt, answer) ([N], fp32)."""
+        if self.tokenizer.chat_template is not None:
+            texts = [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}, {"role": "assistant", "content": a}], tokenize=False
+                )
+                for p, a in zip(prompts, answers)
+            ]
+        else:
+            texts = [f"{p}\n{a}" for p, a in zip(prompts, answers)]
+        scores = []
+        for start in range(0, len(texts), self.micro_batch_size):
+            batch = self.tokenizer(
+                texts[start : start + self.micro_batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=self.tokenizer.chat_template is None,
+            ).to(self.precision.device)  # left-padded [n, L]
+            positions = position_ids_from_mask(batch["attention_mask"])  # [n, L]
+            with self.precision.autocast():
+                logits = self.model(**batch, position_ids=positions).logits  # [n, 1]
+            scores.append(logits[:, 0].float())
+        return torch.cat(scores)  # [N]
 
 
 # ALGO LOGIC: dynamic scaling (GRPO-S) --------------------------------------------------------------------------------
@@ -374,33 +611,88 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: bool
     return advantages.reshape(-1)  # [B]
 
 
-def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float):
-    """log pi(token_t | prefix) of every completion token ([B, T]) from logits / temperature, and its entropy."""
-    input_ids, mask = torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
-    positions, keep = position_ids_from_mask(mask), completion_ids.size(1) + 1  # [B, P+T] (all 3); logits [B, T+1, V]
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
-    log_probs = (logits[:, :-1].float() / temperature).log_softmax(dim=-1)  # [B, T, V]: t predicts token t
-    logps = log_probs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
-    with torch.no_grad():
-        entropy = -(log_probs.exp() * log_probs).sum(-1)  # [B, T]
-    return logps, entropy
+def grpo_loss(
+    logp,
+    old_logp,
+    ref_logp,
+    advantages,
+    completion_mask,
+    beta,
+    epsilon,
+    loss_type,
+    max_completion_length,
+    batch_sequences=None,
+    batch_tokens=None,
+):
+    """Clipped-ratio policy loss plus beta * k3 KL per token, aggregated as TRL's grpo / bnpo / dr_grpo.
 
-
-def grpo_loss(logp, old_logp, ref_logp, advantages, completion_mask, beta, epsilon, loss_type, max_completion_length):
-    """Clipped-ratio policy loss plus beta * k3 KL per token, aggregated as TRL's grpo / bnpo / dr_grpo."""
-    mask, ratio = completion_mask.to(logp.dtype), torch.exp(logp - old_logp)  # [B, T] each, rho = pi / pi_old
-    clipped_ratio, adv = torch.clamp(ratio, 1 - epsilon, 1 + epsilon), advantages.unsqueeze(1)  # [B, T], [B, 1]
+    `batch_sequences` and `batch_tokens` are the completions and completion tokens of the whole step batch (default:
+    these rows alone): the loss of a micro-batch is then its share of the step batch's loss, and the micro-batch
+    losses (and gradients) add up to the full-batch ones."""
+    batch_sequences = logp.size(0) if batch_sequences is None else batch_sequences
+    batch_tokens = completion_mask.sum() if batch_tokens is None else batch_tokens
+    mask = completion_mask.to(logp.dtype)  # [B, T]
+    ratio = torch.exp(logp - old_logp)  # [B, T] rho = pi / pi_old (1 when old_logp = logp.detach())
+    clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + epsilon)  # [B, T]
+    adv = advantages.unsqueeze(1)  # [B, 1]
     per_token_loss = -torch.min(ratio * adv, clipped_ratio * adv)  # [B, T]
     if beta != 0.0:
         log_ref_ratio = ref_logp - logp  # [B, T] x = log(pi_ref / pi)
-        per_token_loss = per_token_loss + beta * (torch.exp(log_ref_ratio) - log_ref_ratio - 1)  # [B, T] + k3 KL
-    if loss_type == "grpo":  # mean over each sequence's tokens, then over sequences
-        return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-    if loss_type == "bnpo":  # mean over all tokens of the (micro-)batch
-        return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
-    if loss_type == "dr_grpo":  # sum over tokens divided by batch size x max completion length
-        return (per_token_loss * mask).sum() / (per_token_loss.size(0) * max_completion_length)
+        per_token_kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # [B, T] k3 estimator of KL(pi || pi_ref), >= 0
+        per_token_loss = per_token_loss + beta * per_token_kl  # [B, T]
+    if loss_type == "grpo":  # mean over each sequence's tokens, then over the batch's sequences
+        return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / batch_sequences
+    if loss_type == "bnpo":  # mean over all completion tokens of the batch
+        return (per_token_loss * mask).sum() / max(float(batch_tokens), 1.0)
+    if loss_type == "dr_grpo":  # sum over tokens divided by a constant: batch size x max completion length
+        return (per_token_loss * mask).sum() / (batch_sequences * max_completion_length)
     raise ValueError(f"unknown loss_type {loss_type!r}; choose grpo, bnpo or dr_grpo")
+
+
+def micro_batches(num_rows: int, micro_batch_size: int, device) -> list[torch.Tensor]:
+    """Row indices of consecutive micro-batches of at most `micro_batch_size` rows."""
+    return list(torch.arange(num_rows, device=device).split(micro_batch_size))
+
+
+@torch.no_grad()
+def frozen_logprobs(model, inputs, args: Args, precision: Precision) -> torch.Tensor:
+    """Per-token log-probs ([B, T]) of a model that is not being updated (the reference, the sampling policy),
+    one micro-batch at a time."""
+    rows = micro_batches(len(inputs[0]), args.micro_batch_size or len(inputs[0]), inputs[0].device)
+    with precision.autocast():
+        return torch.cat([completion_logprobs(model, *(x[mb] for x in inputs), args.temperature)[0] for mb in rows])
+
+
+def accumulate_grpo_gradients(model, inputs, old_logp, ref_logp, advantages, args: Args, precision: Precision):
+    """Forward and backward of the GRPO loss per micro-batch; the gradients add up to the full batch's.
+
+    Returns the policy's log-probs and token entropies ([B, T] each, detached) and the step batch's loss."""
+    prompt_ids, prompt_mask, completion_ids, completion_mask = inputs
+    batch_sequences = len(advantages)
+    batch_tokens = completion_mask.sum()
+    loss_args = (args.beta, args.epsilon, args.loss_type, args.max_completion_length, batch_sequences, batch_tokens)
+    logps, entropies, total_loss = [], [], 0.0
+    for mb in micro_batches(batch_sequences, args.micro_batch_size or batch_sequences, advantages.device):
+        with precision.autocast():
+            logp, entropy = completion_logprobs(
+                model, prompt_ids[mb], prompt_mask[mb], completion_ids[mb], completion_mask[mb], args.temperature, True
+            )  # [M, T], [M, T]
+        old = logp.detach() if old_logp is None else old_logp[mb]  # [M, T]
+        ref = None if ref_logp is None else ref_logp[mb]  # [M, T]
+        loss = grpo_loss(logp, old, ref, advantages[mb], completion_mask[mb], *loss_args)  # this share of the loss
+        precision.backward(loss)
+        logps.append(logp.detach())
+        entropies.append(entropy)
+        total_loss += loss.item()
+    return torch.cat(logps), torch.cat(entropies), total_loss
+
+
+def make_optimizer(parameters, args: Args, precision: Precision, steps: int):
+    """AdamW (weight decay 0) over the trained parameters, constant LR after a linear warmup."""
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
+    warmup = max(1, round(args.warmup_ratio * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    return precision.prepare_optimizer(optimizer), scheduler
 
 
 @torch.no_grad()
@@ -418,15 +710,15 @@ def ratio_and_kl_metrics(logp, old_logp, ref_logp, advantages, completion_mask, 
 
 
 # Encoders for alpha^D (the pluggable Phi) ----------------------------------------------------------------------------
-def make_encoder(args: Args, start_model, tokenizer, stop_ids, device):
+def make_encoder(args: Args, similarity: str, start_model, tokenizer, stop_ids, precision: Precision):
     """embed(ids [N, T], mask [N, T], texts) -> (sub-sentence embeddings [N, K, d], sub-sentence mask [N, K])."""
-    if args.similarity == "encoder":
-        encoder, enc_tokenizer = load_causal_lm(args.encoder_name, device=device, model_class=AutoModel)
+    if similarity == "encoder":
+        encoder, enc_tokenizer = load_causal_lm(args.encoder_name, precision.device, model_class=AutoModel)
         encoder.eval().requires_grad_(False)
 
     @torch.no_grad()
     def embed(ids, mask, texts):
-        if args.similarity == "encoder":  # sub-sentences split at . ! ? ; newline (the paper splits with an LLM)
+        if similarity == "encoder":  # sub-sentences split at . ! ? ; newline (the paper splits with an LLM)
             pieces = [[s for s in re.split(r"(?<=[.!?;\n])\s+", t.strip()) if s.strip()][:16] for t in texts]
             k, flat = max(1, max(len(p) for p in pieces)), [s for p in pieces for s in p]
             emb = encode_sentences(encoder, enc_tokenizer, flat) if flat else torch.zeros(0, encoder.config.hidden_size)
@@ -437,7 +729,7 @@ def make_encoder(args: Args, start_model, tokenizer, stop_ids, device):
         pad, size = (-ids.size(1)) % args.chunk_size, args.chunk_size  # fixed chunks of c tokens as sub-sentences
         chunks = F.pad(ids, (0, pad)).view(len(ids), -1, size)  # [N, K, c]
         tok = F.pad(content_mask(ids, mask, stop_ids), (0, pad)).view(len(ids), -1, size)  # [N, K, c] answer tokens
-        if args.similarity == "ngram":  # unigram counts + bigram counts hashed into NGRAM_BUCKETS
+        if similarity == "ngram":  # unigram counts + bigram counts hashed into NGRAM_BUCKETS (tiny vocabulary only)
             vocab = len(tokenizer)
             emb = torch.zeros(*chunks.shape[:2], vocab + NGRAM_BUCKETS, device=ids.device)  # [N, K, V+H]
             emb.scatter_add_(-1, chunks, tok.float())  # unigram counts
@@ -447,9 +739,14 @@ def make_encoder(args: Args, start_model, tokenizer, stop_ids, device):
         flat, flat_mask = chunks.flatten(0, 1), tok.flatten(0, 1).long()  # [N*K, c] lm_hidden: frozen pi_0
         attention = flat_mask.clone()
         attention[:, 0] = 1  # an empty chunk attends to one token (no NaN); it is masked out below
-        hidden = start_model(input_ids=flat, attention_mask=attention, output_hidden_states=True).hidden_states[-1]
-        pooled = (hidden.float() * flat_mask[..., None]).sum(1) / flat_mask.sum(1, keepdim=True).clamp(min=1)
-        return pooled.view(*chunks.shape[:2], -1), tok.any(-1)  # [N, K, H] mean hidden state per chunk
+        pooled = []
+        answers_per_piece = args.micro_batch_size or len(ids)
+        for piece in micro_batches(len(flat), answers_per_piece * chunks.size(1), ids.device):
+            with precision.autocast():  # the body only: no [rows, c, V] logits
+                hidden = start_model.base_model(input_ids=flat[piece], attention_mask=attention[piece])[0]  # [m, c, H]
+            weights = flat_mask[piece, :, None]  # [m, c, 1]
+            pooled.append((hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1))  # [m, H]
+        return torch.cat(pooled).view(*chunks.shape[:2], -1), tok.any(-1)  # [N, K, H] mean hidden state per chunk
 
     return embed
 
@@ -458,10 +755,14 @@ def make_encoder(args: Args, start_model, tokenizer, stop_ids, device):
 def encode_sentences(encoder, enc_tokenizer, sentences: list[str]) -> torch.Tensor:
     """Mean-pooled, L2-normalised sentence embeddings ([S, d]), as sentence-transformers' all-MiniLM-L6-v2."""
     device = next(encoder.parameters()).device
-    batch = enc_tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt").to(device)
-    hidden = encoder(**batch).last_hidden_state.float()  # [S, L, d]
-    weights = batch["attention_mask"][..., None].float()  # [S, L, 1]
-    return F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9), dim=-1)  # [S, d]
+    embeddings = []
+    for start in range(0, len(sentences), ENCODER_BATCH_SIZE):
+        chunk = sentences[start : start + ENCODER_BATCH_SIZE]
+        batch = enc_tokenizer(chunk, padding=True, truncation=True, max_length=128, return_tensors="pt").to(device)
+        hidden = encoder(**batch).last_hidden_state.float()  # [s, L, d]
+        weights = batch["attention_mask"][..., None].float()  # [s, L, 1]
+        embeddings.append(F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9), dim=-1))  # [s, d]
+    return torch.cat(embeddings)  # [S, d]
 
 
 def exact_match_tensor(ids, mask, demo_ids, demo_mask, stop_ids) -> torch.Tensor:
@@ -483,37 +784,48 @@ def prompt_batches(num_rows: int, per_step: int, steps: int, seed: int):
         order = order[per_step:]
 
 
-def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: Args, run, steps: int) -> dict:
-    """GRPO / GRPO-S on `table`; `setup` = (reward, scaled, hardness_ref). Returns alpha statistics per category."""
+def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, success, setup, args: Args, run, steps, precision):
+    """GRPO / GRPO-S on `table`; `setup` = (reward, scaled, hardness_ref); `success` = the true success measure
+    (name, fn(table, rows, ids, mask, texts) -> [N]). Returns alpha statistics per category."""
     reward_name, scaled, hardness_ref = setup
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    warmup = max(1, round(args.warmup_ratio * steps))  # linear warmup, then constant
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    success_name, success_fn = success
+    parameters = trained_parameters(model)
+    optimizer, scheduler = make_optimizer(parameters, args, precision, steps)
     group, num_tokens, names, running, alpha_log = args.num_generations, 0, table["names"], {}, defaultdict(list)
-    stop_ids = torch.tensor(stop_token_ids(tokenizer, model), device=next(model.parameters()).device)
-    micro_batches = torch.arange(args.batch_size, device=stop_ids.device).split(args.micro_batch_size)  # [M] each
+    stop_ids = torch.tensor(stop_token_ids(tokenizer, model), device=precision.device)
     sampling = dict(temperature=args.temperature, max_new_tokens=args.max_completion_length, chat=args.chat)
-    sampling.update(max_prompt_length=args.max_prompt_length)
-    loss_args = (args.beta, args.epsilon, args.loss_type, args.max_completion_length)
+    sampling.update(max_prompt_length=args.max_prompt_length, batch_size=args.generation_batch_size)
+    reward_label = success_name if reward_name == "true" else "rm"
     for step, batch in enumerate(prompt_batches(len(table["prompts"]), args.batch_size // group, steps, args.seed)):
-        prompt_rows = torch.tensor(batch, device=stop_ids.device)  # [P]
+        prompt_rows = torch.tensor(batch, device=precision.device)  # [P]
         rows = prompt_rows.repeat_interleave(group)  # [B]
         # 1. sample G completions per prompt (rows prompt-major: each group of G is contiguous)
-        out = sample(model, tokenizer, [table["prompts"][i] for i in batch], num_samples=group, **sampling)
+        with precision.autocast():
+            out = sample(model, tokenizer, [table["prompts"][i] for i in batch], num_samples=group, **sampling)
         ids, mask = out.completion_ids, out.completion_mask  # [B, T]
         demo_ids, demo_mask = table["demo_ids"][prompt_rows], table["demo_mask"][prompt_rows]  # [P, L]
         with torch.no_grad():
-            # 2. reward each completion with its own category's RM (or the truth for grpo-true); z-score the groups
-            true = exact_match_tensor(ids, mask, table["demo_ids"][rows], table["demo_mask"][rows], stop_ids)  # [B]
-            rm_rewards = rm.score(table, rows, ids, mask)  # [B]
-            rewards = true if reward_name == "exact_match" else rm_rewards  # [B]
+            # 2. reward each completion with its own category's RM (or the success measure for grpo-true), and score
+            #    the prompt's demonstration in the same call (each RM comes to the device once per step)
+            true = success_fn(table, rows, ids, mask, out.texts).to(precision.device)  # [B]
+            width = max(ids.size(1), demo_ids.size(1))
+            both_ids = torch.cat(
+                [F.pad(x, (0, width - x.size(1)), value=tokenizer.pad_token_id) for x in (ids, demo_ids)]
+            )  # [B+P, W]
+            both_mask = torch.cat([F.pad(x, (0, width - x.size(1))) for x in (mask, demo_mask)])  # [B+P, W]
+            both_scores = rm.score(table, torch.cat([rows, prompt_rows]), both_ids, both_mask)  # [B+P]
+            rm_rewards, demo_rewards = both_scores[: len(rows)], both_scores[len(rows) :]  # [B], [P]
+            if rm.num_rms > 1:  # the next step starts with another RM anyway: free the device for the policy now
+                rm.put_away()
+            rewards = true if reward_name == "true" else rm_rewards  # [B]
             advantages = group_advantages(rewards, group, args.scale_rewards)  # [B]
-            # 3. hardness delta = 1 - W against the prompt's demonstration, and the RM gaps demo vs sample
+            # 3. hardness delta = 1 - W against the prompt's demonstration (truncated as the RMs see it), RM gaps
             policy_emb, policy_sub = embed(ids, mask, out.texts)  # [B, K, d], [B, K]
-            demo_emb, demo_sub = embed(demo_ids, demo_mask, [table["demos"][i] for i in batch])  # [P, L, d], [P, L]
+            demo_texts = [table["demo_texts"][i] for i in batch]
+            demo_emb, demo_sub = embed(demo_ids, demo_mask, demo_texts)  # [P, L, d], [P, L]
             demo_emb, demo_sub = demo_emb.repeat_interleave(group, 0), demo_sub.repeat_interleave(group, 0)  # [B, ..]
             deltas = 1.0 - max_mean_cosine(policy_emb, policy_sub, demo_emb, demo_sub)  # [B]
-            gaps = rm.score(table, prompt_rows, demo_ids, demo_mask).repeat_interleave(group) - rm_rewards  # [B]
+            gaps = demo_rewards.repeat_interleave(group) - rm_rewards  # [B]
             gaps = gaps if args.gap_sign == "demo_minus_policy" else -gaps
             # 4. alpha^D, alpha^M per category; alpha (their product, one of them, or 1) multiplies the advantage
             categories, reference = table["category"][prompt_rows], hardness_ref or args.hardness_ref  # [P]
@@ -522,22 +834,21 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: 
             alpha = factors[args.scaling].to(advantages.device)  # [B] what GRPO-S applies (logged for every arm)
             if scaled and args.scaling != "none":  # `none` leaves the advantages untouched: exactly plain GRPO
                 advantages = alpha * advantages  # [B], the normalised advantage, never the raw reward
-            inputs = (out.prompt_ids, out.prompt_mask, ids, mask)
-            ref_logp = per_token_logps(ref_model, *inputs, args.temperature)[0] if args.beta != 0 else None  # [B, T]
-            old_logp = per_token_logps(model, *inputs, args.temperature)[0] if args.num_iterations > 1 else None
+        inputs = (out.prompt_ids, out.prompt_mask, ids, mask)
+        # 5. log-probs of the frozen pi_0 (and of the sampling policy when it is reused), per micro-batch
+        ref_logp = frozen_logprobs(ref_model, inputs, args, precision) if args.beta != 0 else None  # [B, T]
+        old_logp = frozen_logprobs(model, inputs, args, precision) if args.num_iterations > 1 else None  # [B, T]
         for _ in range(args.num_iterations):
-            # 5. clipped-ratio + k3-KL loss, averaged over micro-batches as gradient accumulation does; AdamW step
-            logp, entropy = per_token_logps(model, *inputs, args.temperature)  # [B, T], [B, T]
-            old = logp.detach() if old_logp is None else old_logp  # [B, T]
-            ref = old if ref_logp is None else ref_logp  # [B, T] (grpo_loss ignores it when beta = 0)
-            parts = [grpo_loss(logp[b], old[b], ref[b], advantages[b], mask[b], *loss_args) for b in micro_batches]
-            loss = torch.stack(parts).mean()
+            # 6. clipped-ratio + k3-KL loss over the step batch: forward and backward per micro-batch, AdamW step
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            logp, entropy, loss = accumulate_grpo_gradients(
+                model, inputs, old_logp, ref_logp, advantages, args, precision
+            )  # [B, T], [B, T], float
+            grad_norm = precision.clip_grad_norm_(parameters, args.max_grad_norm)
             optimizer.step()
         scheduler.step()
-        # 6. log TRL's metrics, alpha per category, kept fraction, alpha against true success
+        # 7. log TRL's metrics, alpha per category, kept fraction, alpha against true success
+        old = logp if old_logp is None else old_logp  # [B, T]
         lengths = mask.sum(1).float()  # [B]
         terminated = lengths[torch.isin(ids, stop_ids).any(dim=1)]  # rows that emitted a stop token
         num_tokens += int(out.prompt_mask.sum() + mask.sum())
@@ -545,15 +856,15 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: 
         metrics = {
             "reward": rewards.mean().item(),
             "reward_std": rewards.view(-1, group).std(1).mean().item(),
-            **{f"rewards/{reward_name}/{k}": getattr(rewards, k)().item() for k in ("mean", "std")},
-            "rewards/true_exact_match": true.mean().item(),
+            **{f"rewards/{reward_label}/{k}": getattr(rewards, k)().item() for k in ("mean", "std")},
+            f"rewards/true_{success_name}": true.mean().item(),
             **ratio_and_kl_metrics(logp, old, ref_logp, advantages, mask, args.epsilon),
             "entropy": ((entropy * mask).sum() / mask.sum()).item(),
             **{f"completions/{k}_length": getattr(lengths, k)().item() for k in ("mean", "min", "max")},
             "completions/clipped_ratio": 1 - len(terminated) / len(lengths),
             "completions/mean_terminated_length": terminated.mean().item() if len(terminated) else 0.0,
             "num_tokens": num_tokens,
-            "losses/loss": loss.item(),
+            "losses/loss": loss,
             "charts/grad_norm": grad_norm.item(),
             "charts/learning_rate": scheduler.get_last_lr()[0],
             **{f"alpha/{k}": getattr(alpha, k)().item() for k in ("mean", "std", "min", "max")},
@@ -566,6 +877,8 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, setup, args: 
             metrics[f"alpha/{names[c]}"], metrics[f"kept_fraction/{names[c]}"] = a.mean().item(), k.mean().item()
             alpha_log[c].append(torch.stack([a.mean(), a.min(), a.max(), k.mean()]))
         run.log(step, {f"{k}/{arm}": v for k, v in metrics.items()})
+    del optimizer
+    precision.release()  # the arm's optimizer (and through it its model) can be freed
     stats = {names[c]: torch.stack(v) for c, v in sorted(alpha_log.items())}  # [steps, 4]: mean, min, max, kept
     keys, reduce = ("alpha mean", "alpha min", "alpha max", "kept"), (torch.mean, torch.min, torch.max, torch.mean)
     return {n: {k: f(s[:, i]).item() for i, (k, f) in enumerate(zip(keys, reduce))} for n, s in stats.items()}
@@ -607,39 +920,46 @@ def load_tables(args: Args, tokenizer, device):
 
 
 def make_table(rows, categories, tokenizer, args: Args, device) -> dict:
-    """Columns as lists and tensors; demonstrations truncated to --max-completion-length, ending in EOS."""
+    """Columns as lists and tensors. Demonstrations are truncated to --max-completion-length tokens, ending in EOS,
+    and the text encoder embeds the same truncated text: the policy's answers are cut at that length and the RMs
+    are fitted on truncated demonstrations against them, so that length never tells a demonstration apart."""
     tokens = tokenizer([r["demonstration"] for r in rows], add_special_tokens=False)["input_ids"]
-    demo = [torch.tensor(ids[: args.max_completion_length - 1] + [tokenizer.eos_token_id]) for ids in tokens]
-    x = tokenizer([r["prompt"].rpartition(":")[2] for r in rows], add_special_tokens=False)["input_ids"]
-    return {
+    kept = [ids[: args.max_completion_length - 1] for ids in tokens]
+    demo = [torch.tensor(ids + [tokenizer.eos_token_id]) for ids in kept]
+    table = {
         "prompts": [r["prompt"] for r in rows],
-        "demos": [r["demonstration"] for r in rows],
+        "demos": [r["demonstration"] for r in rows],  # in full, for samples.md only
+        "demo_texts": tokenizer.batch_decode(kept, skip_special_tokens=True),  # what the encoder embeds
         "names": categories,
         "category": torch.tensor([categories.index(r["category"]) for r in rows], device=device),  # [N]
         "demo_ids": pad_sequence(demo, True, tokenizer.pad_token_id).to(device),  # [N, L] right-padded
         "demo_mask": pad_sequence([torch.ones_like(d) for d in demo], True).to(device),  # [N, L]
-        "inputs": pad_sequence([torch.tensor(t, dtype=torch.long) for t in x], True, -1).to(device),  # [N, S] x (toy)
     }
+    if args.dataset_name.startswith("tiny:"):  # the rule features' x = the letters after `op :` (toy only)
+        x = tokenizer([r["prompt"].rpartition(":")[2] for r in rows], add_special_tokens=False)["input_ids"]
+        table["inputs"] = pad_sequence([torch.tensor(t, dtype=torch.long) for t in x], True, -1).to(device)  # [N, S]
+    return table
 
 
 @torch.no_grad()
-def sample_rows(model, tokenizer, table, rows: list[int], args: Args, num: int, greedy: bool):
-    """`num` completions per row (prompt-major; T=1 unless greedy), batched: padded ids [N*num, T], mask, texts."""
-    ids, masks, texts = [], [], []
+def sample_rows(model, tokenizer, table, rows: list[int], args: Args, num: int, greedy: bool, precision: Precision):
+    """`num` completions per row (prompt-major; T=1 unless greedy), in generate calls of at most
+    --generation-batch-size sequences: ids [N*num, T] padded to --max-completion-length, mask, texts."""
+    prompts = [table["prompts"][i] for i in rows]
     options = dict(greedy=greedy, chat=args.chat, max_prompt_length=args.max_prompt_length)
-    for start in range(0, len(rows), EVAL_BATCH_SIZE):
-        prompts = [table["prompts"][i] for i in rows[start : start + EVAL_BATCH_SIZE]]
-        out = sample(model, tokenizer, prompts, num, args.max_completion_length, **options)
-        pad = (0, args.max_completion_length - out.completion_ids.size(1))
-        ids.append(F.pad(out.completion_ids, pad, value=tokenizer.pad_token_id))  # [n, T]
-        masks.append(F.pad(out.completion_mask, pad))  # [n, T]
-        texts += out.texts
-    return torch.cat(ids), torch.cat(masks), texts
+    with precision.autocast():
+        out = sample(
+            model, tokenizer, prompts, num, args.max_completion_length, batch_size=args.generation_batch_size, **options
+        )
+    pad = (0, args.max_completion_length - out.completion_ids.size(1))
+    ids = F.pad(out.completion_ids, pad, value=tokenizer.pad_token_id)  # [N*num, T]
+    mask = F.pad(out.completion_mask, pad)  # [N*num, T]
+    return ids, mask, out.texts
 
 
-def irl_pairs(model, tokenizer, table, rows, args, stop_ids):
+def irl_pairs(model, tokenizer, table, rows, args, stop_ids, precision):
     """pi_0 samples (T=1) on the demonstration prompts, pairs whose sample equals the demonstration dropped."""
-    ids, mask, _ = sample_rows(model, tokenizer, table, rows, args, args.irl_samples, False)
+    ids, mask, _ = sample_rows(model, tokenizer, table, rows, args, args.irl_samples, False, precision)
     pair_rows = torch.tensor(rows, device=ids.device).repeat_interleave(args.irl_samples)  # [N*S]
     same = exact_match_tensor(ids, mask, table["demo_ids"][pair_rows], table["demo_mask"][pair_rows], stop_ids).bool()
     return pair_rows[~same], ids[~same], mask[~same]
@@ -647,25 +967,60 @@ def irl_pairs(model, tokenizer, table, rows, args, stop_ids):
 
 def check_args(args: Args) -> None:
     """Every option is checked before any data, model or training work."""
+    tiny = args.dataset_name.startswith("tiny:")
+    rm_arch, similarity, success = resolved_options(args)
     if args.num_generations < 2:
         fail(f"--num-generations {args.num_generations}: GRPO needs groups of at least 2 (no group std, A = 0)")
     if args.batch_size % args.num_generations:
         fail(f"--batch-size {args.batch_size} must be a multiple of --num-generations {args.num_generations}")
-    if args.micro_batch_size < 1 or args.batch_size % args.micro_batch_size:
+    if args.micro_batch_size is not None and (args.micro_batch_size < 1 or args.batch_size % args.micro_batch_size):
         fail(f"--micro-batch-size {args.micro_batch_size} must divide --batch-size {args.batch_size}")
-    for name in "tau lr rm_lr irl_beta temperature epsilon max_grad_norm".split():  # tau: the gap mask threshold
+    rm_micro_batch_size = args.rm_batch_size if args.rm_micro_batch_size is None else args.rm_micro_batch_size
+    if rm_micro_batch_size < 1 or args.rm_batch_size < 1 or args.rm_batch_size % rm_micro_batch_size:
+        fail(f"--rm-micro-batch-size {args.rm_micro_batch_size} must divide --rm-batch-size {args.rm_batch_size}")
+    for name in "tau lr rm_lr irl_beta temperature epsilon max_grad_norm lora_alpha".split():  # tau: the gap mask
         if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     counts = "steps pool_size num_eval num_demos_per_category irl_samples irl_rounds irl_policy_steps rm_epochs"
-    for name in (counts + " num_iterations max_completion_length max_prompt_length chunk_size num_threads").split():
+    counts += " num_iterations max_completion_length max_prompt_length chunk_size num_threads generation_batch_size"
+    for name in counts.split():
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.lora_r < 0:
+        fail(f"--lora-r must be >= 0 (0 = full fine-tuning), got {args.lora_r}")
     if args.beta < 0 or not (0 <= args.warmup_ratio < 1 and 0 <= args.ema_gamma < 1):
         fail(f"--beta {args.beta} must be >= 0, --warmup-ratio and --ema-gamma in [0, 1)")
-    if args.similarity == "encoder" and not args.encoder_name:
+    if similarity == "encoder" and not args.encoder_name:
         fail("--similarity encoder needs --encoder-name (a from_pretrained folder or hub id of a text encoder)")
-    if args.rm_arch == "linear" and not args.dataset_name.startswith("tiny:"):
+    if similarity == "ngram" and not tiny:
+        fail(
+            "--similarity ngram is the toy's stand-in (a vocabulary-wide count vector per chunk): on real data use "
+            "--similarity lm_hidden (the default there) or encoder"
+        )
+    if rm_arch == "linear" and not tiny:
         fail("--rm-arch linear uses the tiny rule task's features; use --rm-arch transformer on a real dataset")
+    if success == "judge" and not args.judge_model_name:
+        fail(
+            "real data needs a success measure for grpo-true and the evaluation (exact match to a free-text "
+            "demonstration is ~0): pass --judge-model-name (a sequence-classification reward model with its score "
+            "head), or --true-reward exact_match where the answers are short and exact"
+        )
+    if args.judge_model_name and success != "judge":
+        fail(f"--judge-model-name is only used by --true-reward judge (here {success})")
+    if args.rm_model_paths:
+        if rm_arch != "transformer":
+            fail("--rm-model-paths are sequence-classification reward models: they need --rm-arch transformer")
+        if not args.shared_rm and not args.categories:
+            fail("--rm-model-paths needs --categories: one category per path, in the same order")
+        expected = 1 if args.shared_rm else len(args.categories)
+        if len(args.rm_model_paths) != expected:
+            fail(f"--rm-model-paths gives {len(args.rm_model_paths)} reward models for {expected} (one per category)")
+        if missing := [p for p in args.rm_model_paths if not Path(p).is_dir()]:
+            fail(f"--rm-model-paths {missing} are not folders written by save_pretrained")
+        if args.irl_rounds > 1:
+            fail("--rm-model-paths skips IRL: ready reward models are not refitted, so --irl-rounds must be 1")
+    if args.rm_offload == "disk" and rm_arch != "transformer":
+        fail("--rm-offload disk moves transformer reward models; the linear ones are a few numbers")
     if not args.arms or len(set(args.arms)) != len(args.arms):
         fail(f"--arms must list distinct arms, got {args.arms}")
 
@@ -674,58 +1029,100 @@ def main(args: Args) -> dict:
     check_args(args)
     torch.set_num_threads(args.num_threads)
     seed_everything(args.seed)
-    device = pick_device(args.cuda)
-    dtype = pick_dtype(args.dtype, device)
+    precision = setup_precision(args.dtype, args.cuda, args.fp32_master)
+    device = precision.device
     start_time, tiny = time.time(), args.dataset_name.startswith("tiny:")
-    rm_arch = args.rm_arch or ("linear" if tiny else "transformer")
-    # 0. pi_0 (frozen: the first IRL sampler, every arm's start and KL reference), the data, Phi and the RMs
+    rm_arch, similarity, success_name = resolved_options(args)
+    # 0. pi_0 (frozen, in the frozen dtype: the first IRL sampler, every arm's start and KL reference), the data,
+    #    Phi, the success measure and the RMs
     policy_path = args.model_name
     if policy_path.startswith("tiny:"):  # the tiny LM SFT-warm-started on the task [card 6], cached
         policy_path = str(warm_start(policy_path[5:], args.warm_start_seed, args.warm_start_steps, lr=WARM_START_LR))
-    start_model, tokenizer = load_causal_lm(policy_path, device=device, dtype=dtype, seed=args.seed)
+    start_model, tokenizer = load_causal_lm(policy_path, device, precision.frozen_dtype, seed=args.seed)
     start_model.eval().requires_grad_(False)
     stop_ids = torch.tensor(stop_token_ids(tokenizer, start_model), device=device)
     train, heldout = load_tables(args, tokenizer, device)
     names, everything = train["names"], list(range(len(heldout["prompts"])))
-    embed = make_encoder(args, start_model, tokenizer, stop_ids, device)
-    width = embed(train["demo_ids"][:2], train["demo_mask"][:2], train["demos"][:2])[0].size(-1)
+    embed = make_encoder(args, similarity, start_model, tokenizer, stop_ids, precision)
+    width = embed(train["demo_ids"][:2], train["demo_mask"][:2], train["demo_texts"][:2])[0].size(-1)
     if args.encoder_dim is not None and width != args.encoder_dim:
-        fail(f"the {args.similarity} encoder gives {width}-wide embeddings, --encoder-dim expects {args.encoder_dim}")
-    num_rms, models = 1 if args.shared_rm else len(names), None
-    if rm_arch == "transformer":
-        rm_name = args.rm_model_name or ("tiny" if tiny else policy_path)
-        kwargs = dict(device=device, dtype=dtype, model_class=AutoModelForSequenceClassification, num_labels=1)
-        kwargs["new_head"] = True  # IRL fits each category's reward head from the policy's backbone
-        models = [load_causal_lm(rm_name, seed=args.seed + j, **kwargs)[0] for j in range(num_rms)]
-        for m in models:
-            m.config.pad_token_id = tokenizer.pad_token_id
-    info = dict(max_len=args.max_completion_length, max_inputs=train["inputs"].size(1), stop_ids=stop_ids)
-    rm = CategoryRewardModels(rm_arch, num_rms, dict(info, tokenizer=tokenizer, chat=args.chat), models).to(device)
+        fail(f"the {similarity} encoder gives {width}-wide embeddings, --encoder-dim expects {args.encoder_dim}")
+    judge = Judge(args.judge_model_name, args, precision) if success_name == "judge" else None
+
+    def true_success(table, rows, ids, mask, texts) -> torch.Tensor:
+        """The success measure of each answer ([N]): exact match to the truncated demonstration, or the judge."""
+        if judge is None:
+            return exact_match_tensor(ids, mask, table["demo_ids"][rows], table["demo_mask"][rows], stop_ids)
+        return judge.score([table["prompts"][i] for i in rows.tolist()], texts)
+
+    success = (success_name, true_success)
+    num_rms = 1 if args.shared_rm else len(names)
+    rm_names = ["shared"] if args.shared_rm else names
+    info = dict(max_len=args.max_completion_length, stop_ids=stop_ids, tokenizer=tokenizer, chat=args.chat)
+    info.update(seed=args.seed, names=rm_names, micro_batch_size=args.rm_micro_batch_size or args.rm_batch_size)
+    info.update(max_prompt_length=args.max_prompt_length, max_inputs=train["inputs"].size(1) if tiny else 0)
+    if args.rm_model_paths:  # ready RMs: each loaded once here (a folder without a score head fails), then put away
+        for path in args.rm_model_paths:
+            if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
+                fail(f"--rm-model-paths {path!r} has another tokenizer than the policy: RMs score the policy's ids")
+        sources = [(path, False) for path in args.rm_model_paths]
+    else:  # IRL fits each category's reward head from the policy's backbone (or --rm-model-name)
+        sources = [(args.rm_model_name or ("tiny" if tiny else policy_path), True)] * num_rms
+    rm = CategoryRewardModels(rm_arch, num_rms, info, precision, sources, args.rm_offload).to(device)
+    if args.rm_model_paths:
+        for j in range(num_rms):
+            rm.activate(j)
+        rm.put_away()
     task = args.dataset_name.split(":", 1)[1] if tiny else "custom"
     run = RunLogger(make_run_name(f"dr_irl-{task}", args.exp_name, args.seed), args, track=args.track, print_every=20)
+    rm.offload_dir = run.dir / "reward_models"  # --rm-offload disk: the fitted RMs, reusable by --rm-model-paths
+    policy_options = dict(
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, gradient_checkpointing=args.gradient_checkpointing
+    )
     # 1. D: a balanced demonstration set, up to --num-demos-per-category prompts per category
     first = [(train["category"] == c).nonzero()[: args.num_demos_per_category, 0] for c in range(len(names))]
     demo_rows = torch.cat(first).tolist()
-    # 2. IRL: pi_0 samples are the non-preferred side; fit r_j by the IRL loss, freeze (rounds > 1: Li's alternation)
-    generator, policy, notes = torch.Generator().manual_seed(args.seed), start_model, []
-    for irl_round in range(args.irl_rounds):
+    # 2. IRL: pi_0 samples are the non-preferred side; fit r_j by the IRL loss, one RM at a time, freeze
+    #    (rounds > 1: Li's alternation; ready RMs from --rm-model-paths skip this)
+    generator, policy, notes, counts = torch.Generator().manual_seed(args.seed), start_model, [], ["-"] * len(names)
+    for irl_round in range(0 if args.rm_model_paths else args.irl_rounds):
         if irl_round > 0:  # Li et al.: GRPO steps of the (persistent) policy on the current RMs, then resample y~
-            policy = copy.deepcopy(policy).train().requires_grad_(True)
+            if policy is start_model:
+                policy = load_policy(policy_path, precision, seed=args.seed, **policy_options)[0]
             setup, steps = ARM_SETUP["grpo"], args.irl_policy_steps
-            train_grpo(f"irl{irl_round}", policy, start_model, tokenizer, train, rm, embed, setup, args, run, steps)
+            train_grpo(
+                f"irl{irl_round}",
+                policy,
+                start_model,
+                tokenizer,
+                train,
+                rm,
+                embed,
+                success,
+                setup,
+                args,
+                run,
+                steps,
+                precision,
+            )
             policy.eval()
-        pair_rows, sample_ids, sample_mask = irl_pairs(policy, tokenizer, train, demo_rows, args, stop_ids)
+        pair_rows, sample_ids, sample_mask = irl_pairs(policy, tokenizer, train, demo_rows, args, stop_ids, precision)
         counts = torch.bincount(train["category"][pair_rows], minlength=len(names)).tolist()
         if empty := [n for n, k in zip(names, counts) if k == 0]:
             fail(f"IRL round {irl_round}: category {empty} has no pair (every sample is its demo): raise --irl-samples")
-        history = fit_reward_models(rm, train, pair_rows, sample_ids, sample_mask, args, generator)
+        history = fit_reward_models(rm, train, pair_rows, sample_ids, sample_mask, args, generator, precision)
         pairs = ", ".join(f"{n} {k}" for n, k in zip(names, counts))
         notes.append(f"IRL round {irl_round}: pairs {pairs}; loss {history[0]:.3f} -> {history[-1]:.3f}")
         print(notes[-1], flush=True)
         run.log(irl_round, {"losses/irl_loss": history[-1], **{f"irl/pairs/{n}": k for n, k in zip(names, counts)}})
+    if args.rm_model_paths:
+        notes.append(
+            "ready reward models (no IRL): " + ", ".join(f"{n} {p}" for n, p in zip(rm_names, args.rm_model_paths))
+        )
+    del policy
     rm.requires_grad_(False)
     with torch.no_grad():  # held-out RM pairwise accuracy: demonstration vs a pi_0 sample on held-out prompts
-        rows, ids, mask = irl_pairs(start_model, tokenizer, heldout, everything, args, stop_ids)
+        rows, ids, mask = irl_pairs(start_model, tokenizer, heldout, everything, args, stop_ids, precision)
         demo_scores = rm.score(heldout, rows, heldout["demo_ids"][rows], heldout["demo_mask"][rows])  # [P]
         margin = demo_scores - rm.score(heldout, rows, ids, mask)  # [P]
     rm_rows = []
@@ -738,30 +1135,66 @@ def main(args: Args) -> dict:
     print(f"setup (data, start, IRL): {time.time() - start_time:.1f} s", flush=True)
 
     # 3-5. each arm: GRPO from pi_0 (the frozen KL reference) on the imbalanced mix, routed RMs, alpha for GRPO-S
+    @torch.no_grad()
     def evaluate(model) -> dict:
-        """Greedy answers to the held-out prompts: true exact match per category, the learned RMs' mean score."""
-        ids, mask, texts = sample_rows(model, tokenizer, heldout, everything, args, 1, True)
-        true = exact_match_tensor(ids, mask, heldout["demo_ids"], heldout["demo_mask"], stop_ids)  # [N]
+        """Greedy answers to the held-out prompts: the success measure per category, the learned RMs' mean score."""
+        ids, mask, texts = sample_rows(model, tokenizer, heldout, everything, args, 1, True, precision)
+        rows = torch.tensor(everything, device=device)  # [N]
+        true = true_success(heldout, rows, ids, mask, texts).to(device)  # [N]
         cat = heldout["category"]
-        em = {n: true[cat == c].mean().item() for c, n in enumerate(names) if (cat == c).any()}
-        score = rm.score(heldout, torch.tensor(everything, device=device), ids, mask).mean().item()
-        return {"em": em, "mean_em": sum(em.values()) / len(em), "rm": score, "texts": texts}
+        per_category = {n: true[cat == c].mean().item() for c, n in enumerate(names) if (cat == c).any()}
+        score = rm.score(heldout, rows, ids, mask).mean().item()
+        rm.put_away()  # the device holds the policy (and pi_0) only, until the next arm's first reward
+        mean = sum(per_category.values()) / len(per_category)
+        return {"success": per_category, "mean_success": mean, "rm": score, "texts": texts}
 
     results = {"start": {**evaluate(start_model), "seconds": 0.0, "alpha": {}}}
+    with torch.no_grad():  # the start's headroom: G samples per held-out prompt (T=1) against its greedy answer
+        group = args.num_generations
+        ids, mask, texts = sample_rows(start_model, tokenizer, heldout, everything, args, group, False, precision)
+        rows = torch.tensor(everything, device=device).repeat_interleave(group)  # [N*G]
+        best = true_success(heldout, rows, ids, mask, texts).to(device).view(-1, group).max(1).values  # [N]
+    best_per_category = {n: best[heldout["category"] == c].mean().item() for c, n in enumerate(names)}
+    notes.append(
+        f"start headroom (best of G={group} samples at T={args.temperature} vs greedy, {success_name}): "
+        + ", ".join(f"{n} {best_per_category[n]:.3f} vs {results['start']['success'][n]:.3f}" for n in names)
+    )
+    print(notes[-1], flush=True)
     for arm in args.arms:
+        model, _ = load_policy(policy_path, precision, seed=args.seed, **policy_options)  # fp32 masters (or LoRA)
         seed_everything(args.seed)
-        model, arm_start = copy.deepcopy(start_model).train().requires_grad_(True), time.time()
-        alpha = train_grpo(arm, model, start_model, tokenizer, train, rm, embed, ARM_SETUP[arm], args, run, args.steps)
+        arm_start = time.time()
+        alpha = train_grpo(
+            arm,
+            model,
+            start_model,
+            tokenizer,
+            train,
+            rm,
+            embed,
+            success,
+            ARM_SETUP[arm],
+            args,
+            run,
+            args.steps,
+            precision,
+        )
         seconds = time.time() - arm_start
         results[arm] = {**evaluate(model.eval()), "seconds": seconds, "alpha": alpha}
-        run.log(args.steps, {f"eval/exact_match/{n}/{arm}": v for n, v in results[arm]["em"].items()}, echo=True)
+        run.log(
+            args.steps, {f"eval/{success_name}/{n}/{arm}": v for n, v in results[arm]["success"].items()}, echo=True
+        )
         if args.save_model:
-            model.save_pretrained(run.dir / arm)
+            model.save_pretrained(run.dir / arm)  # fp32 master weights; with --lora-r, the peft adapter
             tokenizer.save_pretrained(run.dir / arm)
-    # 6. the tables: true exact match per category (never the RM score), RM accuracy, alpha per category
+        del model  # the next arm's policy takes its place on the device
+        gc.collect()
+    rm.put_away()
+    # 6. the tables: the success measure per category (never the learned RMs' score), RM accuracy, alpha
+    label = {"exact_match": "EM", "judge": "judge score"}[success_name]
     n_eval = {n: int((heldout["category"] == c).sum()) for c, n in enumerate(names)}
     em_rows = [
-        {"arm": arm, **{f"{n} (n={n_eval[n]})": r["em"].get(n) for n in names}, "mean EM": r["mean_em"]}
+        {"arm": arm, **{f"{n} (n={n_eval[n]})": r["success"].get(n) for n in names}, f"mean {label}": r["mean_success"]}
         | {"RM reward": r["rm"], "train s": r["seconds"]}
         for arm, r in results.items()
     ]
@@ -773,13 +1206,18 @@ def main(args: Args) -> dict:
     ]
     run.save_text("samples.md", "\n".join(samples) + "\n")
     standard_error = 0.5 / math.sqrt(max(min(n_eval.values()), 1))
+    measure = (
+        f"Greedy exact match per category on held-out prompts (SE <= {standard_error:.3f})"
+        if judge is None
+        else f"Mean judge score ({args.judge_model_name}) of the greedy answers per category on held-out prompts"
+    )
     run.finish(
         f"## DR-IRL on {task}, seed {args.seed}: {args.steps} steps x {args.batch_size} completions "
         f"(G={args.num_generations}), RM {rm_arch}{' (shared)' if args.shared_rm else ' per category'}, scaling "
-        f"{args.scaling}, similarity {args.similarity}, granularity {args.alpha_granularity}, scope {args.stat_scope}, "
+        f"{args.scaling}, similarity {similarity}, granularity {args.alpha_granularity}, scope {args.stat_scope}, "
         f"tau {args.tau}, lr {args.lr}\n\n" + "\n".join(notes) + "\n\nHeld-out RM pairwise accuracy (demonstration vs "
-        f"pi_0 sample):\n\n{format_table(rm_rows)}\n\nGreedy exact match per category on held-out prompts (SE <= "
-        f"{standard_error:.3f}) and the learned RMs' mean reward of those answers:\n\n{format_table(em_rows)}\n\n"
+        f"pi_0 sample):\n\n{format_table(rm_rows)}\n\n{measure} and the learned RMs' mean reward of those answers:"
+        f"\n\n{format_table(em_rows)}\n\n"
         "alpha = alpha^D x alpha^M per category over the training steps (what GRPO-S applies, logged for all arms) "
         f"and the kept fraction of the gap mask:\n\n{format_table(alpha_rows)}"
     )

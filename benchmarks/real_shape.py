@@ -114,9 +114,56 @@ def bleuberi_command(model: Path, data: Path, batch_size: int, dtype: str, args:
     ]
 
 
+def dr_irl_data(folder: Path) -> Path:
+    """Prompts, categories and demonstrations of two categories (the rule_categories task's copy and reverse rows)."""
+    from datasets import Dataset
+
+    from shared.tasks import get_task
+
+    data = get_task("rule_categories").dataset(1000, seed=0).filter(lambda row: row["op"] in ("copy", "reverse"))
+    columns = {"prompt": data["prompt"], "category": data["op"], "demonstration": data["reference"]}
+    Dataset.from_dict(columns).save_to_disk(str(folder))
+    return folder
+
+
+def dr_irl_command(model: Path, data: Path, batch_size: int, dtype: str, args: Args) -> list[str]:
+    """DR-IRL's real path: two transformer RMs fitted one at a time (the same pairs at B and 4B), then GRPO-S."""
+    return [
+        "algos/dr_irl.py",
+        f"--model-name={model}",
+        f"--dataset-name={data}",
+        "--categories",
+        "copy",
+        "reverse",
+        "--rm-arch=transformer",
+        "--true-reward=exact_match",
+        "--arms=grpo-s",
+        "--num-eval=1",
+        "--num-demos-per-category=4",
+        "--irl-samples=1",
+        "--rm-epochs=1",
+        "--rm-lr=1e-5",
+        f"--rm-batch-size={args.micro_batch_size}",
+        f"--rm-micro-batch-size={args.micro_batch_size}",
+        f"--steps={args.steps}",
+        f"--batch-size={batch_size}",
+        "--num-generations=8",
+        f"--micro-batch-size={args.micro_batch_size}",
+        f"--generation-batch-size={args.generation_batch_size}",
+        f"--max-completion-length={args.completion_length}",
+        f"--lr={args.lr}",
+        f"--dtype={dtype}",
+        f"--seed={args.seed}",
+        f"--num-threads={args.num_threads}",
+        "--save-model",
+        "--cuda" if args.cuda else "--no-cuda",
+    ]
+
+
 SCRIPTS: dict[str, tuple[Callable, Callable, str]] = {
     # script -> (data fixture, command, folder of the saved policy inside the run folder)
     "bleuberi": (bleuberi_data, bleuberi_command, "bleuberi"),
+    "dr_irl": (dr_irl_data, dr_irl_command, "grpo-s"),
 }
 
 

@@ -59,6 +59,11 @@ class Precision:
         """The optimizer, wrapped so that fp16 steps with inf / nan gradients are skipped by the loss scaler."""
         return self.accelerator.prepare_optimizer(optimizer, device_placement=False)
 
+    def release(self) -> None:
+        """Forget the optimizers prepared so far (accelerate keeps a reference to each, and so to its state and its
+        model's parameters): call it when a model's training ends, so that its memory can be freed."""
+        self.accelerator.free_memory()
+
     def backward(self, loss: torch.Tensor) -> None:
         """loss.backward(), scaled by the fp16 loss scaler where there is one."""
         self.accelerator.backward(loss)

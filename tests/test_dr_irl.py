@@ -1,6 +1,7 @@
 """Tests of algos/dr_irl.py: the IRL loss, hardness delta, alpha^D / alpha^M against hand values, the scaling edge
 rules, the linear-feature RM, GRPO maths, `--scaling none` = plain GRPO exactly, a smoke run, learning, the real
-path (local model + dataset, transformer RMs, the all-MiniLM-L6-v2 encoder) and the bad inputs of issue 13."""
+path (local model + dataset, transformer RMs, a judge, the all-MiniLM-L6-v2 encoder), the bad inputs of issue 13, and
+real models: micro-batched GRPO and RM gradients, RMs fitted one at a time, ready RMs by path, bf16 against fp32."""
 
 import importlib.util
 import json
@@ -219,7 +220,7 @@ def test_scaling_none_is_exactly_plain_grpo_and_smoke(runs_in_tmp):
         assert key in keys, key
     summary = (folder / "summary.md").read_text()
     assert "| grpo-s" in summary and "RM accuracy" in summary and "kept" in summary
-    assert set(results["grpo"]["em"]) == {"copy", "reverse", "rotate2", "sort"}
+    assert set(results["grpo"]["success"]) == {"copy", "reverse", "rotate2", "sort"}
 
 
 def test_scaling_both_changes_the_update(runs_in_tmp):
@@ -262,6 +263,7 @@ def test_grpo_learns_on_the_true_reward(tmp_path, runs_in_tmp):
     Dataset.from_dict(columns).save_to_disk(str(tmp_path / "reverse"))
     args = Args(
         dataset_name=str(tmp_path / "reverse"),
+        true_reward="exact_match",
         **dict(num_eval=40, num_demos_per_category=8, irl_samples=1, rm_epochs=1, rm_lr=1e-3),
         **dict(arms=("grpo-true",), steps=25, batch_size=64, num_generations=8, lr=3e-4),
     )
@@ -270,7 +272,7 @@ def test_grpo_learns_on_the_true_reward(tmp_path, runs_in_tmp):
     rewards = [line["reward/grpo-true"] for line in lines if "reward/grpo-true" in line]
     assert len(rewards) == 25
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.05, rewards  # measured +0.10 to +0.25 over seeds 1-5
-    assert results["grpo-true"]["em"]["reverse"] >= results["start"]["em"]["reverse"]
+    assert results["grpo-true"]["success"]["reverse"] >= results["start"]["success"]["reverse"]
 
 
 def test_irl_rounds_resample_from_the_updated_policy_and_refit(runs_in_tmp, monkeypatch):
@@ -324,25 +326,50 @@ def make_real_dataset(path, empty_category=None, columns=("prompt", "category", 
 
 
 REAL = dict(TINY, num_eval=4, num_demos_per_category=8, rm_epochs=2, rm_lr=1e-3, max_completion_length=6)
+EXACT = dict(REAL, true_reward="exact_match")  # short exact answers: exact match is a fair success measure
 
 
-def test_real_path_local_model_dataset_transformer_rms(tmp_path, runs_in_tmp):
+def save_score_model(folder, seed=0):
+    """A tiny sequence-classification model with its score head (a ready RM / judge), saved with its tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+
+    from shared.lm import build_tokenizer, tiny_config
+
+    tokenizer = build_tokenizer()
+    config = tiny_config(tokenizer)
+    config.num_labels = 1
+    torch.manual_seed(seed)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_real_path_local_model_dataset_transformer_rms_and_judge(tmp_path, runs_in_tmp):
+    """The real path: a local model and dataset, transformer RMs, lm_hidden (the real default), and a judge as the
+    success measure: grpo-true's reward and the evaluation table are the judge's scores, never exact match."""
     from shared.lm import build_tiny_lm
 
     model, tokenizer = build_tiny_lm(seed=5)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     make_real_dataset(tmp_path / "data")
+    judge = save_score_model(tmp_path / "judge")
     args = Args(
         model_name=str(tmp_path / "model"),
         dataset_name=str(tmp_path / "data"),
-        similarity="lm_hidden",
+        judge_model_name=judge,
         alpha_granularity="response",
-        **REAL,
+        **{**REAL, "arms": ("grpo-s", "grpo-true")},
     )
     results = main(args)
-    assert set(results["grpo-s"]["em"]) == {"copy", "reverse"}
-    assert "RM transformer per category" in (run_folder(runs_in_tmp) / "summary.md").read_text()
+    assert set(results["grpo-s"]["success"]) == {"copy", "reverse"}
+    summary = (run_folder(runs_in_tmp) / "summary.md").read_text()
+    assert "RM transformer per category" in summary and "similarity lm_hidden" in summary
+    assert "Mean judge score" in summary and "mean judge score" in summary
+    lines = [json.loads(line) for line in (run_folder(runs_in_tmp) / "metrics.jsonl").read_text().splitlines()]
+    rewards = [line["reward/grpo-true"] for line in lines if "reward/grpo-true" in line]
+    judged = [line["rewards/true_judge/grpo-true"] for line in lines if "reward/grpo-true" in line]
+    assert rewards == judged and any(r != 0 for r in rewards)  # the judge's scores are grpo-true's reward
 
 
 def minilm_path():
@@ -384,7 +411,7 @@ def test_real_path_with_text_encoder(tmp_path, runs_in_tmp):
         similarity="encoder",
         encoder_name=str(path),
         encoder_dim=384,
-        **REAL,
+        **EXACT,
     )
     main(args)
     assert (run_folder(runs_in_tmp) / "summary.md").exists()
@@ -404,6 +431,18 @@ def test_real_path_with_text_encoder(tmp_path, runs_in_tmp):
         (dict(similarity="encoder"), "needs --encoder-name"),
         (dict(model_name="nobody/no-such-model-xyz"), "cannot load"),
         (dict(similarity="encoder", encoder_name="nobody/no-such-encoder-xyz"), "cannot load"),
+        (dict(rm_micro_batch_size=100), "must divide --rm-batch-size"),
+        (dict(rm_micro_batch_size=0), "must divide --rm-batch-size"),
+        (dict(micro_batch_size=3), "must divide --batch-size"),
+        (dict(generation_batch_size=0), "--generation-batch-size must be at least 1"),
+        (dict(lora_r=-1), "--lora-r must be >= 0"),
+        (dict(dataset_name="some/real-data"), "needs a success measure"),
+        (dict(dataset_name="some/real-data", true_reward="exact_match", similarity="ngram"), "toy's stand-in"),
+        (dict(true_reward="exact_match", judge_model_name="x"), "only used by --true-reward judge"),
+        (dict(rm_model_paths=("a", "b")), "needs --categories"),
+        (dict(rm_model_paths=("a",), categories=("copy", "reverse")), "gives 1 reward models for 2"),
+        (dict(rm_model_paths=("/no/such/rm",), shared_rm=True), "not folders written by save_pretrained"),
+        (dict(rm_offload="disk"), "--rm-offload disk moves transformer"),
     ],
 )
 def test_bad_options_fail_fast(change, message, runs_in_tmp):
@@ -423,7 +462,213 @@ def test_bad_options_fail_fast(change, message, runs_in_tmp):
 def test_bad_datasets_fail_fast(kwargs, message, tmp_path, runs_in_tmp):
     make_real_dataset(tmp_path / "data", **kwargs)
     with pytest.raises(SystemExit, match=message):
-        main(Args(dataset_name=str(tmp_path / "data"), model_name="tiny", **TINY))
+        main(Args(dataset_name=str(tmp_path / "data"), model_name="tiny", true_reward="exact_match", **TINY))
     with pytest.raises(SystemExit, match="--rm-arch transformer"):
-        main(Args(dataset_name=str(tmp_path / "data"), rm_arch="linear", **TINY))
+        main(Args(dataset_name=str(tmp_path / "data"), rm_arch="linear", true_reward="exact_match", **TINY))
     assert not runs_in_tmp.exists() or not any(runs_in_tmp.iterdir())
+
+
+# real models: micro-batches, reward models one at a time, ready RMs, precision --------------------------------------
+def grpo_batch():
+    """8 sampled completions of 4 prompts (groups of 2) with random rewards, a reference and a sampling policy
+    away from the policy (so the KL term, the ratio and its clip all act)."""
+    from shared.lm import build_tiny_lm, completion_logprobs, sample
+
+    model, tokenizer = build_tiny_lm(seed=8)
+    reference, _ = build_tiny_lm(seed=9)
+    torch.manual_seed(0)
+    prompts = ["copy : a b", "sort : c a b d e f g", "reverse : a b c", "rotate2 : a b c d"]
+    out = sample(model, tokenizer, prompts, num_samples=2, max_new_tokens=6)
+    lengths = torch.tensor([6, 2, 4, 1, 5, 3, 6, 2])  # completions of different lengths: token normalisation matters
+    mask = (torch.arange(6)[None, :] < lengths[:, None]).long()  # [8, 6]
+    completion_ids = out.completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    inputs = (out.prompt_ids, out.prompt_mask, completion_ids, mask)
+    advantages = group_advantages(torch.randn(8), 2) * torch.rand(8)  # alpha-scaled, as GRPO-S passes them
+    with torch.no_grad():
+        ref_logp = completion_logprobs(reference, *inputs)[0]
+        old_logp = completion_logprobs(model, *inputs)[0] + 0.3 * torch.randn(mask.shape)
+    return model, inputs, old_logp, ref_logp, advantages
+
+
+def gradients(model):
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo"])
+def test_grpo_micro_batches_give_the_full_batch_gradient(loss_type):
+    """The same step batch as 1 x 8 and 4 x 2 (and 8 x 1) gives the gradient of one full-batch grpo_loss."""
+    from shared.lm import completion_logprobs
+    from shared.precision import setup_precision
+
+    model, inputs, old_logp, ref_logp, advantages = grpo_batch()
+    precision = setup_precision("fp32", cuda=False)
+    logp = completion_logprobs(model, *inputs)[0]
+    full = grpo_loss(logp, old_logp, ref_logp, advantages, inputs[3], 0.04, 0.2, loss_type, 6)
+    full.backward()
+    expected = gradients(model)
+    for micro_batch_size in (8, 2, 1):
+        args = Args(micro_batch_size=micro_batch_size, loss_type=loss_type, max_completion_length=6)
+        _, _, loss = dr_irl.accumulate_grpo_gradients(model, inputs, old_logp, ref_logp, advantages, args, precision)
+        assert loss == pytest.approx(full.item(), abs=1e-6)
+        for ours, theirs in zip(gradients(model), expected):
+            assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5), micro_batch_size
+
+
+def transformer_rms(num_rms=2, offload="cpu", tmp_path=None):
+    """A table of 8 demonstration pairs over two categories and fresh tiny transformer RMs (new score heads)."""
+    from shared.lm import build_tokenizer, sample
+    from shared.precision import setup_precision
+
+    tokenizer = build_tokenizer()
+    precision = setup_precision("fp32", cuda=False)
+    rows = [
+        {"prompt": f"{op} : {x}", "category": op, "demonstration": x if op == "copy" else " ".join(x.split()[::-1])}
+        for op, x in [("copy", "a b c"), ("reverse", "a b c"), ("copy", "d e"), ("reverse", "c d e f")] * 2
+    ]
+    args = Args(dataset_name="data", max_completion_length=6, true_reward="exact_match")
+    table = dr_irl.make_table(rows, ["copy", "reverse"], tokenizer, args, "cpu")
+    info = dict(max_len=6, stop_ids=torch.tensor([tokenizer.eos_token_id]), tokenizer=tokenizer, chat=True, seed=3)
+    info.update(names=["copy", "reverse"], micro_batch_size=64, max_prompt_length=64)
+    rm = dr_irl.CategoryRewardModels("transformer", num_rms, info, precision, [("tiny", True)] * num_rms, offload)
+    rm.offload_dir = tmp_path
+    from shared.lm import build_tiny_lm
+
+    sampler, _ = build_tiny_lm(seed=4)
+    torch.manual_seed(0)
+    out = sample(sampler, tokenizer, table["prompts"], max_new_tokens=6)
+    sample_ids = torch.nn.functional.pad(out.completion_ids, (0, 6 - out.completion_ids.size(1)), value=0)
+    sample_mask = torch.nn.functional.pad(out.completion_mask, (0, 6 - out.completion_mask.size(1)))
+    return rm, table, torch.arange(8), sample_ids, sample_mask, precision
+
+
+def test_rm_micro_batches_give_the_full_batch_gradient():
+    """IRL fitting of a transformer RM in micro-batches of 2 (gradient accumulation) gives the loss and gradient of
+    one batch of 8 pairs: the mean Bradley-Terry loss."""
+    rm, table, rows, sample_ids, sample_mask, precision = transformer_rms(num_rms=1)
+    model = rm.begin_fit(0)
+    demo = rm.score(table, rows, table["demo_ids"], table["demo_mask"])
+    full = irl_loss(demo, rm.score(table, rows, sample_ids, sample_mask)).mean()
+    full.backward()
+    expected = gradients(model)
+    for micro_batch_size in (8, 2):
+        args = Args(rm_micro_batch_size=micro_batch_size)
+        loss = dr_irl.accumulate_rm_gradients(rm, table, rows, sample_ids, sample_mask, args, precision)
+        assert loss == pytest.approx(full.item(), rel=1e-5)
+        for ours, theirs in zip(gradients(model), expected):
+            assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-4), micro_batch_size
+
+
+@pytest.mark.parametrize("offload", ["cpu", "disk"])
+def test_transformer_rms_are_fitted_one_at_a_time(offload, tmp_path, monkeypatch):
+    """Each category's RM is fitted alone, on its own category's pairs: while it runs, no other RM is on the device
+    (disk: no other is in memory at all, weights included); afterwards each RM is frozen and put away, and scoring
+    swaps them in one by one."""
+    import gc
+    import weakref
+
+    rm, table, rows, sample_ids, sample_mask, precision = transformer_rms(offload=offload, tmp_path=tmp_path)
+    alive, weights, seen = weakref.WeakSet(), {}, []
+    original_scores = dr_irl.sequence_scores
+
+    def sequence_scores(model, prompt_ids, *rest):
+        alive.add(model)
+        weights.setdefault(id(model), weakref.ref(next(model.parameters())))
+        gc.collect()
+        j, active = rm.active
+        assert active is model and j not in rm.cpu_models  # the model that scores is the one on the device
+        assert all(next(m.parameters()).device.type == "cpu" for m in rm.cpu_models.values())
+        assert len(alive) == (1 if offload == "disk" else 1 + len(rm.cpu_models))
+        assert sum(ref() is not None for ref in weights.values()) == len(alive)  # no weights outlive their RM
+        seen.append((j, model.training))
+        return original_scores(model, prompt_ids, *rest)
+
+    monkeypatch.setattr(dr_irl, "sequence_scores", sequence_scores)
+    args = Args(rm_epochs=2, rm_batch_size=4, rm_micro_batch_size=2, rm_lr=1e-3)
+    history = dr_irl.fit_reward_models(rm, table, rows, sample_ids, sample_mask, args, torch.Generator(), precision)
+    assert len(history) == 2 and all(math.isfinite(h) for h in history)
+    fitted = [j for j, training in seen if training]
+    assert fitted == sorted(fitted) and set(fitted) == {0, 1}  # RM 0 finished before RM 1 began
+    assert rm.active is None  # both put away, frozen
+    if offload == "disk":
+        assert [source for source, _ in rm.sources] == [str(tmp_path / "copy"), str(tmp_path / "reverse")]
+    else:
+        assert set(rm.cpu_models) == {0, 1} and not any(p.requires_grad for p in rm.cpu_models[0].parameters())
+    seen.clear()
+    with torch.no_grad():
+        rm.score(table, rows, sample_ids, sample_mask)
+    assert [j for j, _ in seen] == [0, 1] and not any(training for _, training in seen)
+
+
+def test_ready_reward_models_by_path_are_used_without_fitting(tmp_path, runs_in_tmp, monkeypatch):
+    """A run with --rm-offload disk saves its fitted RMs; a second run given them by --rm-model-paths loads them (no
+    new head), never fits, and scores with them. A path without a score head fails with the loader's message."""
+    from shared.lm import build_tiny_lm
+
+    make_real_dataset(tmp_path / "data")
+    options = dict(EXACT, dataset_name=str(tmp_path / "data"), categories=("copy", "reverse"), arms=("grpo",))
+    options.update(rm_arch="transformer", steps=1)
+    main(Args(**options, rm_offload="disk", exp_name="fit"))
+    (first,) = [f for f in runs_in_tmp.iterdir() if "__fit__" in f.name]
+    paths = (str(first / "reward_models" / "copy"), str(first / "reward_models" / "reverse"))
+    loads = []
+    original_load = dr_irl.load_causal_lm
+
+    def load_causal_lm(name, *rest, **kwargs):
+        if kwargs.get("model_class") is dr_irl.AutoModelForSequenceClassification:
+            loads.append((name, kwargs.get("new_head", False)))
+        return original_load(name, *rest, **kwargs)
+
+    def no_fitting(*_):
+        raise AssertionError("ready reward models must not be fitted")
+
+    monkeypatch.setattr(dr_irl, "load_causal_lm", load_causal_lm)
+    monkeypatch.setattr(dr_irl, "fit_reward_models", no_fitting)
+    main(Args(**options, rm_model_paths=paths, exp_name="ready"))
+    assert loads and {name for name, _ in loads} == set(paths) and not any(new for _, new in loads)
+    (second,) = [f for f in runs_in_tmp.iterdir() if "__ready__" in f.name]
+    summary = (second / "summary.md").read_text()
+    assert "ready reward models (no IRL)" in summary and "RM accuracy" in summary
+    model, tokenizer = build_tiny_lm(seed=6)  # a causal LM: no score head
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    with pytest.raises(SystemExit, match="has no weights for score.weight"):
+        main(Args(**options, rm_model_paths=(str(tmp_path / "lm"), paths[1]), exp_name="nohead"))
+    with pytest.raises(SystemExit, match="has no weights for score.weight"):
+        main(Args(**{**options, "true_reward": "judge"}, judge_model_name=str(tmp_path / "lm"), exp_name="nojudge"))
+
+
+def weight_distance(folder_a, folder_b) -> float:
+    from shared.lm import load_causal_lm
+
+    a = load_causal_lm(str(folder_a))[0].state_dict()
+    b = load_causal_lm(str(folder_b))[0].state_dict()
+    return math.sqrt(sum((a[k].float() - b[k].float()).pow(2).sum().item() for k in a))
+
+
+def test_bf16_autocast_moves_the_weights_like_fp32(tmp_path, runs_in_tmp):
+    """512-wide random Qwen2, lr 1e-6, 3 GRPO steps on learned transformer RMs: fp32 master weights under bf16
+    autocast move 0.7-1.4x as far as fp32 training does; bf16 weights without master copies do not."""
+    from shared.lm import build_tiny_lm
+
+    model, tokenizer = build_tiny_lm(seed=11, hidden_size=512)
+    model.save_pretrained(tmp_path / "start")
+    tokenizer.save_pretrained(tmp_path / "start")
+    options = dict(TINY, model_name=str(tmp_path / "start"), arms=("grpo",), lr=1e-6, steps=3, save_model=True)
+    # CPU bf16 matmuls are ~10x slower than fp32 here: only what three steps need
+    options.update(pool_size=40, num_eval=1, num_demos_per_category=2, irl_samples=1, rm_epochs=1, rm_lr=1e-3)
+    options.update(rm_arch="transformer")  # a random policy's answers all score 0 on the rule features: no advantage
+    options.update(batch_size=4, micro_batch_size=2, max_completion_length=6)
+    distances = {}
+    for name, extra in (
+        ("fp32", dict(dtype="fp32")),
+        ("bf16", dict(dtype="bf16")),
+        ("pure", dict(dtype="bf16", fp32_master=False)),
+    ):
+        main(Args(**options, **extra, exp_name=name))
+        (folder,) = [f for f in runs_in_tmp.iterdir() if f"__{name}__" in f.name]
+        distances[name] = weight_distance(tmp_path / "start", folder / "grpo")
+    assert distances["fp32"] > 0
+    assert 0.7 <= distances["bf16"] / distances["fp32"] <= 1.4, distances
+    assert distances["pure"] / distances["fp32"] > 3, distances

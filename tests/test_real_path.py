@@ -167,6 +167,11 @@ def test_precision_choices_on_the_cpu():
     with bf16.autocast():
         out = layer(torch.randn(2, 8))
     assert out.dtype == torch.bfloat16 and layer.weight.dtype == torch.float32  # bf16 arithmetic, fp32 weights
+    optimizer = bf16.prepare_optimizer(torch.optim.AdamW(layer.parameters()))
+    assert len(bf16.accelerator._optimizers) == 1  # accelerate holds on to it (and so to its state) ...
+    bf16.release()
+    assert not bf16.accelerator._optimizers  # ... until the training that used it ends
+    del optimizer
     with pytest.raises(SystemExit, match="fp16 needs a GPU"):
         setup_precision("fp16", cuda=False)
     with pytest.raises(SystemExit, match="--dtype"):
