@@ -296,11 +296,22 @@ def encode_rm(tokenizer, prompts, chosen, rejected, max_length: int, chat: bool 
         texts = [template([{"role": "user", "content": p}, {"role": "assistant", "content": r}]) for p, r in turns]
     else:  # (prompt, response) text pairs for encoders ([CLS] p [SEP] r [SEP]), or full dialogues (HH-RLHF)
         texts, pairs = (prompts + prompts, responses) if prompts is not None else (responses, None)
-    enc = tokenizer(texts, pairs, padding=True, padding_side="right", truncation=True, max_length=max_length,
-                    return_tensors="pt", add_special_tokens=not chat)  # fmt: skip
+    enc = tokenizer(
+        texts,
+        pairs,
+        padding=True,
+        padding_side="right",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+        add_special_tokens=not chat,
+    )
     n = len(chosen)
-    return {k: torch.stack([v[:n], v[n:]], dim=1) for k, v in enc.items() if k in ("input_ids", "attention_mask",
-                                                                                      "token_type_ids")}  # fmt: skip
+    return {
+        k: torch.stack([v[:n], v[n:]], dim=1)
+        for k, v in enc.items()
+        if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
 
 
 def encode_policy(tokenizer, prompts, chosen, rejected) -> dict:

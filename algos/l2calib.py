@@ -115,7 +115,11 @@ class Args:
     noise: bool = True
     """add IMU and odometry noise in the toy"""
     arms: tuple[Literal["l2calib", "hand-eye", "gaussian", "no-select"], ...] = (
-        "l2calib", "hand-eye", "gaussian", "no-select")  # fmt: skip
+        "l2calib",
+        "hand-eye",
+        "gaussian",
+        "no-select",
+    )
     """l2calib (the flags as given), hand-eye, gaussian (= --rot-dist gaussian), no-select (= --no-select)"""
     rot_dist: Literal["bingham", "gaussian"] = "bingham"
     """rotation distribution of the l2calib arm"""
@@ -481,8 +485,10 @@ def load_files(args: Args) -> dict:
         fail(f"median |accel| is {accel:.3g}, far from |gravity|: give the accelerations in m/s^2")
     keep = (tum[:, 0] >= imu[0, 0]) & (tum[:, 0] <= imu[-1, 0])
     if not keep.any():
-        fail(f"IMU times [{imu[0, 0]:.3f}, {imu[-1, 0]:.3f}] and pose times [{tum[0, 0]:.3f}, {tum[-1, 0]:.3f}] do "
-             "not overlap: both files must use one clock")  # fmt: skip
+        fail(
+            f"IMU times [{imu[0, 0]:.3f}, {imu[-1, 0]:.3f}] and pose times [{tum[0, 0]:.3f}, {tum[-1, 0]:.3f}] do "
+            "not overlap: both files must use one clock"
+        )
     tum, norm = tum[keep], tum[keep, 4:].norm(dim=-1, keepdim=True)
     if (norm < 0.5).any():
         fail(f"{args.lidar_poses}: a quaternion has norm {norm.min().item():.3g}; expected unit qx qy qz qw")
@@ -496,8 +502,10 @@ def make_chunks(recordings: list[dict], size: int | None, score_as_written: bool
     for rec in recordings:
         n = len(rec["pose_t"])
         if n < (size or 3):
-            fail(f"only {n} poses lie inside the IMU time range, but a chunk needs {size or 3}: record longer or "
-                 "lower --chunk-seconds")  # fmt: skip
+            fail(
+                f"only {n} poses lie inside the IMU time range, but a chunk needs {size or 3}: record longer or "
+                "lower --chunk-seconds"
+            )
         for s in range(0, n - (size or n) + 1, size or n):
             part = {k: rec[k][s : s + (size or n)] for k in ("pose_t", "q_l", "p_l", "q_ins", "p_ins") if k in rec}
             chunk = preintegrate(rec["imu_t"], rec["gyro"], rec["acc"], part.pop("pose_t"))
@@ -634,10 +642,16 @@ def calibrate(args: Args, chunks: torch.Tensor, pol_kind: str, truth, gen, run: 
             curves.append(point)
             if err.mean().item() < best_err:
                 best_err, answer = err.mean().item(), (q_mean.clone(), t_mean.clone())
-            metrics = {f"reward/{tag}": reward.mean(), f"reward_std/{tag}": reward.std(), f"entropy/{tag}": entropy,
-                       f"clip_ratio/{tag}": clip_frac, f"losses/policy_loss/{tag}": pg_loss,
-                       f"losses/value_loss/{tag}": v_loss, f"charts/learning_rate/{tag}": opt.param_groups[0]["lr"],
-                       f"charts/sigma_t_cm/{tag}": 100 * pol["log_sigma"][:3].exp().mean()}  # fmt: skip
+            metrics = {
+                f"reward/{tag}": reward.mean(),
+                f"reward_std/{tag}": reward.std(),
+                f"entropy/{tag}": entropy,
+                f"clip_ratio/{tag}": clip_frac,
+                f"losses/policy_loss/{tag}": pg_loss,
+                f"losses/value_loss/{tag}": v_loss,
+                f"charts/learning_rate/{tag}": opt.param_groups[0]["lr"],
+                f"charts/sigma_t_cm/{tag}": 100 * pol["log_sigma"][:3].exp().mean(),
+            }
             metrics.update({f"charts/{k}/{tag}": v for k, v in point.items() if k != "update"})
             if "a" in pol:
                 metrics[f"charts/bingham_min_abs_z/{tag}"] = pol["zeta"].exp().min()
@@ -653,8 +667,12 @@ def run_lockstep(arms: dict, bank: dict, gravity: torch.Tensor, rows: int = 1024
     pending, results = {key: next(arm) for key, arm in arms.items()}, {}
     while pending:
         q, t, ids = (torch.cat(x) for x in zip(*pending.values()))
-        err = torch.cat([lio_rmse(bank, ids[s : s + rows], q[s : s + rows], t[s : s + rows], gravity)
-                         for s in range(0, len(q), rows)])  # fmt: skip
+        err = torch.cat(
+            [
+                lio_rmse(bank, ids[s : s + rows], q[s : s + rows], t[s : s + rows], gravity)
+                for s in range(0, len(q), rows)
+            ]
+        )
         for key, e in zip(list(pending), err.split([len(r[0]) for r in pending.values()])):
             try:
                 pending[key] = arms[key].send(e)
@@ -743,8 +761,10 @@ def main(args: Args) -> None:
         notes.append(f"{name}: excitation scores {scores}, {int(kept.sum())} of {len(kept)} kept")
         for arm in args.arms:
             if args.select and arm != "no-select" and not kept.any():
-                fail(f"no chunk of {name} has an excitation score above --select-threshold {args.select_threshold} "
-                     f"({notes[-1]}): lower it or pass --no-select")  # fmt: skip
+                fail(
+                    f"no chunk of {name} has an excitation score above --select-threshold {args.select_threshold} "
+                    f"({notes[-1]}): lower it or pass --no-select"
+                )
             chosen[name, arm] = ranges[name][kept] if args.select and arm != "no-select" else ranges[name]
         offset += len(kept)
     bank = {k: torch.cat([d[k] for d in datasets.values()]).to(device) for k in next(iter(datasets.values()))}
@@ -788,9 +808,11 @@ def main(args: Args) -> None:
         curves.setdefault(name, {})[arm] = res.get("curves", flat)
     run.save_text("result.json", json.dumps(answers, indent=2) + "\n")
     save_curves(run.dir / "error_curves.png", curves, ["rot_err_deg", "t_err_cm"] if truth else ["ape_cm"])
-    head = ("L2Calib (policy mean of the best batch) against its ablations and hand-eye. rot_err: geodesic (deg); "
-            "t_err: |error| per axis (cm); sigma: final policy spread per axis x/y/z; ape: odometry RMSE of the "
-            "answer over every chunk of its data (cm).")  # fmt: skip
+    head = (
+        "L2Calib (policy mean of the best batch) against its ablations and hand-eye. rot_err: geodesic (deg); "
+        "t_err: |error| per axis (cm); sigma: final policy spread per axis x/y/z; ape: odometry RMSE of the "
+        "answer over every chunk of its data (cm)."
+    )
     run.finish("\n".join([head, "", format_table(rows, floatfmt=".2f"), "", *notes]))
 
 

@@ -88,8 +88,15 @@ Arm = Literal["paco", "sum", "full-res", "quarter-res"]
 ARM_SETUP = {"paco": (None, None), "sum": (None, "sum"), "full-res": ("full", None), "quarter-res": ("quarter", None)}
 RES_FACTOR = {"full": 1, "half": 2, "quarter": 4}
 SHAPES = ("disk", "square", "cross", "ring")
-REAL_PROMPTS = tuple(f"a 2x2 grid: the same {x}" for x in ("red fox in four seasons", "robot in four rooms",
-                     "paper boat on four waters", "lighthouse at dawn, noon, dusk and night"))  # fmt: skip
+REAL_PROMPTS = tuple(
+    f"a 2x2 grid: the same {x}"
+    for x in (
+        "red fox in four seasons",
+        "robot in four rooms",
+        "paper boat on four waters",
+        "lighthouse at dawn, noon, dusk and night",
+    )
+)
 PROMPTS = ((0, 1), (1, 2), (2, 3), (3, 0))  # the RL / eval prompts (shape A, shape B); pretraining sees all 12 pairs
 
 
@@ -707,8 +714,10 @@ def main_real(args: Args) -> dict:
     factor = RES_FACTOR[args.train_res]
     for side in (args.image_size, args.image_size // factor):
         if side % multiple or side < multiple:
-            fail(f"resolution {side}x{side} (--image-size {args.image_size}, --train-res {args.train_res}) is not a "
-                 f"positive multiple of {multiple}, the VAE factor x patch size this model can take")  # fmt: skip
+            fail(
+                f"resolution {side}x{side} (--image-size {args.image_size}, --train-res {args.train_res}) is not a "
+                f"positive multiple of {multiple}, the VAE factor x patch size this model can take"
+            )
     for module in filter(None, (transformer, vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3)):
         module.requires_grad_(False)
     targets = "to_q to_k to_v to_out.0 add_q_proj add_k_proj add_v_proj to_add_out".split()  # attention [code: + ff]

@@ -420,8 +420,14 @@ class KeysWithOdds:
         return keys, torch.where(hit, self.modes[keys], other)
 
     def encode(self, texts: list[str], side: str, length: int | None = None):
-        batch = self.tok(texts, add_special_tokens=False, return_tensors="pt", padding_side=side,
-                         padding="max_length" if length else True, max_length=length)  # fmt: skip
+        batch = self.tok(
+            texts,
+            add_special_tokens=False,
+            return_tensors="pt",
+            padding_side=side,
+            padding="max_length" if length else True,
+            max_length=length,
+        )
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
     def prompts(self, keys, query=True, truths=None):
@@ -702,8 +708,10 @@ def load_rm(name: str, tokenizer, device, dtype, seed: int):
     """A reward model (AutoModelForSequenceClassification, one label) whose tokenizer must equal the policy's."""
     rm, rm_tokenizer = load_causal_lm(name, device, dtype, seed, AutoModelForSequenceClassification, num_labels=1)
     if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
-        fail(f"the tokenizer of {name!r} differs from the policy's: the critic starts from the RM and reads the "
-             "policy's token ids, so pick an RM trained with the policy's tokenizer")  # fmt: skip
+        fail(
+            f"the tokenizer of {name!r} differs from the policy's: the critic starts from the RM and reads the "
+            "policy's token ids, so pick an RM trained with the policy's tokenizer"
+        )
     return rm.eval()
 
 

@@ -445,9 +445,16 @@ def all_ok_judgment(problem: str, solution: str) -> str:
 
 def multitask_warm_start(args: Args, judge_max_terms: int = 5) -> Path:
     """The tiny LM after SFT on solve + judge sequences (card 6), cached by its recipe in save_pretrained form."""
-    recipe = dict(method="self_prm", steps=args.ws_steps, batch_size=args.ws_batch_size, lr=args.ws_lr,
-                  judge_fraction=args.ws_judge_fraction, judge_max_terms=judge_max_terms, seed=args.ws_seed,
-                  version=2)  # fmt: skip
+    recipe = dict(
+        method="self_prm",
+        steps=args.ws_steps,
+        batch_size=args.ws_batch_size,
+        lr=args.ws_lr,
+        judge_fraction=args.ws_judge_fraction,
+        judge_max_terms=judge_max_terms,
+        seed=args.ws_seed,
+        version=2,
+    )
     key = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     folder = Path(warmstart.CACHE_DIR) / f"self_prm-solve_judge-{key}"
     if (folder / "recipe.json").exists():
@@ -479,8 +486,11 @@ def multitask_warm_start(args: Args, judge_max_terms: int = 5) -> Path:
         optimizer.step()
         schedule.step()
         if (step + 1) % max(1, args.ws_steps // 5) == 0:
-            print(f"warm start (solve + judge): step {step + 1}/{args.ws_steps} losses/sft_loss {loss.item():.4f} "
-                  f"({(step + 1) / (time.time() - start):.1f} steps/s)", flush=True)  # fmt: skip
+            print(
+                f"warm start (solve + judge): step {step + 1}/{args.ws_steps} losses/sft_loss {loss.item():.4f} "
+                f"({(step + 1) / (time.time() - start):.1f} steps/s)",
+                flush=True,
+            )
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")  # write aside, then rename: no half-written cache
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -497,8 +507,16 @@ def generate(model, tokenizer, prompts, args, num_samples=1, greedy=False, max_n
     """Batched `shared.lm.sample` in chunks of --gen-batch-size sequences; texts prompt-major, and token counts."""
     texts, tokens, per_call = [], 0, max(1, args.gen_batch_size // num_samples)
     for lo in range(0, len(prompts), per_call):
-        out = sample(model, tokenizer, prompts[lo : lo + per_call], num_samples=num_samples, greedy=greedy,
-                     max_new_tokens=max_new_tokens or args.max_new_tokens, chat=args.chat, **sampling)  # fmt: skip
+        out = sample(
+            model,
+            tokenizer,
+            prompts[lo : lo + per_call],
+            num_samples=num_samples,
+            greedy=greedy,
+            max_new_tokens=max_new_tokens or args.max_new_tokens,
+            chat=args.chat,
+            **sampling,
+        )
         texts += out.texts
         tokens += int(out.completion_mask.sum())
     return texts, tokens
@@ -570,8 +588,13 @@ def load_problems(args: Args, toy: bool) -> tuple[list[str], list[str]]:
     """Problems and normalised gold answers; a missing column or an empty list fails here."""
     columns = ["prompt", "answer"] if toy else [args.problem_column, args.answer_column]
     # real data: read it whole, check it is not empty, then pick (load_data's own shuffle breaks on 0 rows)
-    data = load_data(args.dataset_name, split=args.split, required_columns=columns, seed=args.seed,
-                     num_examples=args.num_problems if toy else None)  # fmt: skip
+    data = load_data(
+        args.dataset_name,
+        split=args.split,
+        required_columns=columns,
+        seed=args.seed,
+        num_examples=args.num_problems if toy else None,
+    )
     if len(data) == 0:
         fail(f"{args.dataset_name!r} ({args.split}) has no problems: the problem list is empty")
     if not toy:
@@ -661,8 +684,11 @@ def main(args: Args) -> dict:
         answers = [[normalize_answer(last_boxed(t)) for t in row] for row in texts]
     ids, slot_correct = answer_ids(answers, gold)  # [P, N], [P, N]
     correct = slot_correct.gather(1, ids.clamp(min=0)) & (ids >= 0)  # [P, N] sample answer is right
-    print(f"1. sampled {P} x {N} solutions in {time.time() - timer:.1f} s ({solve_tokens} tokens); pass@1 "
-          f"{correct.float().mean():.3f}", flush=True)  # fmt: skip
+    print(
+        f"1. sampled {P} x {N} solutions in {time.time() - timer:.1f} s ({solve_tokens} tokens); pass@1 "
+        f"{correct.float().mean():.3f}",
+        flush=True,
+    )
 
     # 2. the same model judges each of its first K samples (ProcessBench-style prompt, greedy), verdict parsed
     timer = time.time()
@@ -679,8 +705,11 @@ def main(args: Args) -> dict:
     judgments, judge_tokens = generate(model, tokenizer, judge_prompts, args, **sampling)
     verdicts = [parse(j) for j in judgments]
     valid = torch.tensor([v == -1 for v in verdicts]).view(P, K)  # [P, K] self-verdict v_i
-    print(f"2. judged {P * K} samples in {time.time() - timer:.1f} s ({judge_tokens} tokens); valid rate "
-          f"{valid.float().mean():.3f}, unparsed {np.mean([v is None for v in verdicts]):.3f}", flush=True)  # fmt: skip
+    print(
+        f"2. judged {P * K} samples in {time.time() - timer:.1f} s ({judge_tokens} tokens); valid rate "
+        f"{valid.float().mean():.3f}, unparsed {np.mean([v is None for v in verdicts]):.3f}",
+        flush=True,
+    )
 
     # 3. soft self-score (reconstructed): P(all-ok judgment) on the toy, or the share of -1 among sampled judgments
     soft_mode = ("path" if toy else "votes") if args.soft_score == "auto" else args.soft_score
@@ -700,9 +729,15 @@ def main(args: Args) -> dict:
     weights.update({f"noisy_{q:g}": v.float() for q, v in noisy.items()})
 
     # 5. selection over nested k = 1, 2, 4, ..., K (prefixes of the one pool)
-    names = {"pass1": "pass@1", "majority": "MV", "self_prm": "Self-PRM", "self_prm_soft": "Self-PRM soft",
-             "oracle_judge": "oracle judge", "oracle": "pass@k",
-             **{f"noisy_{q:g}": f"noisy {q:g}" for q in args.noise_rates}}  # fmt: skip
+    names = {
+        "pass1": "pass@1",
+        "majority": "MV",
+        "self_prm": "Self-PRM",
+        "self_prm_soft": "Self-PRM soft",
+        "oracle_judge": "oracle judge",
+        "oracle": "pass@k",
+        **{f"noisy_{q:g}": f"noisy {q:g}" for q in args.noise_rates},
+    }
     selection_rows = []
     for k in [2**e for e in range(int(math.log2(K)) + 1)]:
         accuracy = selection_accuracy(ids[:, :K], slot_correct, weights, k)
@@ -723,8 +758,13 @@ def main(args: Args) -> dict:
         )
         run.log(K, {"judge/own_f1": own[2]}, echo=False)
     elif args.processbench_name:
-        pb = load_data(args.processbench_name, split=args.processbench_split, num_examples=args.num_pb_items,
-                       required_columns=["problem", "steps", "label"], seed=args.seed)  # fmt: skip
+        pb = load_data(
+            args.processbench_name,
+            split=args.processbench_split,
+            num_examples=args.num_pb_items,
+            required_columns=["problem", "steps", "label"],
+            seed=args.seed,
+        )
         prompts = [judge_prompt(args.judge_template, q, list(s)) for q, s in zip(pb["problem"], pb["steps"])]
         f1 = judge_f1(model, tokenizer, args, prompts, list(pb["label"]), parse_verdict)
         judge_rows.append(f1_row(f"{args.processbench_name}:{args.processbench_split} ({len(pb)})", f1))
@@ -737,13 +777,22 @@ def main(args: Args) -> dict:
     for b, key in enumerate(["hard", "middle", "easy"]):
         precision, recall, positives, num_correct = (s[b].item() for s in stats["self"])
         bucket = {0: f"hard (acc <= {args.bucket_edges[0]:g})", 2: f"easy (acc >= {args.bucket_edges[1]:g})"}
-        row = {"bucket": bucket.get(b, "middle"), "problems": int((buckets == b).sum()), "correct": int(num_correct),
-               "self positives": int(positives), "self precision": precision, "self recall": recall}  # fmt: skip
+        row = {
+            "bucket": bucket.get(b, "middle"),
+            "problems": int((buckets == b).sum()),
+            "correct": int(num_correct),
+            "self positives": int(positives),
+            "self precision": precision,
+            "self recall": recall,
+        }
         bucket_rows.append({**row, **{f"{j} precision": s[0][b].item() for j, s in stats.items() if j != "self"}})
         metrics = {"precision": precision, "recall": recall, "positives": positives}
         run.log(K, {f"judge/{m}/{key}": v for m, v in metrics.items()}, echo=False)
-    metrics = {"judge/valid_rate": valid.float().mean().item(), "charts/solve_tokens": solve_tokens,
-               "charts/judge_tokens": judge_tokens}  # fmt: skip
+    metrics = {
+        "judge/valid_rate": valid.float().mean().item(),
+        "charts/solve_tokens": solve_tokens,
+        "charts/judge_tokens": judge_tokens,
+    }
     run.log(K, metrics, echo=True)
 
     # 7. optional co-evolution arm (card 3.5): outcome RL on harder problems, judge F1 before and after

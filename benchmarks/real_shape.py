@@ -79,6 +79,25 @@ class Args:
 
 
 # Each script's line: the data it reads and the command that runs its real path ------------------------------------
+def common_flags(batch_size: int, dtype: str, args: Args) -> list[str]:
+    """The flags every GRPO-style script's measurement shares: steps, batch, micro-batch, generation chunk, lr,
+    dtype, seed, threads, and saving the trained policy."""
+    return [
+        f"--steps={args.steps}",
+        f"--batch-size={batch_size}",
+        "--num-generations=8",
+        f"--micro-batch-size={args.micro_batch_size}",
+        f"--generation-batch-size={args.generation_batch_size}",
+        f"--max-completion-length={args.completion_length}",
+        f"--lr={args.lr}",
+        f"--dtype={dtype}",
+        f"--seed={args.seed}",
+        f"--num-threads={args.num_threads}",
+        "--save-model",
+        "--cuda" if args.cuda else "--no-cuda",
+    ]
+
+
 def bleuberi_data(folder: Path) -> Path:
     """Prompts and references (the string_ops task's rows), saved as a dataset folder."""
     from shared.tasks import get_task
@@ -99,18 +118,7 @@ def bleuberi_command(model: Path, data: Path, batch_size: int, dtype: str, args:
         f"--pool-size={num_prompts}",
         f"--num-examples={num_prompts}",
         "--num-eval=2",
-        f"--steps={args.steps}",
-        f"--batch-size={batch_size}",
-        "--num-generations=8",
-        f"--micro-batch-size={args.micro_batch_size}",
-        f"--generation-batch-size={args.generation_batch_size}",
-        f"--max-completion-length={args.completion_length}",
-        f"--lr={args.lr}",
-        f"--dtype={dtype}",
-        f"--seed={args.seed}",
-        f"--num-threads={args.num_threads}",
-        "--save-model",
-        "--cuda" if args.cuda else "--no-cuda",
+        *common_flags(batch_size, dtype, args),
     ]
 
 
@@ -145,18 +153,7 @@ def dr_irl_command(model: Path, data: Path, batch_size: int, dtype: str, args: A
         "--rm-lr=1e-5",
         f"--rm-batch-size={args.micro_batch_size}",
         f"--rm-micro-batch-size={args.micro_batch_size}",
-        f"--steps={args.steps}",
-        f"--batch-size={batch_size}",
-        "--num-generations=8",
-        f"--micro-batch-size={args.micro_batch_size}",
-        f"--generation-batch-size={args.generation_batch_size}",
-        f"--max-completion-length={args.completion_length}",
-        f"--lr={args.lr}",
-        f"--dtype={dtype}",
-        f"--seed={args.seed}",
-        f"--num-threads={args.num_threads}",
-        "--save-model",
-        "--cuda" if args.cuda else "--no-cuda",
+        *common_flags(batch_size, dtype, args),
     ]
 
 

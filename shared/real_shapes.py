@@ -38,67 +38,57 @@ QWEN25_CHAT_TEMPLATE = (
 )
 BPE_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
+QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B-Instruct config.json
+    model_type="qwen2",
+    vocab_size=151_936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    tie_word_embeddings=True,
+)
+LLAMA32_1B = dict(  # meta-llama/Llama-3.2-1B-Instruct config.json
+    model_type="llama",
+    vocab_size=128_256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    rope_theta=500_000.0,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    tie_word_embeddings=True,
+)
 REAL_SHAPES = {
-    "qwen2.5-0.5b": dict(  # Qwen/Qwen2.5-0.5B-Instruct config.json
-        model_type="qwen2",
-        vocab_size=151_936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-6,
-        rope_theta=1_000_000.0,
-        tie_word_embeddings=True,
-    ),
-    "llama-3.2-1b": dict(  # meta-llama/Llama-3.2-1B-Instruct config.json
-        model_type="llama",
-        vocab_size=128_256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
-        max_position_embeddings=131072,
-        rms_norm_eps=1e-5,
-        rope_theta=500_000.0,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 32.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-        tie_word_embeddings=True,
-    ),
-    "vocab": dict(
-        model_type="qwen2",
-        vocab_size=151_936,
-        hidden_size=256,
-        intermediate_size=1024,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-6,
-        rope_theta=1_000_000.0,
-        tie_word_embeddings=True,
-    ),
-    "test": dict(
-        model_type="qwen2",
-        vocab_size=151_936,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-6,
-        rope_theta=1_000_000.0,
-        tie_word_embeddings=True,
-    ),
+    "qwen2.5-0.5b": QWEN25_05B,
+    "llama-3.2-1b": LLAMA32_1B,
+    # Qwen2.5's vocabulary on a small body: the LM head dominates, as it does for small real models
+    "vocab": {
+        **QWEN25_05B,
+        **dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
+        "max_position_embeddings": 4096,
+    },
+    # the tiniest model whose logits are real-sized
+    "test": {
+        **QWEN25_05B,
+        **dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1
+        ),
+        "max_position_embeddings": 4096,
+    },
 }
 
 

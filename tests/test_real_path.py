@@ -185,19 +185,28 @@ def test_pure_low_precision_training_warns(capsys):
 
 
 def test_fp32_master_weights_move_where_bf16_weights_do_not():
-    """The fault this machinery fixes: AdamW at lr 1e-6 moves fp32 master weights and leaves bf16 ones put."""
+    """Through the run's own precision set-up: three AdamW steps at lr 1e-6 under bf16 autocast move nearly every
+    fp32 master weight, while weights trained in bf16 itself (--no-fp32-master) mostly round back to the start."""
     torch.manual_seed(5)
     start = torch.randn(256, 256) * 0.05
+    inputs = torch.randn(32, 256)
     moved = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        weight = torch.nn.Parameter(start.clone().to(dtype))
-        optimizer = torch.optim.AdamW([weight], lr=1e-6, weight_decay=0.0)
+    for fp32_master in (True, False):
+        precision = setup_precision("bf16", cuda=False, fp32_master=fp32_master)
+        layer = torch.nn.Linear(256, 256, bias=False)
+        layer.weight.data = start.to(precision.trained_dtype, copy=True)
+        optimizer = precision.prepare_optimizer(torch.optim.AdamW(layer.parameters(), lr=1e-6, weight_decay=0.0))
         for _ in range(3):
-            weight.grad = torch.randn(256, 256).to(dtype)
+            with precision.autocast():
+                loss = layer(inputs.to(precision.trained_dtype)).float().pow(2).mean()
+            precision.backward(loss)
             optimizer.step()
-        moved[dtype] = (weight.detach().float() != start.to(dtype).float()).float().mean().item()
-    assert moved[torch.float32] > 0.99
-    assert moved[torch.bfloat16] < 0.2
+            optimizer.zero_grad(set_to_none=True)
+        precision.release()
+        start_in_dtype = start.to(precision.trained_dtype)
+        moved[fp32_master] = (layer.weight.detach() != start_in_dtype).float().mean().item()
+    assert moved[True] > 0.99
+    assert moved[False] < 0.2
 
 
 def test_load_policy_lora_and_gradient_checkpointing(tmp_path):
