@@ -157,10 +157,25 @@ def dr_irl_command(model: Path, data: Path, batch_size: int, dtype: str, args: A
     ]
 
 
-SCRIPTS: dict[str, tuple[Callable, Callable, str]] = {
-    # script -> (data fixture, command, folder of the saved policy inside the run folder)
-    "bleuberi": (bleuberi_data, bleuberi_command, "bleuberi"),
-    "dr_irl": (dr_irl_data, dr_irl_command, "grpo-s"),
+@dataclass(frozen=True)
+class Line:
+    """One script's real-shape line: the data it reads, the command that runs its real path, and what to compare."""
+
+    data: Callable[[Path], Path]
+    """folder -> the dataset (or prompt file) the command reads, written into that folder"""
+    command: Callable[[Path, Path, int, str, Args], list[str]]
+    """(model, data, step batch, dtype, args) -> `algos/<script>.py` and its flags"""
+    saved: str | None
+    """folder of the trained model inside the run folder (--save-model); None: the script trains no weights, and the
+    line reports seconds per step and memory only"""
+    model: Callable[[Path, Args], Path] | None = None
+    """(work folder, args) -> a model folder of the script's own (e.g. a diffusion pipeline); None: the shared
+    real-shape causal LM at --shape"""
+
+
+SCRIPTS: dict[str, Line] = {
+    "bleuberi": Line(bleuberi_data, bleuberi_command, saved="bleuberi"),
+    "dr_irl": Line(dr_irl_data, dr_irl_command, saved="grpo-s"),
 }
 
 
@@ -218,40 +233,42 @@ def weight_distance(folder_a: Path, folder_b: Path) -> float:
     return math.sqrt(sum((a[k].double() - b[k].double()).pow(2).sum().item() for k in a))
 
 
-def run_script(name: str, model: Path, work: Path, args: Args) -> tuple[str, bool]:
-    make_data, make_command, saved = SCRIPTS[name]
-    data = make_data(work / f"{name}-data")
+def run_script(name: str, language_model: Callable[[], Path], work: Path, args: Args) -> tuple[str, bool]:
+    line = SCRIPTS[name]
+    model = line.model(work, args) if line.model is not None else language_model()
+    data = line.data(work / f"{name}-data")
+    measurements = [("B", args.batch_size, "fp32"), ("4B", 4 * args.batch_size, "fp32")]
+    if line.saved is not None:
+        measurements.append(("bf16", args.batch_size, "bf16"))
     runs = {}
-    for label, batch_size, dtype in (
-        ("B", args.batch_size, "fp32"),
-        ("4B", 4 * args.batch_size, "fp32"),
-        ("bf16", args.batch_size, "bf16"),
-    ):
+    for label, batch_size, dtype in measurements:
         print(f"{name}: running {label} (step batch {batch_size}, {dtype}) ...", flush=True)
         runs[label] = measure(
-            make_command(model, data, batch_size, dtype, args), work / f"{name}-{label}", work / f"{name}-{label}.log"
+            line.command(model, data, batch_size, dtype, args), work / f"{name}-{label}", work / f"{name}-{label}.log"
         )
         print(
             f"{name}: {label} done in {runs[label]['wall']:.0f} s, peak {runs[label]['peak'] / 2**30:.2f} GB",
             flush=True,
         )
     memory_ratio = runs["4B"]["peak"] / runs["B"]["peak"]
-    fp32_distance = weight_distance(model, runs["B"]["folder"] / saved)
-    bf16_distance = weight_distance(model, runs["bf16"]["folder"] / saved)
-    update_ratio = bf16_distance / fp32_distance if fp32_distance > 0 else float("nan")
     problems = []
     if not memory_ratio <= 1.25:
         problems.append(f"peak at 4B is {memory_ratio:.2f}x the peak at B")
-    if not 0.7 <= update_ratio <= 1.4:
-        problems.append(f"bf16 moved the weights {update_ratio:.2f}x as far as fp32")
+    update = ""
+    if line.saved is not None:
+        fp32_distance = weight_distance(model, runs["B"]["folder"] / line.saved)
+        bf16_distance = weight_distance(model, runs["bf16"]["folder"] / line.saved)
+        update_ratio = bf16_distance / fp32_distance if fp32_distance > 0 else float("nan")
+        update = f", bf16/fp32 update ratio {update_ratio:.2f}"
+        if not 0.7 <= update_ratio <= 1.4:
+            problems.append(f"bf16 moved the weights {update_ratio:.2f}x as far as fp32")
     memory = "peak memory" if args.cuda else "peak RSS"
     verdict = "bounded" if not problems else f"NOT bounded ({'; '.join(problems)})"
-    line = (
+    text = (
         f"{name}: {runs['B']['seconds_per_step']:.2f} s/step, {memory} B {runs['B']['peak'] / 2**30:.2f} GB, "
-        f"4B {runs['4B']['peak'] / 2**30:.2f} GB (ratio {memory_ratio:.2f}), bf16/fp32 update ratio "
-        f"{update_ratio:.2f}: {verdict}"
+        f"4B {runs['4B']['peak'] / 2**30:.2f} GB (ratio {memory_ratio:.2f}){update}: {verdict}"
     )
-    return line, not problems
+    return text, not problems
 
 
 def main(args: Args) -> list[str]:
@@ -263,12 +280,19 @@ def main(args: Args) -> list[str]:
     lines = []
     with tempfile.TemporaryDirectory(prefix="real-shape-") as tmp:
         work = Path(tmp)
-        vocab_size = REAL_SHAPES[args.shape]["vocab_size"]
-        print(f"building the {args.shape} model (random weights, vocabulary {vocab_size}) ...", flush=True)
-        tokenizer = build_bpe_tokenizer(vocab_size=vocab_size - UNUSED_VOCABULARY_ROWS)
-        model = save_real_shape_model(work / "model", args.shape, tokenizer, seed=0)
+        built = []
+
+        def language_model() -> Path:
+            """The shared real-shape causal LM, built once on first use."""
+            if not built:
+                vocab_size = REAL_SHAPES[args.shape]["vocab_size"]
+                print(f"building the {args.shape} model (random weights, vocabulary {vocab_size}) ...", flush=True)
+                tokenizer = build_bpe_tokenizer(vocab_size=vocab_size - UNUSED_VOCABULARY_ROWS)
+                built.append(save_real_shape_model(work / "model", args.shape, tokenizer, seed=0))
+            return built[0]
+
         for name in args.scripts:
-            line, _ = run_script(name, model, work, args)
+            line, _ = run_script(name, language_model, work, args)
             print(line, flush=True)
             lines.append(line)
     bounded = sum(line.endswith(": bounded") for line in lines)
