@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Sequence
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from huggingface_hub import HfApi
 
-from shared.lm import hub_reachable, offline
+from shared.lm import HUB_TIMEOUT_SECONDS, hub_reachable, offline
 from shared.runs import fail
 from shared.tasks import get_task
 
@@ -53,14 +54,16 @@ def load_data(
             )
     else:
         try:
-            if not offline() and not hub_reachable():  # offline, the datasets cache answers at once
-                raise ConnectionError("the hub is unreachable")
+            if not offline():  # offline, the datasets cache answers at once
+                if not hub_reachable():
+                    raise ConnectionError("the hub is unreachable")
+                HfApi().dataset_info(name, timeout=HUB_TIMEOUT_SECONDS)  # a hub that never answers fails here
             data = load_dataset(name, split=split)
         except Exception as error:
             fail(
                 f"cannot load dataset {name!r}: not a local folder or file, and the hub copy could not be loaded "
                 f"({type(error).__name__}). Save it with save_to_disk where you have network access and pass the "
-                f"folder, or use the offline default (e.g. tiny:string_ops)."
+                f"folder, or run the script without --dataset-name for its offline toy."
             )
     if isinstance(data, DatasetDict):
         if split not in data:

@@ -116,6 +116,7 @@ def offline() -> bool:
 
 def load_tokenizer(name_or_path: str):
     """The tokenizer of `name_or_path`, set up for batched generation: left padding, a pad token."""
+    check_model_name(name_or_path, needs="tokenizer")
     config_file = Path(name_or_path) / "tokenizer_config.json"
     plain = (
         config_file.exists() and json.loads(config_file.read_text()).get("tokenizer_class") in TINY_TOKENIZER_CLASSES
@@ -130,21 +131,31 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def hub_reachable(timeout: float = 5.0) -> bool:
+HUB_TIMEOUT_SECONDS = 10.0  # every network step of the hub check is bounded by this
+MODEL_FILES = "config.json, the weights (model.safetensors, pytorch_model.bin or their shards) and the tokenizer files"
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_SECONDS) -> bool:
     """Whether the Hugging Face hub answers a TCP connection (False at once when offline or without DNS)."""
     from huggingface_hub import constants
 
     if offline():
         return False
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout).close()
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
         return True
     except OSError:
         return False
 
 
 def check_hub_id(name: str) -> None:
-    """Fail within seconds when a hub id is neither in the local cache nor reachable (no retry back-off)."""
+    """Fail within ~10 s when a hub id is neither in the local cache nor on a reachable hub (no retry back-off): a
+    TCP check, then one metadata request with a timeout (a hub that accepts connections and never answers would
+    otherwise hang `from_pretrained`)."""
+    from huggingface_hub import HfApi
+
     try:
         AutoConfig.from_pretrained(name, local_files_only=True)
         return
@@ -155,15 +166,41 @@ def check_hub_id(name: str) -> None:
         try:
             if not hub_reachable():
                 raise OSError("the hub is unreachable")
-            AutoConfig.from_pretrained(name)
+            HfApi().model_info(name, timeout=HUB_TIMEOUT_SECONDS)
             return
-        except OSError as error:  # no network, or the hub answered that the id does not exist
-            reason = f"not in the local cache and not loadable from the hub ({error})"
+        except Exception as error:  # no network, a hub that does not answer, or an id the hub does not have
+            reason = f"not in the local cache and not loadable from the hub ({type(error).__name__}: {error})"
     fail(
         f"cannot load {name!r}: it is not a local folder, and is {reason}. Pass a folder written by "
-        "save_pretrained, download the model first where the hub is reachable, or use the offline default "
-        "(e.g. --model-name tiny:string_ops)."
+        "save_pretrained, download the model first where the hub is reachable, or run the script without "
+        "--model-name for its offline toy."
     )
+
+
+def looks_like_a_path(name: str) -> bool:
+    """A name a user meant as a folder: it starts with `.`, `/` or `~`, or has more than one `/` (hub ids have one)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def check_model_name(name: str, needs: str = "model") -> None:
+    """Fail with a message when `name` is neither a model folder nor a hub id that can be loaded: a folder without
+    config.json (or, for `needs="tokenizer"`, without tokenizer files), a path that does not exist, or a hub id
+    that is not cached and not reachable."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        has_config = (folder / "config.json").exists()
+        has_tokenizer = (folder / "tokenizer_config.json").exists() or (folder / "tokenizer.json").exists()
+        if (needs == "model" and not has_config) or (needs == "tokenizer" and not has_tokenizer):
+            fail(
+                f"{name!r} is a folder but holds no {needs} ({'config.json' if needs == 'model' else 'tokenizer'}"
+                f" missing). A model folder, as save_pretrained writes it, holds {MODEL_FILES}."
+            )
+        return
+    if looks_like_a_path(name):
+        fail(
+            f"{name!r}: no such folder. Pass a hub id or a folder written by save_pretrained (it holds {MODEL_FILES})."
+        )
+    check_hub_id(name)
 
 
 def load_causal_lm(
@@ -194,8 +231,7 @@ def load_causal_lm(
         from shared.warmstart import warm_start
 
         name_or_path = str(warm_start(name_or_path.split(":", 1)[1], seed=seed))
-    if not Path(name_or_path).is_dir():
-        check_hub_id(name_or_path)
+    check_model_name(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     model, loading_info = model_class.from_pretrained(
         name_or_path, dtype=dtype, local_files_only=offline(), output_loading_info=True, **model_kwargs

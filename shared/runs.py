@@ -10,6 +10,12 @@ Every script in `algos/` does the same few things around its method:
 
 `runs/<run_name>/` then holds `args.json`, the TensorBoard events, `metrics.jsonl` (one JSON object per
 `log` call: `step`, `time` in seconds since the start, then the metrics) and `summary.md`.
+
+Every run gets a folder of its own: two runs with one name (a sweep started in one second) get `<run_name>` and
+`<run_name>-2`. Until `finish` writes `summary.md` the folder holds an `INCOMPLETE` marker, so a run stopped
+part-way (Ctrl-C, a crash, `fail` after some steps) never looks like a result; a run that `fail`s before logging
+anything (a bad input found after the folder was made) leaves no folder. Ctrl-C prints one line that says where
+the partial run is, not a traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import json
 import math
 import os
 import random
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -26,13 +34,42 @@ from typing import Any, NoReturn, Sequence
 import numpy as np
 import torch
 
+INCOMPLETE_MARKER = "INCOMPLETE"  # in a run folder until summary.md is written
 PRINT_AT_LEAST_EVERY_SECONDS = 30.0  # `log` prints a progress line after this long even between `print_every` calls
 RUNS_DIR = Path(os.environ.get("REWARDLAB_RUNS", Path(__file__).resolve().parent.parent / "runs"))
 
 
+_OPEN_RUNS: list[RunLogger] = []  # runs started in this process and not yet finished or closed
+
+
 def fail(message: str) -> NoReturn:
-    """Stop with a message for the user (no traceback, exit status 1). For bad options and inputs."""
+    """Stop with a message for the user (no traceback, exit status 1). For bad options and inputs.
+
+    A run folder opened before the failure is removed when nothing was logged to it yet (it holds no result);
+    one with logged steps stays, marked INCOMPLETE, and the message says where it is."""
+    for run in list(_OPEN_RUNS):
+        if run.logged_rows == 0:
+            run.discard()
+        else:
+            run.close()
+            message = f"{message} (the partial run, marked {INCOMPLETE_MARKER}, is in {run.dir})"
     raise SystemExit(f"error: {message}")
+
+
+def _report_interrupt(exc_type, exc_value, exc_traceback) -> None:
+    """sys.excepthook: Ctrl-C prints one line saying where the partial run is, instead of a traceback."""
+    if not issubclass(exc_type, KeyboardInterrupt):
+        _previous_excepthook(exc_type, exc_value, exc_traceback)
+        return
+    where = "; ".join(f"the partial run, marked {INCOMPLETE_MARKER}, is in {run.dir}" for run in _OPEN_RUNS)
+    for run in list(_OPEN_RUNS):
+        run.close()
+    print(f"interrupted{': ' + where if where else ''}", file=sys.stderr, flush=True)
+    sys.exit(130)  # the shell's status for a SIGINT
+
+
+_previous_excepthook = sys.excepthook
+sys.excepthook = _report_interrupt  # only uncaught exceptions at the top of a script reach it
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -72,6 +109,20 @@ def make_run_name(task: str, exp_name: str, seed: int) -> str:
     return f"{task}__{exp_name}__{seed}__{int(time.time())}"
 
 
+def make_run_folder(root: Path, run_name: str) -> Path:
+    """Create `root/run_name` for this run alone: `mkdir` without exist_ok is atomic, so of two runs with one name
+    (started in the same second) the second gets `run_name-2` (then -3, ...), never the first one's folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 10_000):
+        folder = root / (run_name if attempt == 1 else f"{run_name}-{attempt}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    fail(f"{root} already holds 10,000 runs named {run_name}: choose another --exp-name")
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
@@ -102,9 +153,10 @@ class RunLogger:
     ):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_name = run_name
-        self.dir = Path(root or RUNS_DIR) / run_name
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = make_run_folder(Path(root or RUNS_DIR), run_name)
+        self.run_name = self.dir.name
+        (self.dir / INCOMPLETE_MARKER).write_text("this run has not finished: no summary.md yet\n")
+        print(f"run folder: {self.dir}", flush=True)
         if dataclasses.is_dataclass(args):
             config = dataclasses.asdict(args)
         else:
@@ -125,6 +177,8 @@ class RunLogger:
         self.start = self._last_time = time.time()
         self._last_step = None
         self._calls = self._last_calls = 0
+        self.logged_rows = 0
+        _OPEN_RUNS.append(self)
 
     def log(self, step: int, metrics: dict[str, Any], echo: bool | None = None) -> None:
         """Record `metrics` at `step`. NaN or infinite losses stop the run with a clear message."""
@@ -139,6 +193,7 @@ class RunLogger:
         now = time.time()
         self.metrics_file.write(json.dumps({"step": step, "time": round(now - self.start, 3), **row}) + "\n")
         self.metrics_file.flush()
+        self.logged_rows += 1
         for key, value in row.items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, step)
@@ -167,15 +222,24 @@ class RunLogger:
         wall = time.time() - self.start
         text = f"{summary.rstrip()}\n\nwall time: {wall:.1f} s; run folder: {self.dir}\n"
         (self.dir / "summary.md").write_text(text)
+        (self.dir / INCOMPLETE_MARKER).unlink(missing_ok=True)
         print("\n" + text, flush=True)
         self.close()
 
     def close(self) -> None:
+        """Close the writers (the folder keeps its INCOMPLETE marker unless `finish` ran)."""
+        if self in _OPEN_RUNS:
+            _OPEN_RUNS.remove(self)
         if not self.metrics_file.closed:
             self.metrics_file.close()
             self.writer.close()
             if self.wandb is not None:
                 self.wandb.finish()
+
+    def discard(self) -> None:
+        """Close and delete the run folder: for a run that stopped before it logged anything."""
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, floatfmt: str = ".3f") -> str:

@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from shared.lm import (
 from shared.runs import RunLogger, format_table, make_run_name, seed_everything
 from shared.tasks import ChainAddition, Preferences, StringOps, in_split
 from shared.warmstart import sft_batch, sft_loss, warm_start
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- tokenizer and model --------------------------------------------------------------------------------------------
@@ -371,3 +374,123 @@ def test_load_data_shuffles_whole_datasets_on_request(tmp_path):
     mixed = load_data(str(tmp_path / "d"), shuffle=True, seed=1)
     assert sorted(mixed["prompt"]) == sorted(rows["prompt"]) and mixed["prompt"] != rows["prompt"]
     assert load_data(str(tmp_path / "d"), num_examples=10, seed=1)["prompt"] == mixed["prompt"][:10]
+
+
+# --- reliability: run folders, stopped runs, folders that are not models, a hub that never answers -------------------
+def test_runs_with_one_name_in_one_second_get_folders_of_their_own():
+    first = RunLogger("sweep__lr__1__1700000000", {"lr": 1})
+    second = RunLogger("sweep__lr__1__1700000000", {"lr": 2})
+    assert first.dir != second.dir and second.dir.name == "sweep__lr__1__1700000000-2"
+    first.log(0, {"losses/loss": 1.0})
+    second.log(0, {"losses/loss": 2.0})
+    first.finish("a")
+    second.finish("b")
+    for run, lr, loss in ((first, 1, 1.0), (second, 2, 2.0)):
+        assert json.loads((run.dir / "args.json").read_text()) == {"lr": lr}
+        assert [json.loads(line)["losses/loss"] for line in open(run.dir / "metrics.jsonl")] == [loss]
+
+
+def test_a_run_is_marked_incomplete_until_its_summary_is_written():
+    run = RunLogger("marked", {})
+    assert (run.dir / "INCOMPLETE").exists()
+    run.log(0, {"losses/loss": 1.0})
+    run.finish("done")
+    assert not (run.dir / "INCOMPLETE").exists() and (run.dir / "summary.md").exists()
+
+
+def test_fail_before_any_step_leaves_no_folder_and_after_steps_says_where_the_partial_run_is():
+    from shared.runs import fail
+
+    early = RunLogger("early", {})
+    with pytest.raises(SystemExit, match="bad option$"):
+        fail("bad option")
+    assert not early.dir.exists()
+    late = RunLogger("late", {})
+    late.log(0, {"losses/loss": 1.0})
+    with pytest.raises(SystemExit, match=f"the partial run, marked INCOMPLETE, is in {late.dir}"):
+        fail("a reward model is missing")
+    assert (late.dir / "INCOMPLETE").exists() and (late.dir / "metrics.jsonl").exists()
+
+
+def test_ctrl_c_prints_one_line_with_the_partial_run_and_exits_130(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal\n"
+        "from shared.runs import RunLogger\n"
+        "run = RunLogger('interrupted-run', {})\n"
+        "run.log(0, {'losses/loss': 1.0})\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+    )
+    env = {**os.environ, "REWARDLAB_RUNS": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"interrupted: the partial run, marked INCOMPLETE, is in {tmp_path / 'interrupted-run'}"
+    ]
+    assert (tmp_path / "interrupted-run" / "INCOMPLETE").exists()
+    assert signal.SIGINT  # the script above sent it
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("{tmp}/not_a_model", "is a folder but holds no model \\(config.json missing\\).*config.json, the weights"),
+        ("./no/such/folder", "no such folder.*config.json, the weights"),
+    ],
+)
+def test_a_folder_that_is_not_a_model_fails_with_what_a_model_folder_holds(name, message, tmp_path):
+    (tmp_path / "not_a_model").mkdir()
+    (tmp_path / "not_a_model" / "notes.txt").write_text("not a model")
+    start = time.time()
+    with pytest.raises(SystemExit, match=message):
+        load_causal_lm(name.format(tmp=tmp_path))
+    assert time.time() - start < 5
+
+
+def test_the_hint_for_an_unknown_model_names_no_other_scripts_task():
+    with pytest.raises(SystemExit) as stopped:
+        load_causal_lm("nobody/no-such-model")
+    assert "without --model-name for its offline toy" in str(stopped.value)
+    assert "tiny:string_ops" not in str(stopped.value)
+
+
+def test_a_hub_that_accepts_connections_and_never_answers_fails_within_the_timeout(tmp_path):
+    """A TCP server that accepts and never replies, as HF_ENDPOINT: the model and the dataset checks both fail
+    with a message after the (here shortened) timeout instead of hanging."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    script = (
+        "import time\n"
+        "import shared.lm, shared.data\n"
+        "shared.lm.HUB_TIMEOUT_SECONDS = shared.data.HUB_TIMEOUT_SECONDS = 1.0\n"
+        "for load in (shared.lm.load_causal_lm, shared.data.load_data):\n"
+        "    start = time.time()\n"
+        "    try:\n"
+        "        load('nobody/silent-model')\n"
+        "    except SystemExit as stop:\n"
+        "        print(round(time.time() - start, 1), str(stop)[:60])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+        )
+    finally:
+        server.close()
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2, done.stdout + done.stderr
+    for line in lines:
+        seconds, message = line.split(" ", 1)
+        assert float(seconds) < 10 and message.startswith("error: cannot load"), line
