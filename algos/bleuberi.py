@@ -65,11 +65,12 @@ version the paper pinned; [card] = rewardlab's method notes):
    for every arm (lr 2e-4, the card's range, moved every arm off the start: -0.14 to -0.43 EM), 500 held-out prompts
    scored by greedy exact match and BLEU per operation. No `<answer>` tags in the toy.
 
-Logged metrics (suffix /<arm>): TRL 0.17 names `reward`, `reward_std` (mean per-group std), `rewards/<fn>/mean`,
-`rewards/<fn>/std`, `kl`, `clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean`,
-`completions/mean_length`, `completions/min_length`, `completions/max_length`, `completions/clipped_ratio`,
-`completions/mean_terminated_length`, `num_tokens`, plus `entropy` (mean token entropy, later TRL), `losses/loss`,
-`losses/sft_loss`, `charts/learning_rate`, `charts/grad_norm`, and at the end `eval/exact_match`, `eval/bleu`.
+Logged metrics (each arm a TensorBoard run of its own, arms/<arm>/, the same tags): TRL 0.17 names `reward`,
+`reward_std` (mean per-group std), `rewards/<fn>/mean`, `rewards/<fn>/std`, `kl`, `clip_ratio/low_mean`,
+`clip_ratio/high_mean`, `clip_ratio/region_mean`, `completions/mean_length`, `completions/min_length`,
+`completions/max_length`, `completions/clipped_ratio`, `completions/mean_terminated_length`, `num_tokens`, plus
+`entropy` (mean token entropy, later TRL), `losses/loss`, `losses/sft_loss`, `charts/learning_rate`,
+`charts/grad_norm`, and at the end `eval/exact_match`, `eval/bleu`.
 
 Commands:
     python algos/bleuberi.py                                   # offline toy, 4 arms + the start, 60 s on 2 cores
@@ -476,7 +477,7 @@ def train_grpo(arm, model, ref_model, tokenizer, rows, reward_name, args: Args, 
             "charts/grad_norm": grad_norm.item(),
             "charts/learning_rate": scheduler.get_last_lr()[0],
         }
-        run.log(step, {f"{k}/{arm}": v for k, v in metrics.items()})
+        run.log(step, metrics, arm=arm)
 
 
 def accumulate_sft_gradients(model, inputs, args: Args, precision: Precision) -> float:
@@ -516,7 +517,7 @@ def train_sft(arm, model, tokenizer, rows, args: Args, run: RunLogger, precision
         grad_norm = precision.clip_grad_norm_(parameters, args.max_grad_norm)
         optimizer.step()
         scheduler.step()
-        run.log(step, {f"losses/sft_loss/{arm}": loss, f"charts/grad_norm/{arm}": grad_norm.item()})
+        run.log(step, {"losses/sft_loss": loss, "charts/grad_norm": grad_norm.item()}, arm=arm)
 
 
 # Data, evaluation and the run ------------------------------------------------------------------------------------
@@ -654,7 +655,14 @@ def main(args: Args) -> dict:
     start_model, tokenizer = load_causal_lm(model_path, precision.device, precision.frozen_dtype, seed=args.seed)
     start_model.eval().requires_grad_(False)
     task = args.dataset_name.split(":", 1)[1] if args.dataset_name.startswith("tiny:") else "custom"
-    run = RunLogger(make_run_name(f"bleuberi-{task}", args.exp_name, args.seed), args, track=args.track, print_every=25)
+    run = RunLogger(
+        make_run_name(f"bleuberi-{task}", args.exp_name, args.seed),
+        args,
+        track=args.track,
+        print_every=25,
+        show=("reward", "losses/sft_loss", "kl"),
+        total_steps=args.steps,
+    )
 
     # 2. selection: one pi_0 sample per pool prompt, scored on its raw text; keep the lowest-scoring prompts
     sampling = dict(temperature=args.selection_temperature, top_p=args.selection_top_p)
@@ -706,8 +714,9 @@ def main(args: Args) -> dict:
         }
         run.log(
             args.steps,
-            {f"eval/exact_match/{arm}": results[arm]["exact_match"], f"eval/bleu/{arm}": results[arm]["bleu"]},
+            {"eval/exact_match": results[arm]["exact_match"], "eval/bleu": results[arm]["bleu"]},
             echo=True,
+            arm=arm,
         )
         if args.save_model:
             model.save_pretrained(run.dir / arm)  # fp32 master weights; with --lora-r, the peft adapter

@@ -62,10 +62,11 @@ notes; [Li] = Li et al. 2024, code JasonJiaxiangLi/Reward_learning_SFT; [DAMA] =
    lr 1e-4, beta 0.04, T=1; greedy exact match on 150 held-out prompts per category, never the RM score; the summary
    also gives the start's headroom (best of G samples against greedy, per category).
 
-Logged (suffix /<arm>): TRL's reward, reward_std, rewards/<rm|exact_match|judge>/mean|std, kl, entropy, clip_ratio/*,
-completions/*, num_tokens, losses/loss, charts/grad_norm|learning_rate; rewards/true_<exact_match|judge>,
-alpha/mean|std|min|max, alpha_data/mean, alpha_model/mean, alpha/<c>, kept_fraction/<c>, alpha/corr_true_success; once:
-losses/irl_loss, irl/pairs/<c>, rewards/accuracies|margins/<c> (held-out); at the end eval/<exact_match|judge>/<c>.
+Logged (each arm its own TensorBoard run, arms/<arm>/, the same tags): TRL's reward, reward_std,
+rewards/<rm|exact_match|judge>/mean|std, kl, entropy, clip_ratio/*, completions/*, num_tokens, losses/loss,
+charts/grad_norm|learning_rate; rewards/true_<exact_match|judge>, alpha/mean|std|min|max, alpha_data/mean,
+alpha_model/mean, alpha/<c>, kept_fraction/<c>, alpha/corr_true_success; once: losses/irl_loss, irl/pairs/<c>,
+rewards/accuracies|margins/<c> (held-out); at the end eval/<exact_match|judge>/<c>.
 
 Commands:
     python algos/dr_irl.py                           # offline toy: 4 arms, 166-173 s on 2 cores under load; --seed 2
@@ -876,7 +877,7 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, success, setu
             a, k = alpha[row_cat == c], kept[row_cat == c].float()  # [B_c]
             metrics[f"alpha/{names[c]}"], metrics[f"kept_fraction/{names[c]}"] = a.mean().item(), k.mean().item()
             alpha_log[c].append(torch.stack([a.mean(), a.min(), a.max(), k.mean()]))
-        run.log(step, {f"{k}/{arm}": v for k, v in metrics.items()})
+        run.log(step, metrics, arm=arm)
     del optimizer
     precision.release()  # the arm's optimizer (and through it its model) can be freed
     stats = {names[c]: torch.stack(v) for c, v in sorted(alpha_log.items())}  # [steps, 4]: mean, min, max, kept
@@ -1074,7 +1075,14 @@ def main(args: Args) -> dict:
             rm.activate(j)
         rm.put_away()
     task = args.dataset_name.split(":", 1)[1] if tiny else "custom"
-    run = RunLogger(make_run_name(f"dr_irl-{task}", args.exp_name, args.seed), args, track=args.track, print_every=20)
+    run = RunLogger(
+        make_run_name(f"dr_irl-{task}", args.exp_name, args.seed),
+        args,
+        track=args.track,
+        print_every=20,
+        show=("reward", "kl", "losses/irl_loss"),
+        total_steps=args.steps,
+    )
     rm.offload_dir = run.dir / "reward_models"  # --rm-offload disk: the fitted RMs, reusable by --rm-model-paths
     policy_options = dict(
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, gradient_checkpointing=args.gradient_checkpointing
@@ -1182,7 +1190,7 @@ def main(args: Args) -> dict:
         seconds = time.time() - arm_start
         results[arm] = {**evaluate(model.eval()), "seconds": seconds, "alpha": alpha}
         run.log(
-            args.steps, {f"eval/{success_name}/{n}/{arm}": v for n, v in results[arm]["success"].items()}, echo=True
+            args.steps, {f"eval/{success_name}/{n}": v for n, v in results[arm]["success"].items()}, echo=True, arm=arm
         )
         if args.save_model:
             model.save_pretrained(run.dir / arm)  # fp32 master weights; with --lora-r, the peft adapter

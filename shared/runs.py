@@ -5,11 +5,13 @@ Every script in `algos/` does the same few things around its method:
     seed_everything(args.seed, args.torch_deterministic)
     device = pick_device(args.cuda)
     run = RunLogger(make_run_name(task, args.exp_name, args.seed), args, track=args.track)
-    run.log(step, {"losses/loss": ..., "reward": ...})      # TensorBoard + metrics.jsonl (+ wandb)
+    run.log(step, {"losses/loss": ..., "reward": ...}, arm="grpo")   # TensorBoard + metrics.jsonl (+ wandb)
     run.finish(format_table(rows))                          # prints the table, writes summary.md
 
-`runs/<run_name>/` then holds `args.json`, the TensorBoard events, `metrics.jsonl` (one JSON object per
-`log` call: `step`, `time` in seconds since the start, then the metrics) and `summary.md`.
+`runs/<run_name>/` then holds `args.json`, the TensorBoard events (each arm's in a TensorBoard run of its own,
+`arms/<arm>/`, with the same tag names, so arms overlay), `metrics.jsonl` (one JSON object per `log` call: `step`,
+`time` in seconds since the start, `arm` when given, then the metrics) and `summary.md`. The console gets a short
+progress line (step, arm, steps/s, ETA, the main metrics) that fits one terminal line.
 
 Every run gets a folder of its own: two runs with one name (a sweep started in one second) get `<run_name>` and
 `<run_name>-2`. Until `finish` writes `summary.md` the folder holds an `INCOMPLETE` marker, so a run stopped
@@ -34,6 +36,7 @@ from typing import Any, NoReturn, Sequence
 import numpy as np
 import torch
 
+PROGRESS_LINE_WIDTH = 120  # characters of a progress line: one terminal line
 INCOMPLETE_MARKER = "INCOMPLETE"  # in a run folder until summary.md is written
 PRINT_AT_LEAST_EVERY_SECONDS = 30.0  # `log` prints a progress line after this long even between `print_every` calls
 RUNS_DIR = Path(os.environ.get("REWARDLAB_RUNS", Path(__file__).resolve().parent.parent / "runs"))
@@ -105,6 +108,16 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtypes[name]
 
 
+def format_seconds(seconds: float) -> str:
+    """2h05m, 3m07s or 42s."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
 def make_run_name(task: str, exp_name: str, seed: int) -> str:
     return f"{task}__{exp_name}__{seed}__{int(time.time())}"
 
@@ -150,6 +163,8 @@ class RunLogger:
         track: bool = False,
         wandb_project: str = "rewardlab",
         print_every: int = 10,
+        show: Sequence[str] = (),
+        total_steps: int | None = None,
     ):
         from torch.utils.tensorboard import SummaryWriter
 
@@ -174,31 +189,39 @@ class RunLogger:
         )
         self.metrics_file = open(self.dir / "metrics.jsonl", "w")
         self.print_every = print_every
+        self.show = tuple(show)  # the metrics the progress line prints (the method's main ones); the rest: TensorBoard
+        self.total_steps = total_steps  # steps of an arm, for the ETA on the progress line
+        self.arm_writers: dict[str, Any] = {}
         self.start = self._last_time = time.time()
         self._last_step = None
         self._calls = self._last_calls = 0
         self.logged_rows = 0
         _OPEN_RUNS.append(self)
 
-    def log(self, step: int, metrics: dict[str, Any], echo: bool | None = None) -> None:
-        """Record `metrics` at `step`. NaN or infinite losses stop the run with a clear message."""
+    def log(self, step: int, metrics: dict[str, Any], echo: bool | None = None, arm: str | None = None) -> None:
+        """Record `metrics` at `step`. NaN or infinite losses stop the run with a clear message.
+
+        With `arm`, the row is one arm's (metrics.jsonl gets `"arm": arm`) and goes to that arm's own TensorBoard
+        run, `arms/<arm>/`, under the same tag names as every other arm's, so TensorBoard overlays the arms."""
         row = {k: _jsonable(v) for k, v in metrics.items()}
         for key, value in row.items():
             if isinstance(value, float) and not math.isfinite(value) and key.startswith("losses/"):
                 self.close()
                 fail(
-                    f"{key} is {value} at step {step}: lower the learning rate, check the inputs "
-                    f"or use --dtype fp32; the run so far is in {self.dir}"
+                    f"{key} is {value} at step {step}{f' of arm {arm}' if arm else ''}: lower the learning rate, "
+                    f"check the inputs or use --dtype fp32; the run so far is in {self.dir}"
                 )
         now = time.time()
-        self.metrics_file.write(json.dumps({"step": step, "time": round(now - self.start, 3), **row}) + "\n")
+        head = {"step": step, "time": round(now - self.start, 3)} | ({"arm": arm} if arm is not None else {})
+        self.metrics_file.write(json.dumps(head | row) + "\n")
         self.metrics_file.flush()
         self.logged_rows += 1
+        writer = self.writer if arm is None else self.arm_writer(arm)
         for key, value in row.items():
             if isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, step)
+                writer.add_scalar(key, value, step)
         if self.wandb is not None:
-            self.wandb.log(row, step=step)
+            self.wandb.log({f"{arm}/{k}" if arm else k: v for k, v in row.items()}, step=step)
         self._calls += 1
         slow = now - self._last_time >= PRINT_AT_LEAST_EVERY_SECONDS  # real models: a step can take minutes
         if echo or (echo is None and (self._calls % self.print_every == 0 or slow)):
@@ -206,10 +229,35 @@ class RunLogger:
             fresh = self._last_step is None or step <= self._last_step
             steps = self._calls - self._last_calls if fresh else step - self._last_step
             sps = steps / max(now - self._last_time, 1e-9)
-            self.writer.add_scalar("charts/steps_per_sec", sps, step)
-            shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, (int, float)))
-            print(f"step {step} | {sps:.2f} steps/s | {shown}", flush=True)
+            writer.add_scalar("charts/steps_per_sec", sps, step)
+            print(self.progress_line(step, arm, sps, row), flush=True)
             self._last_time, self._last_step, self._last_calls = now, step, self._calls
+
+    def progress_line(self, step: int, arm: str | None, sps: float, row: dict[str, Any]) -> str:
+        """`step 40 | bleuberi | 1.23 steps/s | ETA 2m10s | reward=0.41 kl=0.002`: the step, the arm, the speed,
+        the time to the end of the arm (with `total_steps`) and the `show` metrics (else the first few), at most
+        ~120 characters; every metric is in TensorBoard and metrics.jsonl."""
+        parts = [f"step {step}"] + ([arm] if arm else []) + [f"{sps:.2f} steps/s"]
+        if self.total_steps is not None and step < self.total_steps and sps > 0:
+            parts.append(f"ETA {format_seconds((self.total_steps - step) / sps)}")
+        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        keys = [k for k in self.show if k in numbers] or list(numbers)
+        line = " | ".join(parts)
+        shown = []
+        for key in keys:
+            candidate = " ".join([*shown, f"{key}={numbers[key]:.4g}"])
+            if len(line) + 3 + len(candidate) > PROGRESS_LINE_WIDTH and shown:
+                break
+            shown.append(f"{key}={numbers[key]:.4g}")
+        return line + (" | " + " ".join(shown) if shown else "")
+
+    def arm_writer(self, arm: str):
+        """The TensorBoard writer of one arm: a run of its own in `arms/<arm>/`."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        if arm not in self.arm_writers:
+            self.arm_writers[arm] = SummaryWriter(str(self.dir / "arms" / arm))
+        return self.arm_writers[arm]
 
     def save_text(self, name: str, text: str) -> Path:
         """Write a text file (samples, notes) into the run folder."""
@@ -233,6 +281,8 @@ class RunLogger:
         if not self.metrics_file.closed:
             self.metrics_file.close()
             self.writer.close()
+            for writer in self.arm_writers.values():
+                writer.close()
             if self.wandb is not None:
                 self.wandb.finish()
 

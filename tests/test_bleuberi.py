@@ -204,17 +204,18 @@ def test_smoke_every_arm_changes_parameters(runs_in_tmp):
         # gradient is 0 too, so the exact-match arm must stay put while the others move
         assert changed == (arm != "grpo-em"), arm
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    keys = set().union(*lines)
-    for key in (
-        "reward/bleuberi",
-        "reward_std/bleuberi",
-        "kl/grpo-em",
-        "clip_ratio/region_mean/bleuberi",
-        "completions/mean_length/bleuberi",
-        "losses/sft_loss/sft-hard",
-        "eval/exact_match/bleuberi",
+    keys = {(line.get("arm"), key) for line in lines for key in line}  # (arm, metric): arms share the tag names
+    for arm, key in (
+        ("bleuberi", "reward"),
+        ("bleuberi", "reward_std"),
+        ("grpo-em", "kl"),
+        ("bleuberi", "clip_ratio/region_mean"),
+        ("bleuberi", "completions/mean_length"),
+        ("sft-hard", "losses/sft_loss"),
+        ("bleuberi", "eval/exact_match"),
     ):
-        assert key in keys
+        assert (arm, key) in keys, (arm, key)
+    assert all((folder / "arms" / arm).is_dir() for arm in ("bleuberi", "grpo-bleu-random", "sft-hard", "grpo-em"))
     summary = (folder / "summary.md").read_text()
     assert "| bleuberi" in summary
     assert re.search(r"pass@1 \d\.\d{3}, pass@4 \d\.\d{3}", summary)  # the start's headroom
@@ -240,11 +241,8 @@ def test_bleuberi_learns(tmp_path, runs_in_tmp):
     )
     results = main(args)
     assert results["bleuberi"]["bleu"] > results["start"]["bleu"] + 0.05
-    rewards = [
-        json.loads(line)["reward/bleuberi"]
-        for line in (run_folder(runs_in_tmp) / "metrics.jsonl").open()
-        if "reward/bleuberi" in line
-    ]
+    lines = [json.loads(line) for line in (run_folder(runs_in_tmp) / "metrics.jsonl").open()]
+    rewards = [line["reward"] for line in lines if line.get("arm") == "bleuberi" and "reward" in line]
     assert np.mean(rewards[-5:]) > np.mean(rewards[:5])
 
 

@@ -204,20 +204,20 @@ def test_scaling_none_is_exactly_plain_grpo_and_smoke(runs_in_tmp):
     start = load_causal_lm(str(warm_start("rule_categories", seed=0, steps=400, lr=2e-3)))[0].state_dict()
     assert any(not torch.equal(start[k], grpo[k]) for k in grpo)  # and the policy did move
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    keys = set().union(*lines)
-    for key in (
-        "reward/grpo",
-        "kl/grpo-s",
-        "clip_ratio/region_mean/grpo",
-        "alpha/mean/grpo-s",
-        "alpha/sort/grpo-s",
-        "kept_fraction/copy/grpo-s",
-        "rewards/true_exact_match/grpo",
-        "rewards/accuracies/rotate2",
-        "irl/pairs/sort",
-        "eval/exact_match/sort/grpo-s",
+    keys = {(line.get("arm"), key) for line in lines for key in line}  # (arm, metric): arms share the tag names
+    for arm, key in (
+        ("grpo", "reward"),
+        ("grpo-s", "kl"),
+        ("grpo", "clip_ratio/region_mean"),
+        ("grpo-s", "alpha/mean"),
+        ("grpo-s", "alpha/sort"),
+        ("grpo-s", "kept_fraction/copy"),
+        ("grpo", "rewards/true_exact_match"),
+        (None, "rewards/accuracies/rotate2"),
+        (None, "irl/pairs/sort"),
+        ("grpo-s", "eval/exact_match/sort"),
     ):
-        assert key in keys, key
+        assert (arm, key) in keys, (arm, key)
     summary = (folder / "summary.md").read_text()
     assert "| grpo-s" in summary and "RM accuracy" in summary and "kept" in summary
     assert set(results["grpo"]["success"]) == {"copy", "reverse", "rotate2", "sort"}
@@ -269,7 +269,7 @@ def test_grpo_learns_on_the_true_reward(tmp_path, runs_in_tmp):
     )
     results = main(args)
     lines = [json.loads(line) for line in (run_folder(runs_in_tmp) / "metrics.jsonl").read_text().splitlines()]
-    rewards = [line["reward/grpo-true"] for line in lines if "reward/grpo-true" in line]
+    rewards = [line["reward"] for line in lines if line.get("arm") == "grpo-true" and "reward" in line]
     assert len(rewards) == 25
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.05, rewards  # measured +0.10 to +0.25 over seeds 1-5
     assert results["grpo-true"]["success"]["reverse"] >= results["start"]["success"]["reverse"]
@@ -309,7 +309,7 @@ def test_irl_rounds_resample_from_the_updated_policy_and_refit(runs_in_tmp, monk
     assert not torch.equal(fitted[0], fitted[1]) and not torch.equal(fitted[1], fitted[2])  # the RMs are refit
     lines = [json.loads(line) for line in (run_folder(runs_in_tmp) / "metrics.jsonl").read_text().splitlines()]
     assert len([line for line in lines if "losses/irl_loss" in line]) == 3
-    assert any("reward/irl2" in line for line in lines)
+    assert any(line.get("arm") == "irl2" and "reward" in line for line in lines)
     assert "IRL round 2: pairs" in (run_folder(runs_in_tmp) / "summary.md").read_text()
 
 
@@ -367,8 +367,8 @@ def test_real_path_local_model_dataset_transformer_rms_and_judge(tmp_path, runs_
     assert "RM transformer per category" in summary and "similarity lm_hidden" in summary
     assert "Mean judge score" in summary and "mean judge score" in summary
     lines = [json.loads(line) for line in (run_folder(runs_in_tmp) / "metrics.jsonl").read_text().splitlines()]
-    rewards = [line["reward/grpo-true"] for line in lines if "reward/grpo-true" in line]
-    judged = [line["rewards/true_judge/grpo-true"] for line in lines if "reward/grpo-true" in line]
+    rewards = [line["reward"] for line in lines if line.get("arm") == "grpo-true" and "reward" in line]
+    judged = [line["rewards/true_judge"] for line in lines if line.get("arm") == "grpo-true" and "reward" in line]
     assert rewards == judged and any(r != 0 for r in rewards)  # the judge's scores are grpo-true's reward
 
 

@@ -494,3 +494,22 @@ def test_a_hub_that_accepts_connections_and_never_answers_fails_within_the_timeo
     for line in lines:
         seconds, message = line.split(" ", 1)
         assert float(seconds) < 10 and message.startswith("error: cannot load"), line
+
+
+def test_arms_are_tensorboard_runs_of_their_own_with_the_same_tags_and_progress_fits_a_line(capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = RunLogger("arms-run", {}, print_every=1, show=("reward", "kl"), total_steps=10)
+    metrics = {f"metric/with/a/long/name/{i}": float(i) for i in range(30)}
+    for arm in ("grpo", "control"):
+        for step in range(2):
+            run.log(step, {"reward": 0.5, "kl": 0.01, "losses/loss": 1.0, **metrics}, arm=arm)
+    run.finish("done")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(lines) == 4 and all(len(line) <= 120 for line in lines), lines
+    assert lines[-1].startswith("step 1 | control | ") and "ETA" in lines[-1] and "reward=0.5 kl=0.01" in lines[-1]
+    rows = [json.loads(line) for line in open(run.dir / "metrics.jsonl")]
+    assert [row["arm"] for row in rows] == ["grpo", "grpo", "control", "control"]
+    for arm in ("grpo", "control"):
+        events = EventAccumulator(str(run.dir / "arms" / arm)).Reload()
+        assert {"reward", "kl", "losses/loss"} <= set(events.Tags()["scalars"])
