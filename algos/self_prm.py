@@ -22,11 +22,20 @@ Implementation details ([card] = rewardlab's method notes; [PB] = the ProcessBen
 parsing and F1, as the card describes them):
 1. Judge prompt [PB, card 3.1]: the solution split into paragraphs at blank lines, paragraph j wrapped as
    `<paragraph_j>\\n...\\n</paragraph_j>` (j from 0, blank-line joined), inserted into a critique template sent as one
-   user turn of the chat template. The default `--judge-template` PARAPHRASES ProcessBench's (we do not copy its
-   text); pass the official one through the flag, with {problem} and {tagged_response} placeholders.
-2. Parsing [PB]: the last `\\boxed{...}` without nested braces; a verdict that is not an integer is None; the same
-   extractor gives the solutions' answers, normalised (spaces, `$`, trailing `.`, `\\text{}` dropped; integral numbers
-   as integers) before voting. A None verdict is "not valid" for Self-PRM and wrong for F1 [card 5].
+   user turn of the chat template. The template is filled as ProcessBench fills its file, with str.format(problem=,
+   tagged_response=) (literal braces doubled: `\\boxed{{}}`), so the official file works as it is through
+   --judge-template-file (e.g. ProcessBench's code/templates/critique_template.txt). The default --judge-template
+   PARAPHRASES ProcessBench's (we do not copy its text). A template that does not fill fails at start-up.
+2. Parsing: the last COMPLETE `\\boxed{...}`, braces balanced (`\\boxed{\\frac{14}{3}}` -> `\\frac{14}{3}`; a box
+   cut off by the token limit is skipped; ProcessBench's own `[^}]*` pattern would cut nested answers short, which
+   is harmless for its integer verdicts only). Verdicts are strict: an integer or None (`\\boxed{2.}` is None). A
+   None verdict is "not valid" for Self-PRM and wrong for F1 [card 5]. Answers (solutions and gold alike) are
+   normalised for MATH formats before voting: `\\dfrac` / `\\tfrac` -> `\\frac`, `\\frac12` -> `\\frac{1}{2}`,
+   `\\text{..}` unwrapped, `$`, spaces, `\\left` / `\\right`, LaTeX spacing, degrees, `%` and a trailing `.` dropped,
+   plain numbers as numbers (`1,000` -> 1000, `3.0` -> 3). No symbolic equivalence (`0.5` != `\\frac{1}{2}`).
+   At the first judge batch a warning says when more than 20 % of the verdicts do not parse
+   (judge/unparsed_rate_first_batch): Self-PRM then quietly falls back to majority vote, usually because
+   --judge-max-new-tokens cut the judgments short.
 3. (reconstructed) --judge-target final|full: judge the text after the last `</think>` (final) or the whole sample.
 4. Selection [card 3.3]: one pool of --num-samples per problem, nested prefixes k = 1, 2, 4, ..., --k-max. Rules:
    an unparsable answer never votes; Self-PRM falls back to plain MV when no validated sample has a parsable answer;
@@ -37,10 +46,14 @@ parsing and F1, as the card describes them):
    oracles (each oracle verdict flipped with probability --noise-rates, seeded).
 6. (reconstructed) Soft variant, --soft-score: `path` = probability of the judge's all-ok judgment of the sample
    (teacher-forced, toy only [card 6]); `votes` = share of --soft-votes judgments at T=1, top_p 0.9 that parse to -1
-   [card 3.3, PB voting variant]; score-weighted vote, MV fallback when every score is 0.
+   [card 3.3, PB voting variant]; score-weighted vote, MV fallback when every score is 0. `votes` costs --soft-votes
+   more judgments per sample, 5x the judge compute at 4, so `auto` is `path` on the toy (one teacher-forced pass) and
+   `none` on a real dataset: ask for `votes` explicitly.
 7. Precision / recall [card 3.4]: pooled within a bucket of problems by the policy's own accuracy over the first
    --k-max samples (hard <= 0.25 < middle < 0.75 <= easy, --bucket-edges); undefined buckets print `nan` with their
-   counts and are never averaged as 0.
+   counts and are never averaged as 0. Precision is capped by the bucket's base rate (its share of correct samples,
+   the precision of a judge that validates at random): a hard bucket's precision is low whatever the judge does, so
+   the table also gives the base rate and the lift = precision / base rate (1 = no better than random).
 8. SIMPLIFICATION (toy, card 6): the tiny world's chain addition (`add 3 + 4 + 5` -> `3 + 4 = 7 ; 7 + 5 = 12 ; # 12`),
    paragraphs = the `;`-separated steps plus the `# answer` paragraph, written `step j : ...` (the tiny vocabulary has
    no tags; judge prompt `Q <problem> A step 0 : 3 + 4 = 7 step 1 : ...`). The judgment is a short generated check,
@@ -72,16 +85,20 @@ parsing and F1, as the card describes them):
 
 Metrics: eval/accuracy/<selector>@<k> (pass1, majority, self_prm, self_prm_soft, oracle_judge, noisy_<q>, oracle),
 judge/acc_err, judge/acc_cor, judge/f1 (synthetic or --processbench-name), judge/own_f1 (toy), judge/precision/<b>,
-judge/recall/<b>, judge/positives/<b>, judge/valid_rate, charts/solve_tokens, charts/judge_tokens, losses/sft_loss
-(warm start), coevolve/reward, coevolve/solve_acc, coevolve/judge_f1. Samples go to runs/<run>/samples.txt.
+judge/recall/<b>, judge/positives/<b>, judge/base_rate/<b>, judge/lift/<b>, judge/valid_rate,
+judge/unparsed_rate_first_batch, charts/solve_tokens, charts/judge_tokens, timing/{solve,judge}_chunk_seconds and
+timing/{solve,judge}_sequences (one row per generation chunk), losses/grpo_loss, coevolve/reward, coevolve/solve_acc,
+coevolve/judge_f1 (--coevolve). Samples go to runs/<run>/samples.txt.
 
 Commands:
     python algos/self_prm.py                                  # offline toy: 150 problems x 16 samples, 93 s on 2 cores
     python algos/self_prm.py --seed 2 --coevolve              # second seed plus the co-evolution arm
-    python algos/self_prm.py --model-name Qwen/Qwen2.5-Math-7B-Instruct --dataset-name HuggingFaceH4/MATH-500 \
-        --split test --num-problems 500 --num-samples 16 --k-max 16 --max-new-tokens 2048 --judge-max-new-tokens 2048 \
-        --temperature 0.6 --top-p 0.95 --gen-batch-size 256 --processbench-name Qwen/ProcessBench \
-        --processbench-split gsm8k
+    python algos/self_prm.py --model-name Qwen/QwQ-32B --dataset-name HuggingFaceH4/MATH-500 --split test \
+        --num-problems 500 --num-samples 16 --k-max 16 --max-new-tokens 32768 --judge-max-new-tokens 32768 \
+        --temperature 0.6 --top-p 0.95 --judge-template-file critique_template.txt --gen-batch-size 64 \
+        --processbench-name Qwen/ProcessBench --processbench-split math
+    (long-CoT policies need the long budgets: ProcessBench gives QwQ-type judges 32768 new tokens, 8192 otherwise;
+    --soft-score votes adds 4 sampled judgments per sample, 5x the judge compute)
 Measured (toy defaults, seeds 1 / 2; 2 CPU cores, nothing else running): 93 s with a fresh warm start (172 s
 under load), ~15 s cached. pass@1 0.90 / 0.87; at k = 16: MV 0.980 / 0.973, Self-PRM 0.967 / 0.973, soft 0.980 / 0.973,
 oracle judge = pass@16 = 1.000 / 1.000, noisy 0.1 1.000 / 0.987, noisy 0.3 0.987 / 0.987; Self-PRM - MV in
@@ -122,8 +139,9 @@ DEFAULT_JUDGE_TEMPLATE = (  # a paraphrase of the ProcessBench critique prompt (
     "Here is a math problem and a proposed solution. The solution is split into paragraphs, each wrapped in tags and "
     "numbered from 0.\n\n[Math Problem]\n\n{problem}\n\n[Solution]\n\n{tagged_response}\n\nCheck the solution one "
     "paragraph at a time. If a paragraph contains an error, report the index of the EARLIEST such paragraph; if no "
-    "paragraph is wrong, report -1.\n\nGive the index as your final answer inside \\boxed{}."
-)
+    "paragraph is wrong, report -1.\n\nGive the index as your final answer inside \\boxed{{}}."
+)  # a str.format() template like ProcessBench's file: literal braces doubled
+UNPARSED_WARNING = 0.2  # warn at the first judge batch when more verdicts than this do not parse
 SOLVE_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -158,9 +176,10 @@ class Args:
     k_max: int = 16
     """largest k, a power of two <= --num-samples; k runs over 1, 2, 4, ..., k_max"""
     max_new_tokens: int = 32
-    """new tokens per solution"""
+    """new tokens per solution (toy: 32; a real model needs thousands, see the real command)"""
     judge_max_new_tokens: int = 20
-    """new tokens per judgment (long-CoT judges need thousands, or verdicts truncate to None)"""
+    """new tokens per judgment (toy: 20; ProcessBench uses 8192, 32768 for QwQ-type models: a judgment cut short
+    has no \\boxed verdict, and Self-PRM silently becomes majority vote; a warning says so at the first batch)"""
     temperature: float = 1.0
     """solution sampling temperature (unverified in the paper; R1/QwQ usually 0.6) [card toy: 1.0]"""
     top_p: float = 1.0
@@ -170,11 +189,17 @@ class Args:
     chat: bool = True
     """wrap solve and judge prompts as one user turn of the chat template"""
     judge_template: str = DEFAULT_JUDGE_TEMPLATE
-    """critique prompt with {problem} and {tagged_response} (real path; default paraphrases ProcessBench's)"""
+    """critique prompt, a str.format() template with {problem} and {tagged_response} and literal braces doubled
+    (real path; the default paraphrases ProcessBench's)"""
+    judge_template_file: Optional[str] = None
+    """a template file read as it is, e.g. ProcessBench's code/templates/critique_template.txt (overrides
+    --judge-template)"""
     judge_target: Literal["final", "full"] = "final"
     """(reconstructed) judge the text after the last </think> (final) or the whole sample (full)"""
     soft_score: Literal["auto", "path", "votes", "none"] = "auto"
-    """(reconstructed) soft score: P(all-ok judgment) (path, toy) or share of -1 votes; auto = path on the toy"""
+    """(reconstructed) soft score: P(all-ok judgment) (path, toy only, one teacher-forced pass) or the share of -1
+    among --soft-votes sampled judgments (votes: (1 + soft-votes)x the judge compute, 5x at 4 votes); auto = path
+    on the toy, none on a real dataset (ask for votes explicitly)"""
     soft_votes: int = 4
     """judgments per sample (T=1, top_p 0.9) for --soft-score votes"""
     noise_rates: tuple[float, ...] = (0.1, 0.3)
@@ -192,7 +217,7 @@ class Args:
     ws_batch_size: int = 64
     """warm-start sequences per step"""
     ws_lr: float = 3e-3
-    """warm-start AdamW learning rate [card toy: 2e-3; 3e-3 as shared/warmstart.py, better in 1000 steps]"""
+    """warm-start AdamW learning rate (> 0) [card toy: 2e-3; 3e-3 as shared/warmstart.py, better in 1000 steps]"""
     ws_judge_fraction: float = 0.5
     """share of judge sequences in the warm-start batches"""
     ws_seed: int = 0
@@ -208,17 +233,28 @@ class Args:
 
 
 # ALGO LOGIC: parsing and prompts --------------------------------------------------------------------------------------
-BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+BOXED = "\\boxed{"
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` without nested braces, or None [PB]."""
-    found = BOXED.findall(text)
-    return found[-1] if found else None
+def last_boxed(text: str | None) -> str | None:
+    """Content of the last complete `\\boxed{...}`, braces balanced (`\\boxed{\\frac{14}{3}}` -> `\\frac{14}{3}`);
+    a box whose braces never close (a truncated generation) is skipped; None when no box is complete."""
+    if text is None:
+        return None
+    start = text.rfind(BOXED)
+    while start >= 0:
+        depth, begin = 1, start + len(BOXED)
+        for position in range(begin, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[position], 0)
+            if depth == 0:
+                return text[begin:position]
+        start = text.rfind(BOXED, 0, start)  # unbalanced: look at the box before it
+    return None
 
 
 def parse_verdict(text: str) -> int | None:
-    """Earliest-error index from the last \\boxed{} of a judgment: an int (-1 = no error), else None."""
+    """Earliest-error index from the last \\boxed{} of a judgment: an integer (-1 = no error), else None (strict:
+    `\\boxed{2.}`, `\\boxed{paragraph 2}` or `\\boxed{\\text{2}}` are None, as in ProcessBench's int() parse)."""
     content = last_boxed(text)
     if content is None or not re.fullmatch(r"\s*[-+]?\d+\s*", content):
         return None
@@ -236,15 +272,29 @@ def parse_toy_verdict(text: str) -> int | None:
     return int(after[0]) if len(after) == 1 and after[0].isdigit() else None
 
 
+TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\{([^{}]*)\}")
+SPACING = re.compile(r"\\[,;:! ]|\\q?quad|\\(?:left|right)(?![a-zA-Z])|\^\{?\\circ\}?|\\%|%")
+SHORT_FRAC = re.compile(r"\\frac(\d)(\d)")
+
+
 def normalize_answer(answer: str | None) -> str | None:
-    """Light normalisation before voting: no spaces / `$` / `\\text{}` / trailing `.`; integral numbers as ints."""
+    """Normalise a final answer (MATH formats) before voting and comparison with the gold answer:
+    `\\dfrac` / `\\tfrac` -> `\\frac`, `\\frac12` -> `\\frac{1}{2}`, `\\text{..}` (and `\\mathrm`, `\\mbox`) unwrapped,
+    `$`, spaces, LaTeX spacing, `\\left` / `\\right`, degrees and `%` dropped, a trailing `.` dropped; plain numbers
+    as numbers (`1,000` -> `1000`, `3.0` -> `3`). None or an empty answer -> None."""
     if answer is None:
         return None
-    text = re.sub(r"\\text\{([^{}]*)\}", r"\1", answer).replace("$", "").replace(" ", "").rstrip(".")
-    text = text.replace("\\!", "").replace("dfrac", "frac").replace("tfrac", "frac")
-    if re.fullmatch(r"[-+]?[\d,]*\.?\d+", text):
+    text = answer.replace("\\$", "").replace("$", "")  # a dollar sign (\\$) or math delimiters
+    while TEXT_COMMANDS.search(text):  # innermost first, so nested commands unwrap too
+        text = TEXT_COMMANDS.sub(r"\1", text)
+    text = SPACING.sub("", text).replace(" ", "").strip().rstrip(".")
+    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    text = SHORT_FRAC.sub(r"\\frac{\1}{\2}", text)
+    if re.fullmatch(
+        r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+", text
+    ):  # a plain number, maybe with thousands commas
         value = float(text.replace(",", ""))
-        text = str(int(value)) if value.is_integer() else str(value)
+        text = str(int(value)) if value.is_integer() else repr(value)
     return text or None
 
 
@@ -256,8 +306,9 @@ def format_paragraphs(paragraphs: list[str], style: str = "processbench") -> str
 
 
 def judge_prompt(template: str, problem: str, paragraphs: list[str]) -> str:
-    """The critique prompt: {tagged_response} = the tagged paragraphs, {problem} = the problem [PB]."""
-    return template.replace("{tagged_response}", format_paragraphs(paragraphs)).replace("{problem}", problem)
+    """The critique prompt, filled as ProcessBench fills its template file: `template.format(problem=...,
+    tagged_response=...)`, so literal braces are written doubled (`\\boxed{{}}`) [PB code/run_eval.py]."""
+    return template.format(problem=problem, tagged_response=format_paragraphs(paragraphs))
 
 
 def split_paragraphs(solution: str, target: str = "final") -> list[str]:
@@ -383,6 +434,17 @@ def precision_recall_by_bucket(verdicts: torch.Tensor, correct: torch.Tensor, bu
     return precision, recall, positives, num_correct
 
 
+def lift_over_base_rate(precision: torch.Tensor, correct: torch.Tensor, buckets: torch.Tensor, num_buckets=3):
+    """Base rate = pooled share of correct samples in each bucket; lift = precision / base rate (1 = a judge that
+    validates at random; precision alone is capped by the base rate in a hard bucket). nan when undefined. [B], [B]"""
+    counts = torch.zeros(num_buckets).index_add_(0, buckets, torch.full((len(buckets),), float(correct.shape[1])))
+    num_correct = torch.zeros(num_buckets).index_add_(0, buckets, correct.float().sum(1))  # [B]
+    nan = torch.full((num_buckets,), math.nan)
+    base_rate = torch.where(counts > 0, num_correct / counts.clamp(min=1), nan)  # [B]
+    lift = torch.where(base_rate > 0, precision / base_rate.clamp(min=1e-12), nan)  # [B]
+    return base_rate, lift
+
+
 # The toy: chain addition, paragraphs, first-error labels, judge items ----------------------------------------------
 TASK = ChainAddition()
 
@@ -503,10 +565,23 @@ def multitask_warm_start(args: Args, judge_max_terms: int = 5) -> Path:
 
 
 # Generation helpers ----------------------------------------------------------------------------------------------
-def generate(model, tokenizer, prompts, args, num_samples=1, greedy=False, max_new_tokens=None, **sampling):
-    """Batched `shared.lm.sample` in chunks of --gen-batch-size sequences; texts prompt-major, and token counts."""
+def generate(
+    model,
+    tokenizer,
+    prompts,
+    args,
+    num_samples=1,
+    greedy=False,
+    max_new_tokens=None,
+    on_chunk=None,
+    on_first_chunk=None,
+    **sampling,
+):
+    """Batched `shared.lm.sample` in chunks of --gen-batch-size sequences; texts prompt-major, and token counts.
+    `on_chunk(seconds, sequences)` runs after every chunk, `on_first_chunk(texts)` once after the first."""
     texts, tokens, per_call = [], 0, max(1, args.gen_batch_size // num_samples)
     for lo in range(0, len(prompts), per_call):
+        chunk_start = time.time()
         out = sample(
             model,
             tokenizer,
@@ -519,6 +594,10 @@ def generate(model, tokenizer, prompts, args, num_samples=1, greedy=False, max_n
         )
         texts += out.texts
         tokens += int(out.completion_mask.sum())
+        if on_chunk is not None:
+            on_chunk(time.time() - chunk_start, len(out.texts))
+        if on_first_chunk is not None and lo == 0:
+            on_first_chunk(out.texts)
     return texts, tokens
 
 
@@ -570,8 +649,7 @@ def check_args(args: Args) -> None:
     toy = args.dataset_name.startswith("tiny:")
     if toy and args.dataset_name != "tiny:chain_addition":
         fail(f"--dataset-name {args.dataset_name!r}: the toy formats exist for tiny:chain_addition only")
-    if not toy and any(key not in args.judge_template for key in ("{problem}", "{tagged_response}")):
-        fail("--judge-template needs the placeholders {problem} and {tagged_response}")
+    check_judge_template(judge_template_text(args))
     if args.soft_score == "path" and not toy:
         fail("--soft-score path needs the toy's known judgment format: use votes (or none) on a real dataset")
     if args.soft_score == "votes" and args.soft_votes < 1:
@@ -580,8 +658,35 @@ def check_args(args: Args) -> None:
         fail("--coevolve is the toy's experiment: keep the default --model-name and --dataset-name")
     if args.model_name.startswith("tiny") and args.model_name != TOY_MODEL:
         fail(f"--model-name {args.model_name!r}: the toy model is {TOY_MODEL}; else pass a folder or a hub id")
+    for flag, rate in (("--ws-lr", args.ws_lr), ("--coevolve-lr", args.coevolve_lr)):
+        if not (rate > 0 and math.isfinite(rate)):
+            fail(f"{flag} {rate}: a learning rate must be a positive finite number (e.g. {flag} 3e-3)")
     if args.ws_steps < 1 or not 0.0 < args.ws_judge_fraction < 1.0:
         fail("--ws-steps must be >= 1 and --ws-judge-fraction in (0, 1): the warm start needs both tasks")
+
+
+def judge_template_text(args: Args) -> str:
+    """The critique template: --judge-template-file read as it is (e.g. ProcessBench's), else --judge-template."""
+    if args.judge_template_file is None:
+        return args.judge_template
+    path = Path(args.judge_template_file)
+    if not path.is_file():
+        fail(f"--judge-template-file {path}: no such file (e.g. ProcessBench's code/templates/critique_template.txt)")
+    return path.read_text()
+
+
+def check_judge_template(template: str) -> None:
+    """The template must fill with str.format(problem=..., tagged_response=...) and contain both placeholders."""
+    try:
+        filled = template.format(problem="\0P", tagged_response="\0T")
+    except (KeyError, IndexError, ValueError) as error:
+        fail(
+            f"the judge template does not fill with str.format() ({type(error).__name__}: {error}): it is filled as "
+            "ProcessBench fills its file, so write literal braces doubled (\\boxed{{}}) and use only the "
+            "placeholders {problem} and {tagged_response}"
+        )
+    if "\0P" not in filled or "\0T" not in filled:
+        fail("the judge template needs the placeholders {problem} and {tagged_response}")
 
 
 def load_problems(args: Args, toy: bool) -> tuple[list[str], list[str]]:
@@ -673,9 +778,18 @@ def main(args: Args) -> dict:
     run = RunLogger(make_run_name(f"self_prm-{name}", args.exp_name, args.seed), args, track=args.track)
     timer = time.time()
 
+    chunk_counter = iter(range(1, 2**62))
+
+    def timed(stage: str):  # one metrics row per generation chunk: the pass has no loss to time steps by
+        def log(seconds: float, sequences: int) -> None:
+            row = {f"timing/{stage}_chunk_seconds": seconds, f"timing/{stage}_sequences": sequences}
+            run.log(next(chunk_counter), row, echo=False)
+
+        return log
+
     # 1. sample a pool of N solutions per problem from the frozen policy (one pool; nested prefixes for each k)
     solve_prompts = problems if toy else [p + SOLVE_SUFFIX for p in problems]
-    sampling = dict(temperature=args.temperature, top_p=args.top_p)
+    sampling = dict(temperature=args.temperature, top_p=args.top_p, on_chunk=timed("solve"))
     texts, solve_tokens = generate(model, tokenizer, solve_prompts, args, num_samples=N, **sampling)
     texts = [texts[p * N : (p + 1) * N] for p in range(P)]  # [P][N] prompt-major
     if toy:
@@ -697,12 +811,26 @@ def main(args: Args) -> dict:
         judge_prompts = [toy_judge_prompt(q, toy_paragraphs(y)) for q, y in judged]
         parse = parse_toy_verdict
     else:
-        judge_prompts = [
-            judge_prompt(args.judge_template, q, split_paragraphs(y, args.judge_target)) for q, y in judged
-        ]
+        template = judge_template_text(args)
+        judge_prompts = [judge_prompt(template, q, split_paragraphs(y, args.judge_target)) for q, y in judged]
         parse = parse_verdict
-    sampling = dict(greedy=True, max_new_tokens=args.judge_max_new_tokens)
-    judgments, judge_tokens = generate(model, tokenizer, judge_prompts, args, **sampling)
+
+    def warn_if_unparsed(first_judgments: list[str]) -> None:
+        unparsed = float(np.mean([parse(j) is None for j in first_judgments]))
+        run.log(1, {"judge/unparsed_rate_first_batch": unparsed}, echo=False)
+        if unparsed > UNPARSED_WARNING:
+            print(
+                f"warning: {100 * unparsed:.0f}% of the first {len(first_judgments)} judgments have no parsable "
+                f"verdict (> {100 * UNPARSED_WARNING:.0f}%). An unparsed verdict counts as not valid, so Self-PRM is "
+                f"falling back to majority vote. Raise --judge-max-new-tokens (now {args.judge_max_new_tokens}; "
+                "ProcessBench uses 8192, 32768 for QwQ-type models) or check --judge-template and the samples.",
+                flush=True,
+            )
+
+    sampling = dict(greedy=True, max_new_tokens=args.judge_max_new_tokens, on_chunk=timed("judge"))
+    judgments, judge_tokens = generate(
+        model, tokenizer, judge_prompts, args, on_first_chunk=warn_if_unparsed, **sampling
+    )
     verdicts = [parse(j) for j in judgments]
     valid = torch.tensor([v == -1 for v in verdicts]).view(P, K)  # [P, K] self-verdict v_i
     print(
@@ -712,7 +840,7 @@ def main(args: Args) -> dict:
     )
 
     # 3. soft self-score (reconstructed): P(all-ok judgment) on the toy, or the share of -1 among sampled judgments
-    soft_mode = ("path" if toy else "votes") if args.soft_score == "auto" else args.soft_score
+    soft_mode = ("path" if toy else "none") if args.soft_score == "auto" else args.soft_score
     weights = {"self_prm": valid.float()}  # [P, K] per selector: who votes, with which weight
     if soft_mode == "path":
         endorse = [all_ok_judgment(q, y) for q, y in judged]
@@ -765,7 +893,8 @@ def main(args: Args) -> dict:
             required_columns=["problem", "steps", "label"],
             seed=args.seed,
         )
-        prompts = [judge_prompt(args.judge_template, q, list(s)) for q, s in zip(pb["problem"], pb["steps"])]
+        template = judge_template_text(args)
+        prompts = [judge_prompt(template, q, list(s)) for q, s in zip(pb["problem"], pb["steps"])]
         f1 = judge_f1(model, tokenizer, args, prompts, list(pb["label"]), parse_verdict)
         judge_rows.append(f1_row(f"{args.processbench_name}:{args.processbench_split} ({len(pb)})", f1))
     if judge_rows:
@@ -773,20 +902,25 @@ def main(args: Args) -> dict:
     buckets = difficulty_buckets(correct_k, args.bucket_edges)  # [P]
     judges = {"self": valid, **{f"noisy {q:g}": v for q, v in noisy.items()}}
     stats = {j: precision_recall_by_bucket(v, correct_k, buckets) for j, v in judges.items()}
+    base_rates, lifts = lift_over_base_rate(stats["self"][0], correct_k, buckets)  # [3], [3]
     bucket_rows = []
     for b, key in enumerate(["hard", "middle", "easy"]):
         precision, recall, positives, num_correct = (s[b].item() for s in stats["self"])
+        base_rate, lift = base_rates[b].item(), lifts[b].item()
         bucket = {0: f"hard (acc <= {args.bucket_edges[0]:g})", 2: f"easy (acc >= {args.bucket_edges[1]:g})"}
         row = {
             "bucket": bucket.get(b, "middle"),
             "problems": int((buckets == b).sum()),
             "correct": int(num_correct),
             "self positives": int(positives),
+            "base rate": base_rate,
             "self precision": precision,
+            "lift": lift,
             "self recall": recall,
         }
         bucket_rows.append({**row, **{f"{j} precision": s[0][b].item() for j, s in stats.items() if j != "self"}})
-        metrics = {"precision": precision, "recall": recall, "positives": positives}
+        metrics = {"precision": precision, "recall": recall, "positives": positives, "base_rate": base_rate}
+        metrics["lift"] = lift
         run.log(K, {f"judge/{m}/{key}": v for m, v in metrics.items()}, echo=False)
     metrics = {
         "judge/valid_rate": valid.float().mean().item(),
@@ -810,9 +944,11 @@ def main(args: Args) -> dict:
         f"points or more). Self-PRM soft = {soft_mode}.\n\n{format_table(selection_rows)}\n\n"
         f"The model as a judge (greedy, verdict = earliest wrong paragraph or -1):\n\n"
         f"{format_table(judge_rows, floatfmt='.1f') if judge_rows else '(no judge items on this path)'}\n\n"
-        f"Self-verdict precision / recall by difficulty (own accuracy over the first {K} samples; pooled; nan = "
-        f"undefined):\n\n{format_table(bucket_rows)}\n\nvalid rate {valid.float().mean():.3f}; tokens: solutions "
-        f"{solve_tokens}, judgments {judge_tokens}; total time incl. model load / warm start "
+        f"Self-verdict precision / recall by difficulty (own accuracy over the first {K} samples; pooled; base rate = "
+        f"share of correct samples in the bucket, the precision of a judge that validates at random; lift = "
+        f"precision / base rate; nan = undefined):\n\n{format_table(bucket_rows)}\n\n"
+        f"valid rate {valid.float().mean():.3f}; tokens: solutions {solve_tokens}, judgments {judge_tokens}; total "
+        f"time incl. model load / warm start "
         f"{time.time() - start_time:.0f} s"
     )
     if coevolve_rows:

@@ -38,8 +38,70 @@ def test_parse_verdict():
     assert parse_verdict("\\boxed{+0}") == 0
     assert parse_verdict("\\boxed{1.5}") is None and parse_verdict("\\boxed{two}") is None
     assert parse_verdict("no box at all: -1") is None and parse_verdict("\\boxed{}") is None
-    assert parse_verdict("\\boxed{\\frac{1}{2}}") is None  # nested braces are not matched
-    assert parse_verdict("\\boxed{4} and a truncated \\boxed{") == 4
+    assert parse_verdict("\\boxed{\\frac{1}{2}}") is None  # a balanced box, but not an integer
+    assert parse_verdict("\\boxed{4} and a truncated \\boxed{") == 4  # the last COMPLETE box
+    assert parse_verdict("\\boxed{2.}") is None and parse_verdict("\\boxed{\\text{2}}") is None  # strict
+    assert parse_verdict("\\boxed{paragraph 2}") is None and parse_verdict("\\boxed{-1 }") == -1
+
+
+def test_last_boxed_is_brace_balanced_on_math_answers():
+    """The MATH-500 answer formats that a `[^{}]*` pattern cannot read, inside solution-like text."""
+    for answer in (
+        "\\frac{14}{3}",
+        "3\\sqrt{13}",
+        "\\text{Evelyn}",
+        "(3,\\frac{\\pi}{2})",
+        "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
+    ):
+        text = f"Step one.\n\nSo x = 2 and \\boxed{{1}} is wrong; the answer is $\\boxed{{{answer}}}$."
+        assert self_prm.last_boxed(text) == answer
+    assert self_prm.last_boxed("\\boxed{\\frac{1}{2}") is None  # unbalanced (truncated): None
+    assert self_prm.last_boxed("\\boxed{a}} and \\boxed{\\sqrt{2") == "a"  # the truncated last box is skipped
+    assert self_prm.last_boxed("no box") is None and self_prm.last_boxed(None) is None
+    assert self_prm.last_boxed("\\boxed{}") == ""
+
+
+def test_normalize_answer_on_real_math_formats():
+    norm = self_prm.normalize_answer
+    same = [  # (what a model writes, the MATH-500 gold answer)
+        ("\\dfrac{14}{3}", "\\frac{14}{3}"),
+        ("\\tfrac{14}{3}.", "\\frac{14}{3}"),
+        ("\\frac14", "\\frac{1}{4}"),
+        ("3 \\sqrt{13}", "3\\sqrt{13}"),
+        ("\\text{Evelyn}", "Evelyn"),
+        ("\\textbf{(C)}", "\\text{(C)}"),
+        ("$(3, \\frac{\\pi}{2})$", "(3,\\frac{\\pi}{2})"),
+        ("\\left( 3, \\dfrac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+        ("90^\\circ", "90"),
+        ("10\\%", "10"),
+        ("1,000", "1000"),
+        ("0.50", "0.5"),
+        ("\\$18.90", "18.9"),
+    ]
+    for written, gold in same:
+        assert norm(written) == norm(gold), (written, norm(written), norm(gold))
+    assert norm("\\frac{14}{3}") == "\\frac{14}{3}" and norm("3\\sqrt{13}") == "3\\sqrt{13}"
+    assert norm("1,2") == "1,2" != norm("12")  # a pair is not a thousands separator
+    assert norm("\\frac{14}{3}") != norm("\\frac{3}{14}") and norm("Evelyn") != norm("Evelin")
+    assert norm("\\rightarrow") == "\\rightarrow"  # \\right( is spacing, \\rightarrow is not
+
+
+def test_official_template_file_fills_as_processbench_does(tmp_path):
+    """ProcessBench's template file is a str.format() template: literal braces doubled, `\\boxed{{}}`. Ours reads
+    a file of that format as it is (a stand-in with the official file's structure, not its text)."""
+    file = tmp_path / "critique_template.txt"
+    file.write_text("[Math Problem]\n\n{problem}\n\n[Solution]\n\n{tagged_response}\n\nIndex in \\boxed{{}}.")
+    template = self_prm.judge_template_text(Args(judge_template_file=str(file)))
+    prompt = self_prm.judge_prompt(template, "Find {x} in $\\frac{1}{2}$.", ["a = {1}", "so \\boxed{2}"])
+    assert prompt.endswith("Index in \\boxed{}.") and "{{" not in prompt  # doubled braces become single ones
+    assert "Find {x} in $\\frac{1}{2}$." in prompt and "<paragraph_1>\nso \\boxed{2}\n</paragraph_1>" in prompt
+    assert self_prm.judge_prompt(self_prm.DEFAULT_JUDGE_TEMPLATE, "q", ["p"]).endswith("inside \\boxed{}.")
+    with pytest.raises(SystemExit, match="doubled"):  # a single-brace box would be a format field
+        self_prm.check_judge_template("{problem} {tagged_response} \\boxed{}")
+    with pytest.raises(SystemExit, match="placeholders"):
+        self_prm.check_judge_template("{problem} only")
+    with pytest.raises(SystemExit, match="no such file"):
+        self_prm.judge_template_text(Args(judge_template_file=str(tmp_path / "missing.txt")))
 
 
 def test_toy_verdict_and_answers():
@@ -160,6 +222,10 @@ def test_precision_recall_pooled_and_undefined():
     assert positives.tolist() == [10.0, 0.0, 0.0] and num_correct.tolist() == [3.0, 0.0, 10.0]
     assert math.isnan(precision[1]) and math.isnan(recall[1])  # empty bucket: undefined, never 0
     assert math.isnan(precision[2]) and recall[2].item() == 0.0  # no positives: precision undefined
+    base_rate, lift = self_prm.lift_over_base_rate(precision, correct, buckets)
+    assert base_rate[0].item() == pytest.approx(3 / 20) and lift[0].item() == pytest.approx(0.1 / 0.15)  # < 1
+    assert math.isnan(base_rate[1]) and math.isnan(lift[1])  # empty bucket
+    assert base_rate[2].item() == 1.0 and math.isnan(lift[2])  # no positives: no precision, no lift
     acc = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]]).bool()
     assert self_prm.difficulty_buckets(acc, (0.25, 0.75)).tolist() == [0, 2, 1, 0]
 
@@ -238,7 +304,7 @@ def test_warm_start_learns_to_solve_and_judge():
     assert solved[1] == 0.0 and solved[0] > 0.03
 
 
-def test_real_path_through_saved_folders(tmp_path, runs_in_tmp):
+def test_real_path_through_saved_folders(tmp_path, runs_in_tmp, capsys):
     """--model-name a save_pretrained folder, --dataset-name a save_to_disk folder (problem/answer), ProcessBench."""
     model, tokenizer = self_prm.load_causal_lm(str(self_prm.multitask_warm_start(Args(**WS))))
     model.save_pretrained(tmp_path / "model")
@@ -250,10 +316,22 @@ def test_real_path_through_saved_folders(tmp_path, runs_in_tmp):
                        "label": [-1, 0]}).save_to_disk(tmp_path / "pb")  # fmt: skip
     real = Args(model_name=str(tmp_path / "model"), dataset_name=str(tmp_path / "math"), num_problems=2,
                 num_samples=2, k_max=2, soft_votes=2, processbench_name=str(tmp_path / "pb"),
-                processbench_split="train", max_new_tokens=8, judge_max_new_tokens=8)  # fmt: skip
+                processbench_split="train", max_new_tokens=8, judge_max_new_tokens=8, soft_score="votes")  # fmt: skip
     out = main(real)
     assert out["selection"][-1]["problems"] == 2 and out["weights"]["self_prm_soft"].shape == (2, 2)
-    assert "pb:train (2)" in (out["run_dir"] / "summary.md").read_text()
+    summary = (out["run_dir"] / "summary.md").read_text()
+    assert "pb:train (2)" in summary and "lift" in summary
+    # the toy model writes no \\boxed verdicts: at 8 tokens every real-format verdict is None -> the warning
+    assert "warning: 100% of the first 4 judgments have no parsable verdict" in capsys.readouterr().out
+    metrics = [json.loads(line) for line in (out["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+    assert [m["judge/unparsed_rate_first_batch"] for m in metrics if "judge/unparsed_rate_first_batch" in m] == [1.0]
+    chunks = [m for m in metrics if any(k.startswith("timing/") for k in m)]  # a row per generation chunk
+    assert [m["step"] for m in chunks] == list(range(1, len(chunks) + 1)) and len(chunks) >= 2
+    assert not any(k.startswith("losses/") for m in metrics for k in m)  # nothing is trained on this path
+    out = main(replace(real, soft_score="auto", processbench_name=None))  # auto = no soft score on real data
+    assert (
+        "self_prm_soft" not in out["weights"] and "Self-PRM soft = none" in (out["run_dir"] / "summary.md").read_text()
+    )
 
 
 @pytest.mark.parametrize(
@@ -267,6 +345,11 @@ def test_real_path_through_saved_folders(tmp_path, runs_in_tmp):
         (dict(noise_rates=(1.5,)), "[0, 1]"),
         (dict(bucket_edges=(0.8, 0.2)), "lo < hi"),
         (dict(model_name="tiny:string_ops"), "toy model"),
+        (dict(ws_lr=0.0), "--ws-lr 0.0: a learning rate"),
+        (dict(ws_lr=-1e-3), "--ws-lr -0.001"),
+        (dict(ws_lr=float("nan")), "--ws-lr nan"),
+        (dict(coevolve_lr=float("nan")), "--coevolve-lr nan"),
+        (dict(judge_template="{problem} {tagged_response} \\boxed{}"), "doubled"),
     ],
 )
 def test_bad_inputs_fail_fast(change, message, runs_in_tmp):
