@@ -28,30 +28,44 @@ rewardlab's method notes, built from paper and code):
    s = logit(gbar) (= plain averaging of the Linear weights), no clamping (gamma_k may exceed 1 for large gbar).
 3. DIFFERENCE (the paper's intent, card 5.2-5.3): the live s forms the ratios every step (the code caches a stale
    copy of the numerator), and each group logit is one Adam parameter with an explicit lr (3e-2, card 6) instead of
-   the code's duplicated optimiser entries (effective lr 1.4e-4 to 1.4e-3 at a nominal 2e-5).
-4. The merged weights are formed functionally every step (torch.func.functional_call over {name: merged tensor});
-   theta0 and theta are frozen tensors, only the K logits receive gradients. Evaluation copies the final merge once
-   into a scratch model for batched generation.
-5. Groups [code, issue]: `block3` splits at layers 8/16 (L <= 30) and 11/21 (L > 30) when that leaves every group
+   the code's duplicated optimiser entries (effective lr 1.4e-4 to 1.4e-3 at a nominal 2e-5). The lr decays linearly
+   to 0 over the AMA steps with no warm-up, as the code's HF Trainer default (`--lr-schedule constant` to switch off;
+   the paper's text says cosine with 3 % warm-up).
+4. Merge precision [issue 21; the code has the flaw]: `merge_linear` forms W1 + gamma (W0 - W1) in fp32 whatever the
+   weights' dtype (torch.lerp: exactly W0 at gamma = 1, W1 at 0), and its backward takes d/d(gamma) =
+   sum(dL/dW * (W0 - W1)) with the difference in fp32. Merged in bf16 instead, a 1 % RLHF delta gave a gradient 3.5 %
+   off on a 512 x 512 matrix and a 0.1 % delta exactly 0 (tested against fp64). The merged tensor is cast back to
+   the model's dtype for the forward.
+5. Memory [issue 21]: theta (`post`) is parametrized in place (torch.nn.utils.parametrize), each tensor merged from
+   theta0's and theta's own tensors inside its module's forward, so only theta0 and theta are held: no scratch model,
+   no merged copy, no fp32 copies saved for the backward. Only the decoder's Linear slots are in the graph (the
+   embeddings, norms and head are merged as constants); an AMA step is micro-batched (`--micro-batch-size`, the
+   gradient of the step batch accumulated on the slot ratios, then chained to the K logits once), and
+   `--gradient-checkpointing` recomputes each layer's merge in the backward, so one layer's merged weights are alive
+   at a time. Every evaluation (generation, the NLL over D) merges each tensor once (parametrize.cached), not per
+   batch or token.
+6. Groups [code, issue]: `block3` splits at layers 8/16 (L <= 30) and 11/21 (L > 30) when that leaves every group
    non-empty, and equal thirds otherwise (the 6-layer toy: 0,0,1,1,2,2); `block<N>`: floor(L/N) layers per block,
    remainder to the last; `layerwise`: K = L.
-6. Regulariser [code sum_reg_type]: summed per Linear module (7 per Qwen2/LLaMA layer), centre L // 2 instead of 13;
+7. Regulariser [code sum_reg_type]: summed per Linear module (7 per Qwen2/LLaMA layer), centre L // 2 instead of 13;
    lambda 1e-4 [code].
-7. Loss [paper Eq. 9]: response-only NLL (mean over tokens, incl. the end-of-turn token); `--loss-on all` adds the
+8. Loss [paper Eq. 9]: response-only NLL (mean over tokens, incl. the end-of-turn token); `--loss-on all` adds the
    prompt tokens as the code's text_only data does (without its 512-token packing across samples).
-8. Partwise MA [paper Fig. 4, code weight_interpolation.py]: one third (block3 groups) at pre weight r, the rest at
-   theta; every tensor of a layer is interpolated, the embedding takes the input part's ratio, final norm and head 0.
-   Plain MA interpolates every tensor with one gamma.
-9. RLHF = RSF [paper main experiments]: best-of-n samples at T = 1 on the RLHF prompts, one SFT epoch on the best,
+9. Partwise MA [paper Fig. 4, code weight_interpolation.py merge_split]: one third (block3 groups) at pre weight r,
+   the rest at theta; every tensor of a layer is interpolated, the embedding takes the input part's ratio, and the
+   final norm and head take a ratio of their own, `--partwise-head-pre-weight` (the code's --weight_ensamble_ratios
+   value, which the paper does not report for Fig. 4; default 0 = theta's, like the rest of the model). Plain MA
+   interpolates every tensor with one gamma.
+10. RLHF = RSF [paper main experiments]: best-of-n samples at T = 1 on the RLHF prompts, one SFT epoch on the best,
    no ability data; reward and tax are logged after every iteration (the early-stopping baseline). D = the top
    `--num-d-keep` of `--num-d-samples` policy samples by reward (the paper: ~2000 of the top 5000).
-10. Toy (the tiny world of shared/, not the card's digit vocabulary: same roles, one tokenizer for everything):
+11. Toy (the tiny world of shared/, not the card's digit vocabulary: same roles, one tokenizer for everything):
    theta0 = the tiny Qwen2 with 6 layers (hidden 64, untied head) after mixture SFT on the ability `string_ops`
    copy/reverse (3-6 letters) and the alignment task `preferences` (prompt `topic tK`, K < 4) whose SFT responses are
    4 uniformly random words, so the start reward is ~0; the reward is the hidden true reward
    `Preferences.score` in [-4, 4]. The tax is greedy exact match on held-out string_ops prompts, which AMA never sees.
    The reward is the mean over --num-eval fresh samples at T = 1 (same sampling seed for every arm).
-11. Hypervolume: 2-D, both axes maximised, reference point (reward of theta0, accuracy of theta), divided by the
+12. Hypervolume: 2-D, both axes maximised, reference point (reward of theta0, accuracy of theta), divided by the
    area of that box (1 = the corner point "theta's reward at theta0's accuracy"). MA and AMA are compared on the same
    mean ratios, both fronts including the end points theta and theta0; `hv_ma_all` uses the whole MA grid.
 
@@ -64,7 +78,8 @@ Commands:
     python algos/ama.py --seed 2 --groups layerwise
     python algos/ama.py --pre-model HuggingFaceH4/mistral-7b-sft-beta --post-model HuggingFaceH4/zephyr-7b-beta \\
         --dataset-name prompts_folder --reward-model RM_folder --tax-dataset-name qa_folder --mean-pre-weights 0.2 \\
-        --num-d-samples 4000 --num-d-keep 2000 --max-new-tokens 256 --batch-size 1 --num-eval 200
+        --num-d-samples 4000 --num-d-keep 2000 --max-new-tokens 256 --batch-size 4 --micro-batch-size 1 \\
+        --gradient-checkpointing --generation-batch-size 32 --num-eval 200 --arms ma ama --groups block3
 
 Measured (2 CPU cores shared with other jobs, load ~4; 1 thread; no GPU run yet): 118 s cold (theta0 SFT ~57 s), 52 s
 cached. RSF: reward -0.04 -> 3.41 / 0.10 -> 3.33, tax accuracy 1.00 -> 0.64 / 0.19 (seeds 1 / 2). Hypervolume on the
@@ -84,6 +99,7 @@ import re
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -91,7 +107,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 import tyro
-from torch.func import functional_call
+from torch.nn.utils import parametrize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import shared.warmstart  # noqa: E402
@@ -149,9 +165,9 @@ class Args:
     sft_batch_size: int = 64
     """toy: mixture SFT batch size"""
     sft_lr: float = 3e-3
-    """toy: mixture SFT learning rate (AdamW, warm-up then linear decay)"""
+    """toy: mixture SFT learning rate (AdamW, warm-up then linear decay; > 0)"""
     ability_share: float = 0.5
-    """toy: share of ability (string_ops) rows in each mixture SFT batch"""
+    """toy: share of ability (string_ops) rows in each mixture SFT batch, in (0, 1)"""
 
     rsf_iterations: int = 6
     """RSF iterations (toy only)"""
@@ -160,7 +176,7 @@ class Args:
     rsf_samples: int = 8
     """n of best-of-n"""
     rsf_lr: float = 5e-4
-    """RSF SFT learning rate (Adam)"""
+    """RSF SFT learning rate (Adam; > 0)"""
     rsf_batch_size: int = 32
     """RSF SFT batch size"""
     temperature: float = 1.0
@@ -178,6 +194,9 @@ class Args:
     """plain MA grid of gamma (weight on theta0: 0 = theta, 1 = theta0)"""
     partwise_pre_weights: tuple[float, ...] = (0.25, 0.5, 1.0)
     """partwise MA: pre weight r of the averaged third (input, middle or output)"""
+    partwise_head_pre_weight: float = 0.0
+    """partwise MA: pre weight of the final norm and head, a ratio of their own in the code (merge_split takes its
+    --weight_ensamble_ratios value; not reported for the paper's Fig. 4); 0 = theta's, like the rest"""
     mean_pre_weights: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
     """AMA mean pre weights gbar, each in (0, 1)"""
     groups: str = "block3"
@@ -189,7 +208,15 @@ class Args:
     lr: float = 3e-2
     """Adam learning rate of the K logits"""
     batch_size: int = 8
-    """AMA batch size over D"""
+    """AMA batch size over D (one Adam step per batch)"""
+    micro_batch_size: int = 8
+    """rows per forward and backward of an AMA step (gradients accumulated; peak memory set by this, not the batch)"""
+    generation_batch_size: int = 512
+    """sequences per generate call (D, reward and tax evaluation)"""
+    gradient_checkpointing: bool = False
+    """recompute each decoder layer (and its merge) in the backward: one layer's merged weights alive at a time"""
+    lr_schedule: Literal["linear", "constant"] = "linear"
+    """AMA learning rate: linear decay to 0 over the steps, no warm-up (the code's HF Trainer default), or constant"""
     epochs: int = 1
     """AMA epochs over D"""
     loss_on: Literal["response", "all"] = "response"
@@ -238,9 +265,37 @@ def regulariser_weights(num_layers: int, centre: int | None = None) -> torch.Ten
     return 25.0 / ((layers - centre).abs() + 1.0)  # [L]
 
 
+class _Interpolate(torch.autograd.Function):
+    """W1 + gamma (W0 - W1) in at least fp32 (torch.lerp: exact at gamma = 0 and 1); it saves the inputs themselves,
+    not fp32 copies, and forms the fp32 difference W0 - W1 again in the backward."""
+
+    @staticmethod
+    def forward(ctx, w_pre, w_post, ratio):
+        dtype = torch.promote_types(torch.promote_types(w_pre.dtype, w_post.dtype), torch.float32)
+        ctx.save_for_backward(w_pre, w_post, ratio)
+        return torch.lerp(w_post.to(dtype), w_pre.to(dtype), ratio.to(dtype))  # [*w.shape] fp32 (fp64 stays)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w_pre, w_post, ratio = ctx.saved_tensors
+        grad_pre = grad_post = grad_ratio = None
+        if ctx.needs_input_grad[2]:  # d/d(gamma) = sum(grad * (W0 - W1)), the difference exact in fp32 for bf16 W
+            delta = w_pre.to(grad.dtype) - w_post.to(grad.dtype)  # [*w.shape]
+            grad_ratio = (grad * delta).sum().reshape(ratio.shape).to(ratio.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_pre = (grad * ratio.to(grad.dtype)).to(w_pre.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_post = (grad * (1 - ratio.to(grad.dtype))).to(w_post.dtype)
+        return grad_pre, grad_post, grad_ratio
+
+
 def merge_linear(w_pre: torch.Tensor, w_post: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    """gamma W0 + (1 - gamma) W1; written so that gamma = 1 gives exactly W0 and gamma = 0 exactly W1."""
-    return ratio * w_pre + (1 - ratio) * w_post  # [*w.shape]
+    """gamma W0 + (1 - gamma) W1 for a scalar gamma, computed in fp32 whatever the weights' dtype (bf16 weights with a
+    1 % RLHF delta would otherwise give a d/d(gamma) that is mostly rounding); gamma = 1 gives exactly W0, gamma = 0
+    exactly W1. Returns fp32 (fp64 for fp64 inputs); differentiable in gamma (and in the weights)."""
+    if ratio.numel() != 1:
+        raise ValueError(f"merge_linear takes one ratio per tensor, got shape {tuple(ratio.shape)}")
+    return _Interpolate.apply(w_pre, w_post, ratio.reshape(()))  # [*w.shape]
 
 
 def l1_regulariser(
@@ -266,17 +321,34 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
 # ---------------------------------------------------------------- the merged model
 
 
+class Interpolation(torch.nn.Module):
+    """The parametrization of one tensor of theta: W = merge_linear(W0, W1, ratio of its slot), back in W1's dtype."""
+
+    def __init__(self, merger: "Merger", slot: int, w_pre: torch.Tensor):
+        super().__init__()
+        self.slot = slot
+        self.merger = merger  # a plain reference (Merger is no nn.Module): the ratios it holds right now
+        self.register_buffer("w_pre", w_pre, persistent=False)  # theta0's tensor itself, not a copy
+
+    def forward(self, w_post: torch.Tensor) -> torch.Tensor:
+        return merge_linear(self.w_pre, w_post, self.merger.ratio(self.slot)).to(w_post.dtype)
+
+
 class Merger:
-    """Frozen theta0 / theta tensors and, per tensor, which ratio slot it takes.
+    """theta (`post`) parametrized in place: each of its tensors is merged with theta0's on the fly, in fp32, at the
+    ratio of its slot. Only theta0 and theta are held (no scratch or merged copy): a training forward forms each
+    Linear weight inside its own module (with --gradient-checkpointing, again in the backward, so one layer's merge
+    is alive at a time), and `evaluation(slots)` merges every tensor once for a whole evaluation. Only the Linear
+    slots of the decoder layers carry gradients; every other tensor is merged out of the graph.
 
     Slots: [0, L) Linear tensors of layer l, [L, 2L) other tensors of layer l, 2L embedding, 2L + 1 head,
     2L + 2 everything else (final norm)."""
 
     def __init__(self, pre, post):
+        self.model = post
+        self.device = next(post.parameters()).device
         self.num_layers = num_layers_of(post)
-        pre_params, post_params = dict(pre.named_parameters()), dict(post.named_parameters())
-        self.pre = {n: p.detach() for n, p in pre_params.items()}
-        self.post = {n: p.detach() for n, p in post_params.items()}
+        pre_params = dict(pre.named_parameters(remove_duplicate=False))
         linear = {
             f"{m}.{k}"
             for m, mod in post.named_modules()
@@ -287,7 +359,7 @@ class Merger:
         head_module = post.get_output_embeddings()
         head = {id(p) for p in head_module.parameters()} if head_module is not None else set()
         L, self.slot, self.linears_per_layer = self.num_layers, {}, [0] * self.num_layers
-        for name, param in post_params.items():
+        for name, param in post.named_parameters(remove_duplicate=False):  # a tied head is listed under both names
             layer = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name)
             if id(param) in head:  # a tied embedding is the head too: it follows the head (gbar)
                 self.slot[name] = 2 * L + 1
@@ -299,31 +371,68 @@ class Merger:
                 self.slot[name] = 2 * L if id(param) in embed else 2 * L + 2
         if sum(self.linears_per_layer) == 0:
             fail("AMA averages nn.Linear weights of the decoder layers, and this model has none there")
+        self.slot_ratios = torch.zeros(2 * L + 3)  # theta until set_ratios
+        self.parametrized = []
+        for name in self.slot:
+            module_name, _, attr = name.rpartition(".")
+            module = post.get_submodule(module_name)
+            parametrize.register_parametrization(module, attr, Interpolation(self, self.slot[name], pre_params[name]))
+            self.parametrized.append((module, attr))
 
+    def ratio(self, slot: int) -> torch.Tensor:
+        """The current ratio of a slot; only the decoder's Linear slots [0, L) stay in the graph."""
+        value = self.slot_ratios[slot]
+        return value if slot < self.num_layers else value.detach()
+
+    def set_ratios(self, slot_ratios: torch.Tensor) -> None:
+        """Merge at these slot ratios from the next forward on (differentiable in slot_ratios)."""
+        self.slot_ratios = slot_ratios.to(self.device)
+
+    @contextmanager
+    def evaluation(self, slot_ratios: torch.Tensor):
+        """No gradients, and every tensor merged once for everything run inside (generation, NLL over D)."""
+        self.set_ratios(slot_ratios.detach())
+        with torch.no_grad(), parametrize.cached():
+            yield self.model
+
+    @torch.no_grad()
     def merged(self, slot_ratios: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{name: merge_linear(W0, W1, ratio of its slot)}; differentiable in slot_ratios."""
-        return {n: merge_linear(self.pre[n], self.post[n], slot_ratios[s]) for n, s in self.slot.items()}
+        """{name: merged tensor} in theta's dtype (tied tensors share one); for saving and tests (a full copy)."""
+        self.set_ratios(slot_ratios.detach())
+        out, by_original = {}, {}
+        for name in self.slot:
+            module_name, _, attr = name.rpartition(".")
+            original = self.model.get_submodule(module_name).parametrizations[attr].original
+            if id(original) not in by_original:
+                by_original[id(original)] = getattr(self.model.get_submodule(module_name), attr)
+            out[name] = by_original[id(original)]
+        return out
+
+    def save(self, folder: Path, slot_ratios: torch.Tensor, tokenizer) -> None:
+        """save_pretrained of the merge at slot_ratios (theta's config and dtype; a tied head stays one tensor)."""
+        self.model.save_pretrained(folder, state_dict=self.merged(slot_ratios))
+        tokenizer.save_pretrained(folder)
 
     def ma_slots(self, gamma: float) -> torch.Tensor:
         return torch.full((2 * self.num_layers + 3,), float(gamma))
 
-    def partwise_slots(self, part: int, ratio: float) -> torch.Tensor:
+    def partwise_slots(self, part: int, ratio: float, head_ratio: float = 0.0) -> torch.Tensor:
+        """One third (block3) at `ratio` with its layers' every tensor, the embedding with the input third, final
+        norm and head at `head_ratio` [code weight_interpolation.py merge_split], the rest theta."""
         in_part = torch.tensor([g == part for g in layer_groups(self.num_layers, "block3")], dtype=torch.float32)
-        zero = torch.zeros(1)
-        return torch.cat([ratio * in_part, ratio * in_part, ratio * in_part[:1], zero, zero])  # [2L + 3]
+        head = torch.full((1,), float(head_ratio))
+        return torch.cat([ratio * in_part, ratio * in_part, ratio * in_part[:1], head, head])  # [2L + 3]
 
     def ama_slots(self, ratios: torch.Tensor, groups: list[int], mean: float, nonlinear: str) -> torch.Tensor:
         other = torch.full((self.num_layers,), 1.0 if nonlinear == "pre" else mean)  # [L]
         rest = torch.tensor([1.0 if nonlinear == "pre" else mean, mean, 1.0 if nonlinear == "pre" else mean])
         return torch.cat([ratios[torch.as_tensor(groups)], other, rest])  # [2L + 3]
 
-    @torch.no_grad()
-    def load_into(self, model, slot_ratios: torch.Tensor):
-        """Copy one merge into `model` (for generation); done once per evaluated point, not per training step."""
-        merged = self.merged(slot_ratios.detach())
-        for name, param in model.named_parameters():
-            param.copy_(merged[name])
-        return model
+    def close(self) -> None:
+        """Remove the parametrizations: `post` is theta again, with its own tensors."""
+        for module, attr in self.parametrized:
+            if parametrize.is_parametrized(module, attr):
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
 
 
 def num_layers_of(model) -> int:
@@ -366,9 +475,9 @@ def make_reward_fn(args: Args, device, dtype):
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, reward_fn, eval_prompts, tax_prompts, tax_refs, args: Args, batch: int = 512) -> dict:
+def evaluate(model, tokenizer, reward_fn, eval_prompts, tax_prompts, tax_refs, args: Args) -> dict:
     """reward: mean over one T = 1 sample per prompt (fixed sampling seed); tax_accuracy: greedy exact match."""
-    result = {}
+    result, batch = {}, args.generation_batch_size
     if reward_fn is not None and eval_prompts:
         torch.manual_seed(args.seed + 777)  # common random numbers: every arm draws the same uniforms
         texts = []
@@ -463,11 +572,20 @@ def check_args(args: Args) -> None:
     unknown = set(args.arms) - {"ma", "partwise", "ama"}
     if unknown or not args.arms:
         fail(f"--arms {list(args.arms)}: choose from ma, partwise, ama")
-    for name in "rsf_prompts rsf_samples rsf_batch_size batch_size epochs num_threads max_new_tokens".split():
+    names = "rsf_prompts rsf_samples rsf_batch_size batch_size micro_batch_size generation_batch_size epochs"
+    for name in f"{names} num_threads max_new_tokens sft_steps sft_batch_size".split():
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1")
-    if args.eps < 0 or args.reg_coef < 0 or not args.lr > 0 or not args.temperature > 0:
-        fail("--eps and --reg-coef must be >= 0, --lr and --temperature > 0")
+    for name in ("lr", "rsf_lr", "sft_lr"):  # every learning rate, before any model is built or trained
+        rate = getattr(args, name)
+        if not (rate > 0 and math.isfinite(rate)):
+            fail(f"--{name.replace('_', '-')} {rate}: a learning rate must be a positive finite number")
+    if not 0 < args.ability_share < 1:
+        fail(f"--ability-share {args.ability_share}: the share of ability rows in theta0's SFT must lie in (0, 1)")
+    if not 0 <= args.partwise_head_pre_weight <= 1:
+        fail(f"--partwise-head-pre-weight {args.partwise_head_pre_weight} must lie in [0, 1]")
+    if args.eps < 0 or args.reg_coef < 0 or not args.temperature > 0:
+        fail("--eps and --reg-coef must be >= 0, --temperature > 0")
 
 
 def load_pair(args: Args, device, dtype):
@@ -494,11 +612,12 @@ def load_pair(args: Args, device, dtype):
     return pre, post, tokenizer
 
 
-def proxy_batches(tokenizer, prompts, texts, args: Args, device, generator):
+def proxy_batches(tokenizer, prompts, texts, args: Args, device, generator, batch_size: int | None = None):
     """Tokenised batches of D in a fresh random order: (ids, mask, positions, labels) with the loss tokens."""
+    batch_size = batch_size or args.batch_size
     order = torch.randperm(len(prompts), generator=generator).tolist()
-    for i in range(0, len(order), args.batch_size):
-        rows = order[i : i + args.batch_size]
+    for i in range(0, len(order), batch_size):
+        rows = order[i : i + batch_size]
         ids, mask, positions, labels = sft_batch(
             tokenizer, [prompts[j] for j in rows], [texts[j] for j in rows], device
         )
@@ -507,42 +626,76 @@ def proxy_batches(tokenizer, prompts, texts, args: Args, device, generator):
         yield ids, mask, positions, labels
 
 
-def proxy_nll(merger: Merger, model, slots: torch.Tensor, batch) -> torch.Tensor:
-    """Mean NLL of the loss tokens of one batch of D under the merged weights (functional: no weight copies)."""
+def micro_batches(batch, size: int):
+    """Slices of at most `size` rows of a (ids, mask, positions, labels) batch."""
+    for i in range(0, batch[0].shape[0], size):
+        yield tuple(t[i : i + size] for t in batch)
+
+
+def loss_tokens(batch) -> int:
+    """Number of tokens the NLL is taken over (labels shifted by one)."""
+    return int((batch[3][:, 1:] != -100).sum())
+
+
+def proxy_nll_sum(model, batch) -> torch.Tensor:
+    """Summed NLL of the loss tokens of one (micro-)batch of D under the model's current merge."""
     ids, mask, positions, labels = batch
-    out = functional_call(
-        model, merger.merged(slots), (), {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
-    )
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
     logits = out.logits[:, :-1].flatten(0, 1).float()  # [B * (T - 1), V]
-    return F.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100)
+    return F.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+
+
+def accumulate_proxy_gradient(merger: Merger, slots: torch.Tensor, batch, micro_batch_size: int):
+    """Token-mean proxy NLL of one step batch at `slots`, its gradient w.r.t. the slot ratios accumulated over
+    micro-batches (each normalised by the whole batch's tokens, so 1 x 8 = 4 x 2). Returns (nll, d nll / d slots)."""
+    leaf = slots.detach().requires_grad_(True)  # [2L + 3] the graph to the logits is applied once, afterwards
+    merger.set_ratios(leaf)
+    tokens, total = max(loss_tokens(batch), 1), 0.0
+    for micro in micro_batches(batch, micro_batch_size):
+        loss = proxy_nll_sum(merger.model, micro) / tokens
+        loss.backward()  # gradients reach the Linear slot ratios only
+        total += loss.item()
+    grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+    return total, grad.to(slots.device)
 
 
 @torch.no_grad()
-def full_nll(merger, model, slots, tokenizer, d_prompts, d_texts, args, device) -> float:
-    """The proxy NLL over all of D (token mean of batch means), fixed order."""
-    batches = list(proxy_batches(tokenizer, d_prompts, d_texts, args, device, torch.Generator().manual_seed(0)))
-    return sum(proxy_nll(merger, model, slots, b).item() for b in batches) / len(batches)
+def full_nll(merger: Merger, slots, tokenizer, d_prompts, d_texts, args, device) -> float:
+    """The proxy NLL over all of D (token mean), merged once, in micro-batches."""
+    generator = torch.Generator().manual_seed(0)
+    total, tokens = 0.0, 0
+    with merger.evaluation(slots) as model:
+        for batch in proxy_batches(tokenizer, d_prompts, d_texts, args, device, generator, args.micro_batch_size):
+            total += proxy_nll_sum(model, batch).item()
+            tokens += loss_tokens(batch)
+    return total / max(tokens, 1)
 
 
-def train_ama(merger: Merger, model, tokenizer, d_prompts, d_texts, mean, groups, layer_weights, args, run, step0):
-    """Adam on the K logits only: proxy NLL of D under the functionally merged model + lambda x weighted L1."""
-    device = next(iter(merger.post.values())).device
+def train_ama(merger: Merger, tokenizer, d_prompts, d_texts, mean, groups, layer_weights, args, run, step0):
+    """Adam on the K logits only: proxy NLL of D under the merged model + lambda x weighted L1; the learning rate
+    decays linearly to 0 over the steps (the code's HF Trainer default, no warm-up) or stays constant."""
     logits = torch.full((max(groups) + 1,), math.log(mean / (1 - mean)), requires_grad=True)  # [K] s = logit(gbar)
     optimizer = torch.optim.Adam([logits], lr=args.lr)
+    total_steps = args.epochs * math.ceil(len(d_prompts) / args.batch_size)
+    decay = (lambda s: 1.0 - s / total_steps) if args.lr_schedule == "linear" else (lambda s: 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     generator, step, tag, start = torch.Generator().manual_seed(args.seed), step0, f"g{mean:g}", time.time()
+    merger.model.train(args.gradient_checkpointing)  # HF checkpoints decoder layers only in train mode
     for _ in range(args.epochs):
-        for batch in proxy_batches(tokenizer, d_prompts, d_texts, args, device, generator):
+        for batch in proxy_batches(tokenizer, d_prompts, d_texts, args, merger.device, generator):
             ratios = group_ratios(logits, mean, args.eps)  # [K], mean exactly gbar
-            nll = proxy_nll(merger, model, merger.ama_slots(ratios, groups, mean, args.nonlinear), batch)
+            slots = merger.ama_slots(ratios, groups, mean, args.nonlinear)  # [2L + 3]
+            nll, slot_grad = accumulate_proxy_gradient(merger, slots, batch, args.micro_batch_size)
             reg = l1_regulariser(ratios, mean, groups, layer_weights)
             optimizer.zero_grad(set_to_none=True)
-            (nll + args.reg_coef * reg).backward()  # gradients reach the K logits only
+            ((slots * slot_grad).sum() + args.reg_coef * reg).backward()  # chain rule from the slots to the logits
             optimizer.step()
+            schedule.step()
             step += 1
             gammas = {f"charts/gamma_{k}/{tag}": r for k, r in enumerate(ratios.tolist())}
-            run.log(
-                step, {f"losses/proxy_nll/{tag}": nll.item(), f"losses/reg/{tag}": reg.item(), **gammas}, echo=False
-            )
+            metrics = {f"losses/proxy_nll/{tag}": nll, f"losses/reg/{tag}": reg.item(), **gammas}
+            run.log(step, metrics, echo=False)
+    merger.model.eval()
     print(f"AMA gbar {mean:g}: {step - step0} steps ({(step - step0) / (time.time() - start):.1f} steps/s)", flush=True)
     return group_ratios(logits.detach(), mean, args.eps), step
 
@@ -640,10 +793,9 @@ def main(args: Args) -> dict:
     d_prompts = [pool[i] for i in torch.randint(len(pool), (args.num_d_samples,), generator=generator).tolist()]
     torch.manual_seed(args.seed + 2)
     d_texts = []
-    for i in range(0, len(d_prompts), 512):
-        d_texts += sample(
-            post, tokenizer, d_prompts[i : i + 512], 1, args.max_new_tokens, args.temperature, chat=args.chat
-        ).texts
+    for i in range(0, len(d_prompts), args.generation_batch_size):
+        chunk = d_prompts[i : i + args.generation_batch_size]
+        d_texts += sample(post, tokenizer, chunk, 1, args.max_new_tokens, args.temperature, chat=args.chat).texts
     if reward_fn is not None:
         d_rewards = reward_fn(d_prompts, d_texts).float()  # [N]
         keep = torch.argsort(d_rewards, descending=True, stable=True)[: args.num_d_keep].tolist()
@@ -662,8 +814,9 @@ def main(args: Args) -> dict:
     run.save_text("samples.txt", "".join(f"{p} ||| {t}\n" for p, t in pairs[:50]))
 
     # 4-6. plain MA, partwise MA and AMA, all from the same theta0 / theta, evaluated the same way
-    merger = Merger(pre, post)
-    scratch = copy.deepcopy(post)
+    merger = Merger(pre, post)  # post becomes the merged model; theta0 and theta are the only copies held
+    if args.gradient_checkpointing:
+        post.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     num_layers = merger.num_layers
     groups = layer_groups(num_layers, args.groups)
     layer_weights = regulariser_weights(num_layers) * torch.tensor(merger.linears_per_layer, dtype=torch.float32)
@@ -671,7 +824,8 @@ def main(args: Args) -> dict:
 
     def point(arm: str, gamma: float, slots: torch.Tensor, **extra) -> dict:
         nonlocal eval_step
-        ev = evaluate_at(merger.load_into(scratch, slots))
+        with merger.evaluation(slots) as merged:  # every tensor merged once for the whole evaluation
+            ev = evaluate_at(merged)
         eval_step += 1
         run.log(eval_step, {f"eval/{k}/{arm}": v for k, v in ev.items()}, echo=False)
         results.append({"arm": arm, "pre_weight": gamma, **ev, **extra})
@@ -685,19 +839,19 @@ def main(args: Args) -> dict:
     if "partwise" in args.arms:  # 5. one third at r, the rest at theta
         for part, name in enumerate(("input", "middle", "output")):
             for r in args.partwise_pre_weights:
-                point(f"partwise_{name}", r, merger.partwise_slots(part, r))
+                point(f"partwise_{name}", r, merger.partwise_slots(part, r, args.partwise_head_pre_weight))
     step = 0
     if "ama" in args.arms:  # 6. AMA: K ratios at fixed mean, trained on the proxy NLL of D
         for mean in args.mean_pre_weights:
             init = group_ratios(torch.full((max(groups) + 1,), math.log(mean / (1 - mean))), mean, args.eps)
             init_slots = merger.ama_slots(init, groups, mean, args.nonlinear)
-            nll0 = full_nll(merger, post, init_slots, tokenizer, d_prompts, d_texts, args, device)
+            nll0 = full_nll(merger, init_slots, tokenizer, d_prompts, d_texts, args, device)
             point("ama_init", mean, init_slots, d_nll=nll0)
             ratios, step = train_ama(
-                merger, post, tokenizer, d_prompts, d_texts, mean, groups, layer_weights, args, run, step
+                merger, tokenizer, d_prompts, d_texts, mean, groups, layer_weights, args, run, step
             )
             slots = merger.ama_slots(ratios, groups, mean, args.nonlinear)
-            nll = full_nll(merger, post, slots, tokenizer, d_prompts, d_texts, args, device)
+            nll = full_nll(merger, slots, tokenizer, d_prompts, d_texts, args, device)
             row = point("ama", mean, slots, d_nll=nll, gammas=[round(g, 4) for g in ratios.tolist()])
             print(
                 f"  gamma_k {row['gammas']}, D NLL {nll0:.4f} -> {nll:.4f}, reward {row.get('reward')}, "
@@ -705,7 +859,8 @@ def main(args: Args) -> dict:
                 flush=True,
             )
             if args.save_model:
-                merger.load_into(scratch, slots).save_pretrained(run.dir / f"ama_g{mean:g}")
+                merger.save(run.dir / f"ama_g{mean:g}", slots, tokenizer)
+    merger.close()  # post is theta again
     if args.save_model and toy:
         post.save_pretrained(run.dir / "theta")
 
