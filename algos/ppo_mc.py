@@ -25,12 +25,21 @@ notes [card], whose sources name the files):
 3. CRM [code crm_trainer.py, calibrated_reward_dataset.py]: a copy of the vanilla RM with its head; per pair cwh, cwl,
    rwh, rwl with high ~ U{7..10}, low ~ U{0..3} drawn independently; loss `sigmoid` (two batch means, no chosen-vs-
    rejected term) or `combined`; mean/std over all six variants of held-out pairs go into the config (OpenRLHF).
-   SIMPLIFIED: the CRM is trained in-process on the toy; the real path loads one (`--crm-model-name`).
-4. PPO [openrlhf experience_maker.py, ppo_trainer.py, models/loss.py; card 3.4]: one sample per prompt at T = 1; k1 KL
-   with fixed beta on every response token, the clamped reward at the last one (EOS); critic = a copy of the RM (the
-   CRM for PPO-M), its value read BEFORE each response token, normalised like the reward; GAE with rewards and values
-   zeroed after EOS; advantages whitened over the rollout (population variance, clamp 1e-8); losses token-mean per
-   sequence then batch mean; one epoch in `--num-minibatches`; Adam (0.9, 0.95); grad clip 1.0.
+   Real path: `--crm-dataset-name` with the code's columns (chosen, rejected, chosen_high, chosen_low, rejected_high,
+   rejected_low: conversations through the chat template, " " + EOS, EOS kept last when truncated), one epoch,
+   micro-batched; or a ready CRM (`--crm-model-name`). SIMPLIFIED: constant LR (the code: cosine with warmup).
+4. PPO [openrlhf experience_maker.py, ppo_trainer.py, models/loss.py; card 3.4]: one sample per prompt at T = 1, no
+   top-k (the actor passes top_k=None; `--top-k` to set one; evaluation uses 50 as query.py); a response cut at
+   --max-new-tokens gets EOS written into its last position before anything is scored [actor.py process_sequences]
+   (`--truncation penalty`: a fixed score instead, summarize-from-feedback); k1 KL with fixed beta on every response
+   token, the clamped reward at the last one (EOS); critic = a copy of the RM (the CRM for PPO-M), its value read
+   BEFORE each response token, normalised like the reward; GAE with rewards and values zeroed after EOS; advantages
+   whitened over the rollout (population variance, clamp 1e-8); losses token-mean per sequence then batch mean; one
+   epoch in `--num-minibatches`; Adam (0.9, 0.95); grad clip 1.0. RMs load from transformers (`score`) or OpenRLHF
+   (`value_head.weight`, mean/std in config.json) checkpoints (shared/reward_models.py); no head: refused.
+   Real models: fp32 master weights of actor, critic and CRM under bf16 autocast (frozen reference and RM in bf16),
+   generation in chunks, every forward/backward per micro-batch with the losses scaled by the micro-batch's share
+   (1 x 8 = 4 x 2, tested), log-probs through the chunked fp32 log-softmax of shared/lm.py.
 5. Arms, same SFT weights, seed and prompt draws: `ppo` = vanilla RM on the confidence-query prompts, i.e. PPO-dagger
    of the paper's table (what train-ppo-llama.sh runs) [card 5]; `ppo-clean` = vanilla RM on plain prompts (the
    table's PPO, evaluated with the query); `ppo-m` = CRM; `ppo-c` = vanilla RM + the adjustment.
@@ -39,8 +48,8 @@ notes [card], whose sources name the files):
    parsing (regex, else the last number of the last line if its decimal is .0/.5, > 10 -> / 10; then <= 10: / 10,
    <= 100: / 100, else 1); still missing -> the most common raw value, scaled (DIFFERENCE: the code divides it by 10
    even on a 0-100 scale); none stated -> error. ECE = netcal ECE(10) with its float bin edges; ROC-AUC; accuracy.
-7. SIMPLIFIED [card 7]: one process and one rbar; no LR schedule, DeepSpeed, ptx, EMA or adaptive KL; the real path's
-   accuracy is an exact match of the `Answer:` line against an `answer` column (no GPT-4o judge, no CoT).
+7. SIMPLIFIED [card 7]: one process and one rbar; no LR schedule, DeepSpeed, LoRA, ptx, EMA or adaptive KL; the real
+   path's accuracy is an exact match of the `Answer:` line against an `answer` column (no GPT-4o judge, no CoT).
 8. Toy [card 6] in the tiny world's words: 32 keys `0`..`31`, 4 tiers of odds p in {0.1, 0.4, 0.7, 1}; truth = the
    key's mode letter (a..j) w.p. p, else one of the other 9. Prompt `confidence ? Q 17 A` (plain `Q 17 A`), response
    `c confidence : 7 <|im_end|>`, read as `c Confidence: 7` by the regexes. Decoding is constrained per position
@@ -51,17 +60,22 @@ notes [card], whose sources name the files):
 
 Metrics (suffix /<arm>): `reward` (rhat), `reward_std`, `rewards/{rm_mean,confidence_mean,stated_rate,reward_avg}`,
 `kl` (k1 per sequence), `entropy`, `clip_ratio/region_mean`, `losses/{policy_loss,value_loss}`,
-`charts/{advantage_std,grad_norm}`; RM/CRM `losses/rm_loss`, `rewards/{accuracies,margins}`; `losses/sft_loss`;
+`charts/{advantage_std,grad_norm}`, `completions/clipped_ratio` (cut at --max-new-tokens); RM/CRM `losses/rm_loss`,
+`rewards/{accuracies,margins}` (real CRM also `rewards/chosen_over_rejected`); `losses/sft_loss`;
 `eval/{ece,auc,acc,conf}/<arm>`.
 
 Commands:
     python algos/ppo_mc.py                         # toy: SFT, RM, CRM, then PPO / PPO-M / PPO-C, ~2.5 min on 2 cores
     python algos/ppo_mc.py --seed 2 --arms ppo ppo-clean ppo-m ppo-c --reward-avg-init zero
     python algos/ppo_mc.py --model-name OpenLLMAI/Llama-3-8b-sft-mixture \
-        --reward-model-name OpenLLMAI/Llama-3-8b-rm-mixture --crm-model-name HINT-lab/llama3-8b-crm-final-v0.1 \
+        --reward-model-name OpenLLMAI/Llama-3-8b-rm-mixture \
+        --crm-dataset-name HINT-lab/calibration_preference_mixture_final-v0.1 --crm-lr 9e-6 --crm-batch-size 256 \
+        --crm-micro-batch-size 1 --crm-max-length 8192 --arms ppo-m ppo-c \
         --dataset-name HINT-lab/prompt-collections-final-v0.3 --prompt-column confidence_prompt --no-system-prompt \
         --eval-dataset-name <prompt/answer folder> --steps 40 --rollout-batch-size 512 --num-minibatches 8 \
-        --actor-lr 5e-7 --critic-lr 9e-6 --beta 0.01 --max-new-tokens 1024   # the paper's recipe (4 x 8B: needs ZeRO)
+        --micro-rollout-batch-size 4 --micro-train-batch-size 2 --forward-batch-size 4 --generation-batch-size 4 \
+        --actor-lr 5e-7 --critic-lr 9e-6 --beta 0.01 --max-new-tokens 1024 --dtype bf16 --gradient-checkpointing
+        # the paper's recipe: vanilla RM -> CRM -> PPO-M, RM -> PPO-C (one process: 8B needs ~300 GB, ZeRO in the code)
 Measured (toy defaults, 2 shared cores, one torch thread, 130-160 s per run incl. ~45 s SFT/RM/CRM; ECE / AUC / ACC):
 seed 1: SFT .270/.755/.348, PPO .264/.556/.531, PPO-M .140/.828/.490, PPO-C .152/.842/.506; seed 2: SFT .182/.732/.395,
 PPO .216/.726/.514, PPO-M .149/.832/.475, PPO-C .153/.850/.467. No GPU run has been made yet.
@@ -70,6 +84,8 @@ PPO .216/.726/.514, PPO-M .149/.832/.475, PPO-C .153/.850/.467. No GPU run has b
 from __future__ import annotations
 
 import copy
+import gc
+import math
 import re
 import sys
 import time
@@ -86,8 +102,22 @@ from transformers import AutoModelForSequenceClassification, GenerationConfig, L
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.data import load_data  # noqa: E402
-from shared.lm import build_tiny_lm, encode_prompts, load_causal_lm, position_ids_from_mask, stop_token_ids  # noqa: E402
-from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa: E402
+from shared.lm import (  # noqa: E402
+    build_tiny_lm,
+    completion_logprobs,
+    encode_prompts,
+    load_causal_lm,
+    load_policy,
+    only_given_generation_options,
+    position_ids_from_mask,
+    selective_log_softmax,
+    stop_token_ids,
+    token_entropy,
+    trained_parameters,
+)
+from shared.precision import Precision, setup_precision  # noqa: E402
+from shared.reward_models import load_reward_model, reward_head  # noqa: E402
+from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything  # noqa: E402
 
 Arm = Literal["ppo", "ppo-clean", "ppo-m", "ppo-c"]
 ADAM_BETAS = (0.9, 0.95)  # [code: every optimiser]
@@ -109,26 +139,47 @@ class Args:
     cuda: bool = True
     """use the GPU when one is visible"""
     dtype: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16"""
+    """compute dtype: auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16 (autocast, also on the CPU) [code: bf16]"""
+    fp32_master: bool = True
+    """keep fp32 master weights of the actor, critic and CRM under bf16 autocast (off: weights in --dtype, warned)"""
+    gradient_checkpointing: bool = False
+    """recompute activations in backward, actor and critic (less memory, ~1/3 more compute) [code: on]"""
     track: bool = False
     """also log to Weights & Biases"""
     save_model: bool = False
-    """save each arm's final policy under runs/<run_name>/<arm>/"""
+    """save each arm's final policy (fp32 master weights) under runs/<run_name>/<arm>/ (and a fitted CRM in crm/)"""
     num_threads: int = 1
     """torch CPU threads (1 is fastest for the tiny model)"""
     # model and data
     model_name: str = "tiny"
     """policy start: `tiny` (the keys-with-odds toy: SFT in-process), a save_pretrained folder or a hub id"""
     reward_model_name: str = "tiny"
-    """vanilla RM: `tiny` (the toy's biased oracle RM) or an AutoModelForSequenceClassification folder / hub id"""
+    """vanilla RM: `tiny` (the toy's biased oracle RM), or a folder / hub id with a transformers `score` head or an
+    OpenRLHF `value_head` (e.g. OpenLLMAI/Llama-3-8b-rm-mixture)"""
     crm_model_name: Optional[str] = None
-    """ppo-m on the real path: the calibrated RM (e.g. HINT-lab/llama3-8b-crm-final-v0.1); the toy trains its own"""
+    """ppo-m on the real path: a ready calibrated RM (e.g. HINT-lab/llama3-8b-crm-final-v0.1); or --crm-dataset-name"""
+    crm_dataset_name: Optional[str] = None
+    """ppo-m on the real path: fine-tune the CRM from --reward-model-name on these pairs (columns chosen, rejected,
+    chosen_high, chosen_low, rejected_high, rejected_low) [code: HINT-lab/calibration_preference_mixture_final-v0.1]"""
+    crm_train_split: str = "train"
+    """split of --crm-dataset-name the CRM trains on [code: train]"""
+    crm_eval_split: str = "eval"
+    """split whose six-variant rewards give the CRM's mean / std [code: eval]"""
+    critic_model_name: Optional[str] = None
+    """critic start (a reward-model checkpoint); default: the arm's RM, the CRM for ppo-m [code: critic_pretrain]"""
+    normalize_reward: Literal["on", "off", "config"] = "on"
+    """normalise rewards and values with the RM's stored mean / std: on (the scripts' --normalize_reward), off, or as
+    the checkpoint config's normalize_reward says"""
+    value_head_prefix: str = "value_head"
+    """name of an OpenRLHF checkpoint's reward head (`<prefix>.weight`) [code: value_head]"""
     dataset_name: str = "tiny"
     """PPO prompts: `tiny` (the toy) or a save_to_disk folder, json/jsonl/csv/parquet file or hub id"""
     prompt_column: str = "prompt"
     """column of the PPO prompts (the code trains on `confidence_prompt`)"""
     eval_dataset_name: Optional[str] = None
     """held-out prompt/answer rows scored by ECE, AUC and accuracy on the real path (else confidences only)"""
+    num_eval: int = 64
+    """real path: held-out prompts evaluated before and after each arm (0: no evaluation)"""
     system_prompt: bool = True
     """real path: add the confidence query as the system prompt (off when the prompts already hold it)"""
     # algorithm
@@ -142,6 +193,13 @@ class Args:
     """optimiser steps per rollout (one PPO epoch) [code: 512 / 64 = 8]"""
     micro_rollout_batch_size: int = 4
     """prompts per rbar update of PPO-C (a make_experience call in the code) [code: 4]"""
+    generation_batch_size: int = 64
+    """sequences per generate call: bounds the KV cache [code: the micro-rollout, 4]"""
+    forward_batch_size: int = 64
+    """sequences per no-grad forward of the rollout (log pi_old, log pi_ref, V, RM) [code: the micro-rollout, 4]"""
+    micro_train_batch_size: int = 16
+    """sequences per forward/backward in the PPO updates; gradients accumulate over the minibatch, so it sets memory,
+    not the result [code: 2]"""
     actor_lr: float = 3e-4
     """actor Adam learning rate [code: 5e-7 Llama, 1e-7 Mistral; card toy 3e-4]"""
     critic_lr: float = 3e-4
@@ -160,10 +218,17 @@ class Args:
     """gradient-norm clip of actor and critic [code: 1.0]"""
     temperature: float = 1.0
     """sampling temperature of rollouts and evaluation [code: 1.0]"""
-    top_k: int = 50
-    """top-k of sampling (the HF default the code falls back to) [card 3.4]"""
+    top_k: int = 0
+    """top-k of rollout sampling, 0 = off: plain temperature sampling, as the code's actor passes top_k=None"""
+    eval_top_k: int = 50
+    """top-k of evaluation sampling [code query.py: 50]"""
     max_new_tokens: int = 5
     """response tokens (the toy needs exactly 5) [code: 1024]"""
+    truncation: Literal["eos", "penalty"] = "eos"
+    """a response cut at --max-new-tokens: EOS written into its last position before scoring (the code), or a
+    fixed score --penalty-reward-value (summarize-from-feedback's PPO)"""
+    penalty_reward_value: float = -1.0
+    """the score of a response without EOS under --truncation penalty [summarize-from-feedback: -1]"""
     alpha: float = 0.1
     """PPO-C moving-average rate of rbar [code: 0.1]"""
     weight: float = 2.0
@@ -176,13 +241,23 @@ class Args:
     """PPO-C parses the whole decoded sequence (the code) or the response only"""
     crm_loss: Literal["sigmoid", "combined"] = "sigmoid"
     """CRM loss: the two confidence terms (default) or plus the chosen-vs-rejected term"""
+    crm_lr: float = 3e-4
+    """CRM Adam learning rate, toy and real path [code: 9e-6 at 8B; card toy 3e-4]"""
+    crm_batch_size: int = 128
+    """CRM pairs per optimiser step, toy and real path [code: 256; card toy 128]"""
+    crm_micro_batch_size: int = 128
+    """real path: CRM pairs (x 6 sequences) per forward/backward [code: 1]"""
+    crm_epochs: int = 1
+    """real path: CRM epochs over --crm-train-split [code: 1]"""
+    crm_max_length: int = 1024
+    """real path: CRM sequence tokens (truncated, EOS kept last) [code: 8192]"""
     # the toy's SFT, RM and CRM
     sft_steps: int = 200
     """toy SFT steps x 64 examples, lr 1e-3 [card 6]"""
     rm_steps: int = 250
     """toy RM Bradley-Terry steps x 128 pairs, lr 2e-3 [card 6]"""
     crm_steps: int = 100
-    """toy CRM steps x 128 pairs, lr 3e-4 [card 6; code: 1 epoch, lr 9e-6 at 8B]"""
+    """toy CRM steps x --crm-batch-size pairs at --crm-lr [card 6]"""
     # evaluation
     eval_samples_per_key: int = 16
     """toy: samples per key at evaluation (32 keys)"""
@@ -333,66 +408,196 @@ def scale_confidences(raw: Sequence[Optional[float]]) -> list[float]:
     return [scale(r) if r is not None else scale(mode) for r in raw]
 
 
-# Models: per-token log-probs, RM rewards and critic values ---------------------------------------------------------
+# Models: rollouts, per-token log-probs, RM rewards and critic values, per micro-batch -----------------------------
+MASKED_LOGIT = -1e4  # a token the toy's decoding forbids: softmax weight exactly 0, finite in bf16 and after / T
+
+
+def micro_batches(num_rows: int, size: int, device) -> list[torch.Tensor]:
+    """Row indices of consecutive micro-batches of at most `size` rows."""
+    return list(torch.arange(num_rows, device=device).split(size))
+
+
 @torch.no_grad()
-def generate(model, prompt_ids, prompt_mask, stop_ids, args: Args, allowed=None, max_new_tokens=None):
-    """One sample per row, batched with the KV cache; returns response ids [B, T] and mask (1 up to the first stop)."""
+def generate(model, prompt_ids, prompt_mask, stop_ids, args: Args, allowed=None, max_new_tokens=None, top_k=None):
+    """One sample per row with the KV cache, in `generate` calls of at most --generation-batch-size rows; returns
+    response ids [B, T] (pad after the first stop) and mask [B, T] (1 up to and including the first stop).
+
+    Sampling is plain temperature sampling unless `top_k` > 0 (the official actor passes top_k=None) [code
+    models/actor.py]; only the options given here apply, never the checkpoint's generation defaults."""
     max_new_tokens = max_new_tokens or args.max_new_tokens
-    config = GenerationConfig(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=1.0)
+    top_k = args.top_k if top_k is None else top_k
+    # top_k 0 = no top-k: transformers 5 fills an unset (None) top_k with 50, where the code's version kept None
+    config = GenerationConfig(do_sample=True, temperature=args.temperature, top_k=top_k, top_p=1.0)
     config.update(max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=model.config.pad_token_id)
 
     def position_mask(input_ids, scores):  # constrained decoding: at response position t only allowed[t]
         t = min(input_ids.shape[1] - prompt_ids.shape[1], len(allowed) - 1)
-        return scores.masked_fill(~allowed[t], float("-inf"))  # [B, V]
+        return scores.masked_fill(~allowed[t], float("-inf"))  # [b, V]
 
-    was_training, processors = model.training, LogitsProcessorList([position_mask] if allowed is not None else [])
-    saved, model.generation_config = model.generation_config, GenerationConfig()  # only `config` applies: no sampling
-    out = model.eval().generate(prompt_ids, config, processors, attention_mask=prompt_mask)  # defaults of the weights
-    model.train(was_training).generation_config = saved
-    ids = F.pad(out[:, prompt_ids.shape[1] :], (0, max_new_tokens + prompt_ids.shape[1] - out.shape[1]), value=-1)
+    processors = LogitsProcessorList([position_mask] if allowed is not None else [])
+    was_training, chunks = model.training, []
+    with only_given_generation_options(model.eval()):
+        for rows in micro_batches(len(prompt_ids), args.generation_batch_size, prompt_ids.device):
+            out = model.generate(prompt_ids[rows], config, processors, attention_mask=prompt_mask[rows])  # [b, P+t]
+            response = out[:, prompt_ids.shape[1] :]  # [b, t] t <= max_new_tokens: a chunk stops when all rows did
+            chunks.append(F.pad(response, (0, max_new_tokens - response.shape[1]), value=-1))  # [b, T]
+    model.train(was_training)
+    ids = torch.cat(chunks)  # [B, T] -1 after the end of a chunk
     is_stop = torch.isin(ids, torch.as_tensor(stop_ids, device=ids.device)).long()  # [B, T]
     mask = (((is_stop.cumsum(1) - is_stop) == 0) & (ids >= 0)).long()  # [B, T] up to and including the first stop
     return ids * mask + model.config.pad_token_id * (1 - mask), mask
 
 
-def logprobs(model, prompt_ids, prompt_mask, ids, mask, temperature: float = 1.0, allowed=None):
-    """log pi(token_t | prefix) of every response token [B, T] (under the decoding mask when given), and entropy."""
-    input_ids, attention_mask = torch.cat([prompt_ids, ids], 1), torch.cat([prompt_mask, mask], 1)  # [B, P+T]
-    positions = position_ids_from_mask(attention_mask)  # [B, P+T] as in generate, skipping the left padding
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits  # [B, P+T, V]
-    logits = logits[:, prompt_ids.shape[1] - 1 : -1].float() / temperature  # [B, T, V] position t predicts token t
-    if allowed is not None:
-        logits = logits.masked_fill(~allowed[: ids.shape[1]][None], float("-inf"))  # [B, T, V]
-    log_probs = logits.log_softmax(-1)  # [B, T, V]
-    logp = log_probs.gather(-1, ids[..., None]).squeeze(-1).masked_fill(mask == 0, 0.0)  # [B, T] 0 after EOS
-    with torch.no_grad():
-        entropy = -(log_probs.exp() * log_probs.clamp(min=-1e9)).sum(-1)  # [B, T]
-    return logp, entropy
+def end_truncated(ids, mask, stop_ids, eos_token_id: int, truncation: str = "eos"):
+    """Responses that reached max_new_tokens without a stop token ([B] bool) and what becomes of them.
+
+    `eos` [code models/actor.py process_sequences]: EOS is written into their last position, so the RM reads its
+    reward at an EOS and the last action the policy is trained on is EOS. `penalty`: they stay as sampled; their
+    score is replaced by a fixed value (`apply_missing_eos_penalty`), as summarize-from-feedback's PPO does."""
+    last_is_stop = torch.isin(ids[:, -1], torch.as_tensor(stop_ids, device=ids.device))  # [B]
+    truncated = (mask[:, -1] == 1) & ~last_is_stop  # [B] attended up to the last position, no stop there or before
+    if truncation == "eos":
+        ids = ids.clone()
+        ids[truncated, -1] = eos_token_id  # [B, T]
+    elif truncation != "penalty":
+        raise ValueError(f"unknown truncation {truncation!r}: eos or penalty")
+    return ids, mask, truncated
+
+
+def apply_missing_eos_penalty(scores: torch.Tensor, truncated: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The RM score with a fixed `penalty` for every response without an EOS ([B])."""
+    return torch.where(truncated, torch.full_like(scores, penalty), scores)  # [B]
+
+
+def logprobs(model, prompt_ids, prompt_mask, ids, mask, temperature: float = 1.0, allowed=None, with_entropy=True):
+    """log pi(token_t | prefix) of every response token [B, T] (0 after EOS), under the decoding mask when given,
+    and the token entropy [B, T] (no gradient). The LM head runs on the response positions only and the fp32
+    log-softmax one chunk of positions at a time (shared/lm.py): no fp32 [B, T, V] copy is made."""
+    if allowed is None:
+        logp, entropy = completion_logprobs(model, prompt_ids, prompt_mask, ids, mask, temperature, with_entropy)
+    else:
+        input_ids, attention_mask = torch.cat([prompt_ids, ids], 1), torch.cat([prompt_mask, mask], 1)  # [B, P+T]
+        predicting = torch.arange(prompt_ids.shape[1] - 1, input_ids.shape[1] - 1, device=ids.device)  # [T]
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            logits_to_keep=predicting,
+            use_cache=False,
+        ).logits  # [B, T, V] position P-1+t predicts response token t
+        logits = logits.masked_fill(~allowed[: ids.shape[1]][None], MASKED_LOGIT)  # [B, T, V]
+        logp = selective_log_softmax(logits, ids, temperature)  # [B, T]
+        entropy = token_entropy(logits.detach(), temperature) if with_entropy else None  # [B, T]
+    return logp.masked_fill(mask == 0, 0.0), entropy
 
 
 def token_scores(rm, input_ids, attention_mask) -> torch.Tensor:
-    """The RM head on every position, raw [B, L] (backbone + bias-free linear head)."""
+    """The RM head on every position, raw [B, L] fp32 (backbone + bias-free linear head)."""
     backbone = getattr(rm, rm.base_model_prefix)
     positions = position_ids_from_mask(attention_mask)  # [B, L]
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
-    return rm.score(hidden).squeeze(-1).float()  # [B, L] from hidden [B, L, H]
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+    ).last_hidden_state  # [B, L, H]
+    return rm.score(hidden).squeeze(-1).float()  # [B, L]
+
+
+def normalisation(model) -> tuple[float, float]:
+    """(mean, std) of OpenRLHF's --normalize_reward when the model's config asks for it, else (0, 1)."""
+    if not getattr(model.config, "normalize_reward", False):
+        return 0.0, 1.0
+    return getattr(model.config, "mean", 0.0), getattr(model.config, "std", 1.0)
 
 
 def rm_reward(rm, prompt_ids, prompt_mask, ids, mask, normalise: bool = True) -> torch.Tensor:
-    """Sequence reward [B], read at the last attended token (the EOS)."""
+    """Sequence reward [B], read at the last attended token (the EOS) [code models/model.py RewardModel]."""
     attention_mask = torch.cat([prompt_mask, mask], 1)  # [B, P+T]
     scores = token_scores(rm, torch.cat([prompt_ids, ids], 1), attention_mask)  # [B, P+T]
     last = attention_mask.size(1) - 1 - attention_mask.long().fliplr().argmax(1)  # [B]
     reward = scores.gather(1, last[:, None]).squeeze(1)  # [B]
-    mean, std = (getattr(rm.config, "mean", 0.0), getattr(rm.config, "std", 1.0)) if normalise else (0.0, 1.0)
+    mean, std = normalisation(rm) if normalise else (0.0, 1.0)
     return (reward - mean) / std  # [B] normalised by the stored statistics (OpenRLHF --normalize_reward)
 
 
 def critic_values(critic, prompt_ids, prompt_mask, ids, mask) -> torch.Tensor:
-    """V before each response token [B, T], normalised like the reward."""
+    """V before each response token [B, T], normalised like the reward [code models/model.py CriticModel]."""
     scores = token_scores(critic, torch.cat([prompt_ids, ids], 1), torch.cat([prompt_mask, mask], 1))  # [B, P+T]
     values = scores[:, prompt_ids.shape[1] - 1 : -1]  # [B, T] the state before token t
-    return (values - getattr(critic.config, "mean", 0.0)) / getattr(critic.config, "std", 1.0)  # [B, T]
+    mean, std = normalisation(critic)
+    return (values - mean) / std  # [B, T]
+
+
+@torch.no_grad()
+def score_rollout(policy, ref_policy, critic, inputs, args: Args, precision: Precision, allowed):
+    """log pi_old, log pi_ref and V_old of the sampled tokens ([B, T] each), --forward-batch-size rows at a time."""
+    old_logp, ref_logp, old_values = [], [], []
+    for mb in micro_batches(len(inputs[0]), args.forward_batch_size, inputs[0].device):
+        chunk = [x[mb] for x in inputs]
+        with precision.autocast():
+            old_logp.append(logprobs(policy, *chunk, args.temperature, allowed, with_entropy=False)[0])  # [m, T]
+            ref_logp.append(logprobs(ref_policy, *chunk, args.temperature, allowed, with_entropy=False)[0])  # [m, T]
+            old_values.append(critic_values(critic, *chunk))  # [m, T]
+    return torch.cat(old_logp), torch.cat(ref_logp), torch.cat(old_values)
+
+
+@torch.no_grad()
+def score_sequences(rm, prompt_ids, prompt_mask, ids, mask, batch_size: int, precision: Precision) -> torch.Tensor:
+    """rm_reward of every row ([B]), `batch_size` rows per forward."""
+    rewards = []
+    for mb in micro_batches(len(ids), batch_size, ids.device):
+        with precision.autocast():
+            rewards.append(rm_reward(rm, prompt_ids[mb], prompt_mask[mb], ids[mb], mask[mb]))  # [m]
+    return torch.cat(rewards)
+
+
+def accumulate_policy_gradients(policy, inputs, old_logp, advantages, args: Args, precision: Precision, allowed):
+    """Forward and backward of policy_loss per micro-batch of --micro-train-batch-size rows, each scaled by its share
+    of the minibatch (the loss is a mean over sequences), so the gradients add up to the whole minibatch's.
+    Returns the minibatch loss and its log-probs and entropies ([M, T] each, detached)."""
+    mask = inputs[3].float()  # [M, T]
+    num_rows, total, logps, entropies = len(advantages), 0.0, [], []
+    for mb in micro_batches(num_rows, args.micro_train_batch_size, advantages.device):
+        with precision.autocast():
+            logp, entropy = logprobs(policy, *(x[mb] for x in inputs), args.temperature, allowed)  # [m, T]
+        loss = policy_loss(logp, old_logp[mb], advantages[mb], mask[mb], args.eps_clip) * len(mb) / num_rows
+        precision.backward(loss)
+        total += loss.item()
+        logps.append(logp.detach())
+        entropies.append(entropy)
+    return total, torch.cat(logps), torch.cat(entropies)
+
+
+def accumulate_value_gradients(critic, inputs, old_values, returns, args: Args, precision: Precision) -> float:
+    """Forward and backward of value_loss per micro-batch, scaled as in accumulate_policy_gradients."""
+    mask = inputs[3].float()  # [M, T]
+    num_rows, total = len(returns), 0.0
+    for mb in micro_batches(num_rows, args.micro_train_batch_size, returns.device):
+        with precision.autocast():
+            values = critic_values(critic, *(x[mb] for x in inputs))  # [m, T]
+        loss = value_loss(values, old_values[mb], returns[mb], mask[mb], args.value_clip) * len(mb) / num_rows
+        precision.backward(loss)
+        total += loss.item()
+    return total
+
+
+def accumulate_crm_gradients(crm, variants, combined: bool, micro_batch_size: int, precision: Precision):
+    """Forward and backward of calibrated_rm_loss per micro-batch of pairs; `variants` = six (ids, mask) pairs of
+    [n, L] tensors in the order c, r, cwh, cwl, rwh, rwl. Returns the batch loss and the six raw rewards [n] each."""
+    num_pairs, total, rewards = len(variants[0][0]), 0.0, [[] for _ in variants]
+    for mb in micro_batches(num_pairs, micro_batch_size, variants[0][0].device):
+        with precision.autocast():
+            r_c, r_r, r_cwh, r_cwl, r_rwh, r_rwl = [sequence_rewards(crm, ids[mb], mask[mb]) for ids, mask in variants]
+        extra = (r_c, r_r) if combined else ()
+        loss = calibrated_rm_loss(r_cwh, r_cwl, r_rwh, r_rwl, *extra) * len(mb) / num_pairs  # each term a batch mean
+        precision.backward(loss)
+        total += loss.item()
+        for kept, r in zip(rewards, (r_c, r_r, r_cwh, r_cwl, r_rwh, r_rwl)):
+            kept.append(r.detach())
+    return total, [torch.cat(r) for r in rewards]
+
+
+def sequence_rewards(rm, ids, mask) -> torch.Tensor:
+    """Raw reward ([B]) at the last attended token of whole sequences."""
+    return rm_reward(rm, ids[:, :0], mask[:, :0], ids, mask, normalise=False)
 
 
 # The toy world: keys with known odds ----------------------------------------------------------------------------
@@ -518,6 +723,7 @@ def toy_rm(policy, world: KeysWithOdds, args: Args, run: RunLogger, gen):
     with torch.no_grad():  # OpenRLHF --normalize_reward: mean / std of chosen and rejected rewards on held-out pairs
         rewards = sequence_rewards(rm, *toy_rm_pairs(world, 512, gen))  # [1024]
     rm.config.mean, rm.config.std = rewards.mean().item(), rewards.std().item()
+    rm.config.normalize_reward = True  # the toy's RM is used as the code uses its RMs: with --normalize_reward
     return rm
 
 
@@ -531,16 +737,13 @@ def toy_crm_variants(world: KeysWithOdds, n: int, gen):
     return world.sequences(keys.repeat(6), truths.repeat(6), answers, confs)  # [6n, L]
 
 
-def sequence_rewards(rm, ids, mask) -> torch.Tensor:  # raw reward at the last attended token of whole sequences
-    return rm_reward(rm, ids[:, :0], mask[:, :0], ids, mask, normalise=False)
-
-
 def train_crm(rm, world: KeysWithOdds, args: Args, run: RunLogger, gen):
     """PPO-M's calibrated RM: a copy of the vanilla RM fine-tuned with calibrated_rm_loss; six-variant mean/std."""
     crm = copy.deepcopy(rm).train()
-    optimizer = torch.optim.Adam(crm.parameters(), lr=3e-4, betas=ADAM_BETAS)
+    optimizer = torch.optim.Adam(crm.parameters(), lr=args.crm_lr, betas=ADAM_BETAS)
     for step in range(args.crm_steps):
-        r_c, r_r, r_cwh, r_cwl, r_rwh, r_rwl = sequence_rewards(crm, *toy_crm_variants(world, 128, gen)).chunk(6)
+        variants = toy_crm_variants(world, args.crm_batch_size, gen)  # [6n, L]
+        r_c, r_r, r_cwh, r_cwl, r_rwh, r_rwl = sequence_rewards(crm, *variants).chunk(6)
         extra = (r_c, r_r) if args.crm_loss == "combined" else ()
         loss = calibrated_rm_loss(r_cwh, r_cwl, r_rwh, r_rwl, *extra)
         optimizer.zero_grad(set_to_none=True)
@@ -557,6 +760,80 @@ def train_crm(rm, world: KeysWithOdds, args: Args, run: RunLogger, gen):
     return crm.eval()
 
 
+# The calibrated RM on a real preference data set [code train_crm.py, crm_trainer.py, calibrated_reward_dataset.py]
+CRM_COLUMNS = ("chosen", "rejected", "chosen_high", "chosen_low", "rejected_high", "rejected_low")  # c r cwh cwl rwh
+
+
+def crm_text(tokenizer, sample) -> str:
+    """One CRM sequence as the code builds it: a conversation (a list of role/content turns) through the chat
+    template, or a plain string; trailing newlines stripped and " " + EOS added unless it ends with EOS."""
+    text = tokenizer.apply_chat_template(sample, tokenize=False) if isinstance(sample, list) else str(sample)
+    text = text.rstrip("\n")
+    return text if text.endswith(tokenizer.eos_token) else f"{text} {tokenizer.eos_token}"
+
+
+def encode_crm_rows(tokenizer, rows: dict, max_length: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The six variants of a batch of rows (a dict of CRM_COLUMNS lists) as right-padded (ids, mask) [n, L] each,
+    truncated to max_length with EOS forced into the last token (the code's "avoid EOS truncation")."""
+    template = tokenizer.chat_template or ""
+    add_special = not (tokenizer.bos_token and tokenizer.bos_token in template)  # the template may write the BOS
+    variants = []
+    for column in CRM_COLUMNS:
+        texts = [crm_text(tokenizer, sample) for sample in rows[column]]
+        batch = tokenizer(
+            texts,
+            add_special_tokens=add_special,
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            padding_side="right",
+            return_tensors="pt",
+        )
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # [n, L]
+        last = mask.sum(1) - 1  # [n] the last attended token
+        ids[torch.arange(len(ids), device=device), last] = tokenizer.eos_token_id
+        variants.append((ids, mask))
+    return variants
+
+
+def fit_crm(crm, train_rows, eval_rows, tokenizer, args: Args, run: RunLogger, precision: Precision):
+    """PPO-M's calibrated RM from the vanilla RM (with its head): --crm-epochs over `train_rows` with
+    calibrated_rm_loss, --crm-batch-size pairs per Adam step, then the mean / std of all six variants' raw rewards
+    on `eval_rows` into the config (OpenRLHF's statistics for --normalize_reward)."""
+    crm.train().requires_grad_(True)
+    parameters = trained_parameters(crm)
+    optimizer = precision.prepare_optimizer(torch.optim.Adam(parameters, lr=args.crm_lr, betas=ADAM_BETAS))
+    order, step = torch.Generator().manual_seed(args.seed), 0
+    for _ in range(args.crm_epochs):
+        for batch in torch.randperm(len(train_rows), generator=order).split(args.crm_batch_size):
+            variants = encode_crm_rows(tokenizer, train_rows[batch.tolist()], args.crm_max_length, precision.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss, (r_c, r_r, r_cwh, r_cwl, r_rwh, r_rwl) = accumulate_crm_gradients(
+                crm, variants, args.crm_loss == "combined", args.crm_micro_batch_size, precision
+            )
+            grad_norm = precision.clip_grad_norm_(parameters, args.max_grad_norm)
+            optimizer.step()
+            accuracy = ((r_cwh > r_cwl).float().mean() + (r_rwl > r_rwh).float().mean()).item() / 2
+            metrics = {"losses/rm_loss": loss, "rewards/accuracies": accuracy, "charts/grad_norm": grad_norm.item()}
+            metrics["rewards/margins"] = (r_cwh - r_cwl).mean().item()
+            metrics["rewards/chosen_over_rejected"] = (r_c > r_r).float().mean().item()
+            run.log(step, {f"{k}/crm": v for k, v in metrics.items()})
+            step += 1
+    precision.release()
+    crm.eval().requires_grad_(False)
+    rewards = []
+    with torch.no_grad():
+        for batch in torch.arange(len(eval_rows)).split(args.crm_batch_size):
+            variants = encode_crm_rows(tokenizer, eval_rows[batch.tolist()], args.crm_max_length, precision.device)
+            for ids, mask in variants:
+                for mb in micro_batches(len(ids), args.crm_micro_batch_size, ids.device):
+                    with precision.autocast():
+                        rewards.append(sequence_rewards(crm, ids[mb], mask[mb]))  # [m]
+    rewards = torch.cat(rewards)  # [6 n_eval] all six variants
+    crm.config.mean, crm.config.std = rewards.mean().item(), rewards.std().clamp(min=1e-8).item()
+    return crm
+
+
 @torch.no_grad()
 def rm_probe(rm, world: KeysWithOdds, gen) -> dict[str, float]:
     """How often an RM prefers (wrong, low) over (wrong, high), (right, high) over (right, low), right over wrong."""
@@ -565,62 +842,69 @@ def rm_probe(rm, world: KeysWithOdds, gen) -> dict[str, float]:
     return {f"P({name})": (a > b).float().mean().item() for name, (a, b) in pairs.items()}
 
 
-def train_ppo(arm, policy, ref_policy, critic, reward_model, batches, tokenizer, args: Args, run: RunLogger, allowed):
+def train_ppo(
+    arm, policy, ref_policy, critic, reward_model, batches, tokenizer, args: Args, run: RunLogger, allowed, precision
+):
     """PPO [OpenRLHF] against `reward_model`, with the PPO-C adjustment when arm == ppo-c."""
-    actor_opt = torch.optim.Adam(policy.parameters(), lr=args.actor_lr, betas=ADAM_BETAS)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, betas=ADAM_BETAS)
+    actor_parameters, critic_parameters = trained_parameters(policy), trained_parameters(critic)
+    actor_opt = precision.prepare_optimizer(torch.optim.Adam(actor_parameters, lr=args.actor_lr, betas=ADAM_BETAS))
+    critic_opt = precision.prepare_optimizer(torch.optim.Adam(critic_parameters, lr=args.critic_lr, betas=ADAM_BETAS))
     stop_ids, toy = stop_token_ids(tokenizer, policy), allowed is not None
     reward_avg = getattr(reward_model.config, "mean", 0.0) if args.reward_avg_init == "rm_mean" else 0.0
     for step in range(args.steps):
-        # 1. a rollout of prompts (the policy's view and the RM's view of each), one sample per prompt
+        # 1. a rollout of prompts (the policy's view and the RM's view of each), one sample per prompt, generated in
+        #    chunks; a response cut at --max-new-tokens gets EOS in its last position (or keeps its tokens: penalty)
         prompt_ids, prompt_mask, rm_prompt_ids, rm_prompt_mask = batches(arm != "ppo-clean")
-        ids, mask = generate(policy, prompt_ids, prompt_mask, stop_ids, args, allowed)  # [B, T], [B, T]
-        fmask = mask.float()  # [B, T]
+        with precision.autocast():
+            ids, mask = generate(policy, prompt_ids, prompt_mask, stop_ids, args, allowed)  # [B, T], [B, T]
+        ids, mask, truncated = end_truncated(ids, mask, stop_ids, tokenizer.eos_token_id, args.truncation)  # [B]
+        fmask, inputs = mask.float(), (prompt_ids, prompt_mask, ids, mask)  # [B, T]
+        # 2. log pi_old, log pi_ref and V_old of the sampled tokens, --forward-batch-size rows per forward
+        old_logp, ref_logp, old_values = score_rollout(policy, ref_policy, critic, inputs, args, precision, allowed)
+        # 3. the reward: the RM (CRM) on the full response; PPO-C: parse c, strip it, score, adjust
+        texts = decode(tokenizer, ids, mask, toy)
+        scope = args.confidence_scope == "sequence"  # [code]: decoded prompt + response, special tokens included
+        heads = decode(tokenizer, prompt_ids, prompt_mask, toy) if scope else [""] * len(texts)
+        confidences = torch.tensor([parse_confidence(f"{h} {t}") for h, t in zip(heads, texts)]).to(ids.device)
+        stated = torch.tensor([PARSE_RE.search(t) is not None for t in texts], dtype=torch.float)  # [B]
+        scored = strip_and_retokenise(tokenizer, texts, toy, ids.device) if arm == "ppo-c" else (ids, mask)
+        rm_inputs = (rm_prompt_ids, rm_prompt_mask, *scored)
+        rm_rewards = score_sequences(reward_model, *rm_inputs, args.forward_batch_size, precision).clamp(-10, 10)  # [B]
+        if args.truncation == "penalty":  # summarize-from-feedback: a fixed score for a response without EOS
+            rm_rewards = apply_missing_eos_penalty(rm_rewards, truncated, args.penalty_reward_value)  # [B]
+        rewards = rm_rewards
+        if arm == "ppo-c":  # the RM scored the response with its confidence stripped
+            chunks, adjust = [], (args.alpha, args.weight, args.adjustment_type)
+            for chunk in torch.arange(len(ids)).split(args.micro_rollout_batch_size):  # one rbar per micro-rollout
+                adjusted, reward_avg = ppo_c_adjust(rm_rewards[chunk], confidences[chunk], reward_avg, *adjust)
+                chunks.append(adjusted)  # [m] each
+            rewards = torch.cat(chunks)  # [B]
+        # 4. token rewards: -beta k1 on every token, the reward at EOS; GAE, returns, whitened advantages
         with torch.no_grad():
-            # 2. log pi_old, log pi_ref and V_old of the sampled tokens
-            old_logp, _ = logprobs(policy, prompt_ids, prompt_mask, ids, mask, args.temperature, allowed)  # [B, T]
-            ref_logp, _ = logprobs(ref_policy, prompt_ids, prompt_mask, ids, mask, args.temperature, allowed)  # [B, T]
-            old_values = critic_values(critic, prompt_ids, prompt_mask, ids, mask)  # [B, T]
-            # 3. the reward: the RM (CRM) on the full response; PPO-C: parse c, strip it, score, adjust
-            texts = decode(tokenizer, ids, mask, toy)
-            scope = args.confidence_scope == "sequence"  # [code]: decoded prompt + response, special tokens included
-            heads = decode(tokenizer, prompt_ids, prompt_mask, toy) if scope else [""] * len(texts)
-            confidences = torch.tensor([parse_confidence(f"{h} {t}") for h, t in zip(heads, texts)]).to(ids.device)
-            stated = torch.tensor([PARSE_RE.search(t) is not None for t in texts], dtype=torch.float)  # [B]
-            scored = strip_and_retokenise(tokenizer, texts, toy, ids.device) if arm == "ppo-c" else (ids, mask)
-            rm_rewards = rewards = rm_reward(reward_model, rm_prompt_ids, rm_prompt_mask, *scored).clamp(-10, 10)  # [B]
-            if arm == "ppo-c":  # the RM scored the response with its confidence stripped
-                chunks, adjust = [], (args.alpha, args.weight, args.adjustment_type)
-                for chunk in torch.arange(len(ids)).split(args.micro_rollout_batch_size):  # one rbar per micro-rollout
-                    adjusted, reward_avg = ppo_c_adjust(rm_rewards[chunk], confidences[chunk], reward_avg, *adjust)
-                    chunks.append(adjusted)  # [m] each
-                rewards = torch.cat(chunks)  # [B]
-            # 4. token rewards: -beta k1 on every token, the reward at EOS; GAE, returns, whitened advantages
             per_token, kl = token_rewards(rewards, old_logp, ref_logp, fmask, args.beta)  # [B, T], [B, T]
             advantages, returns = gae(per_token, old_values, fmask, args.gamma, args.lam)  # [B, T], [B, T]
             advantage_std = advantages[mask.bool()].std().item()
             advantages = whiten(advantages, fmask)  # [B, T]
-        # 5. one PPO epoch: actor and critic minibatch steps
+        # 5. one PPO epoch: actor and critic minibatch steps, forward and backward per --micro-train-batch-size rows
         stats = defaultdict(list)
         for mb in torch.randperm(len(ids)).split(len(ids) // args.num_minibatches):
-            inputs = (prompt_ids[mb], prompt_mask[mb], ids[mb], mask[mb])
-            logp, entropy = logprobs(policy, *inputs, args.temperature, allowed)  # [M, T]
-            loss = policy_loss(logp, old_logp[mb], advantages[mb], fmask[mb], args.eps_clip)
+            mb = mb.to(ids.device)
+            minibatch = [x[mb] for x in inputs]
             actor_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+            loss, logp, entropy = accumulate_policy_gradients(
+                policy, minibatch, old_logp[mb], advantages[mb], args, precision, allowed
+            )  # [M, T] each
+            grad_norm = precision.clip_grad_norm_(actor_parameters, args.max_grad_norm)
             actor_opt.step()
-            values = critic_values(critic, *inputs)  # [M, T]
-            v_loss = value_loss(values, old_values[mb], returns[mb], fmask[mb], args.value_clip)
             critic_opt.zero_grad(set_to_none=True)
-            v_loss.backward()
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+            v_loss = accumulate_value_gradients(critic, minibatch, old_values[mb], returns[mb], args, precision)
+            precision.clip_grad_norm_(critic_parameters, args.max_grad_norm)
             critic_opt.step()
-            out_of_range = ((logp.detach() - old_logp[mb]).exp() - 1).abs() > args.eps_clip  # [M, T]
+            out_of_range = ((logp - old_logp[mb]).exp() - 1).abs() > args.eps_clip  # [M, T]
             stats["clip_ratio/region_mean"].append(((out_of_range * fmask[mb]).sum() / fmask[mb].sum()).item())
             stats["entropy"].append(((entropy * fmask[mb]).sum() / fmask[mb].sum()).item())
-            stats["losses/policy_loss"].append(loss.item())
-            stats["losses/value_loss"].append(v_loss.item())
+            stats["losses/policy_loss"].append(loss)
+            stats["losses/value_loss"].append(v_loss)
             stats["charts/grad_norm"].append(grad_norm.item())
         # 6. log
         metrics = {k: float(np.mean(v)) for k, v in stats.items()}
@@ -628,8 +912,10 @@ def train_ppo(arm, policy, ref_policy, critic, reward_model, batches, tokenizer,
         metrics["rewards/rm_mean"], metrics["charts/advantage_std"] = rm_rewards.mean().item(), advantage_std
         metrics["rewards/confidence_mean"] = confidences.mean().item()  # c, 0.5 where none is stated
         metrics["rewards/stated_rate"] = stated.mean().item()
+        metrics["completions/clipped_ratio"] = truncated.float().mean().item()  # cut at --max-new-tokens
         metrics.update({"rewards/reward_avg": reward_avg} if arm == "ppo-c" else {})
         run.log(step, {f"{k}/{arm}": v for k, v in metrics.items()})
+    precision.release()  # the arm's optimizer states go with its policy and critic
 
 
 # Evaluation and the run ------------------------------------------------------------------------------------------
@@ -643,20 +929,25 @@ def answer_matches(text: str, gold: str, eos: str = "") -> bool:
 
 
 @torch.no_grad()
-def evaluate(policy, tokenizer, prompt_ids, prompt_mask, args: Args, allowed, gold) -> dict:
-    """Sample at T = 1, resample outputs without a confidence, then append " Confidence: "; ECE, AUC, ACC against
-    `gold`: the toy's answer token ids [N], the real path's answer strings, or None (confidences only)."""
+def evaluate(policy, tokenizer, prompt_ids, prompt_mask, args: Args, allowed, gold, precision: Precision) -> dict:
+    """Sample at T = 1 with top-k --eval-top-k, resample outputs without a confidence, then append " Confidence: ";
+    ECE, AUC, ACC against `gold`: the toy's answer token ids [N], the real path's answer strings, or None
+    (confidences only)."""
     toy, stop_ids = allowed is not None, stop_token_ids(tokenizer, policy)
-    ids, mask = generate(policy, prompt_ids, prompt_mask, stop_ids, args, allowed)  # [N, T]
+    sampling = dict(top_k=args.eval_top_k)  # [code query.py]: top_k 50 at evaluation
+    with precision.autocast():
+        ids, mask = generate(policy, prompt_ids, prompt_mask, stop_ids, args, allowed, **sampling)  # [N, T]
     texts = decode(tokenizer, ids, mask, toy)
     stated_rate = float(np.mean([EVAL_RE.search(t) is not None for t in texts]))
     for retry in range(args.eval_retries + 1):  # [code query.py]: up to 10 resamplings, then " Confidence: " appended
         missing = torch.tensor([i for i, t in enumerate(texts) if not EVAL_RE.search(t)], dtype=torch.long)
         if len(missing) == 0:
             break
+        missing = missing.to(ids.device)
         if retry < args.eval_retries:
             prompt = (prompt_ids[missing], prompt_mask[missing])
-            ids[missing], mask[missing] = generate(policy, *prompt, stop_ids, args, allowed)
+            with precision.autocast():
+                ids[missing], mask[missing] = generate(policy, *prompt, stop_ids, args, allowed, **sampling)
             for i, text in zip(missing.tolist(), decode(tokenizer, ids[missing], mask[missing], toy)):
                 texts[i] = text
             continue
@@ -664,7 +955,9 @@ def evaluate(policy, tokenizer, prompt_ids, prompt_mask, args: Args, allowed, go
         bodies = [texts[i].removesuffix(tokenizer.eos_token).rstrip() + " Confidence:" for i in missing.tolist()]
         full = [toy_text(f"{h} {b}", back=True) if toy else f"{h} {b}" for h, b in zip(heads, bodies)]
         batch = tokenizer(full, add_special_tokens=False, padding=True, return_tensors="pt").to(ids.device)
-        more = generate(policy, batch.input_ids, batch.attention_mask, stop_ids, args, allowed[3:] if toy else None, 8)
+        continuation = (batch.input_ids, batch.attention_mask, stop_ids, args, allowed[3:] if toy else None, 8)
+        with precision.autocast():
+            more = generate(policy, *continuation, **sampling)
         for i, body, tail in zip(missing.tolist(), bodies, decode(tokenizer, *more, toy)):  # the toy: 0..10, EOS
             texts[i] = f"{body} {tail}"
     confidences = np.array(scale_confidences([parse_eval_confidence(t) for t in texts]))  # [N]
@@ -681,37 +974,57 @@ def evaluate(policy, tokenizer, prompt_ids, prompt_mask, args: Args, allowed, go
 
 def check_args(args: Args) -> None:
     """Every option is checked before any model, data or training work."""
+    for name in ("actor_lr", "critic_lr", "crm_lr"):  # every learning rate: > 0 and finite (NaN fails too)
+        if not 0 < getattr(args, name) < math.inf:
+            fail(f"--{name.replace('_', '-')} must be a positive, finite learning rate, got {getattr(args, name)}")
     if args.weight < 0 or not 0 <= args.alpha <= 1:
         fail(f"PPO-C needs --weight >= 0 and --alpha in [0, 1], got --weight {args.weight} --alpha {args.alpha}")
     if not args.arms or len(set(args.arms)) != len(args.arms):
         fail(f"--arms must list distinct arms, got {args.arms}")
     if args.num_minibatches < 1 or args.rollout_batch_size % args.num_minibatches:
         fail(f"--num-minibatches {args.num_minibatches} must divide --rollout-batch-size {args.rollout_batch_size}")
-    counts = "steps rollout_batch_size micro_rollout_batch_size max_new_tokens num_threads eval_samples_per_key"
-    for name in counts.split():
+    counts = "steps rollout_batch_size micro_rollout_batch_size micro_train_batch_size forward_batch_size"
+    counts += " generation_batch_size max_new_tokens num_threads eval_samples_per_key crm_epochs crm_batch_size"
+    for name in (counts + " crm_micro_batch_size crm_max_length").split():
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if min(args.actor_lr, args.critic_lr, args.temperature, args.max_grad_norm, args.eps_clip, args.value_clip) <= 0:
-        fail("--actor-lr, --critic-lr, --temperature, --max-grad-norm and --eps-clip must be positive")
-    if min(args.beta, args.sft_steps, args.rm_steps, args.crm_steps, args.eval_retries) < 0:
-        fail("--beta, --sft-steps, --rm-steps, --crm-steps and --eval-retries must be >= 0")
+    if min(args.temperature, args.max_grad_norm, args.eps_clip, args.value_clip) <= 0:
+        fail("--temperature, --max-grad-norm, --eps-clip and --value-clip must be positive")
+    if min(args.beta, args.sft_steps, args.rm_steps, args.crm_steps, args.eval_retries, args.num_eval) < 0:
+        fail("--beta, --sft-steps, --rm-steps, --crm-steps, --eval-retries and --num-eval must be >= 0")
+    if min(args.top_k, args.eval_top_k) < 0 or not math.isfinite(args.penalty_reward_value):
+        fail("--top-k and --eval-top-k must be >= 0 (0 = off) and --penalty-reward-value finite")
     if not (0 <= args.lam <= 1 and 0 < args.gamma <= 1):
         fail(f"--lam {args.lam} must be in [0, 1] and --gamma {args.gamma} in (0, 1]")
+    if args.dtype == "fp16":
+        fail("--dtype fp16: PPO-M/C steps two models (actor, critic) and runs bf16 (the code's) or fp32; use those")
     toy = [args.model_name == "tiny", args.reward_model_name == "tiny", args.dataset_name == "tiny"]
     if any(toy) and not all(toy) or all(toy) and args.max_new_tokens != 5:
         fail("the toy needs --model-name, --reward-model-name, --dataset-name `tiny` (all or none), --max-new-tokens 5")
-    if "ppo-m" in args.arms and not all(toy) and not args.crm_model_name:
-        fail("ppo-m on the real path needs --crm-model-name (a calibrated RM); only the toy trains its own CRM")
+    if all(toy) and (args.crm_dataset_name or args.crm_model_name or args.critic_model_name):
+        fail("the toy trains its own RM, CRM and critic: --crm-dataset-name, --crm-model-name, --critic-model-name")
+    if args.crm_dataset_name and args.crm_model_name:
+        fail("pass one of --crm-model-name (a ready calibrated RM) or --crm-dataset-name (fine-tune one), not both")
+    if "ppo-m" in args.arms and not all(toy) and not (args.crm_model_name or args.crm_dataset_name):
+        fail(
+            "ppo-m on the real path needs a calibrated RM: --crm-dataset-name (pairs with the columns "
+            f"{', '.join(CRM_COLUMNS)}, fine-tuned from --reward-model-name) or --crm-model-name (a ready one)"
+        )
 
 
-def load_rm(name: str, tokenizer, device, dtype, seed: int):
-    """A reward model (AutoModelForSequenceClassification, one label) whose tokenizer must equal the policy's."""
-    rm, rm_tokenizer = load_causal_lm(name, device, dtype, seed, AutoModelForSequenceClassification, num_labels=1)
+def load_rm(name: str, tokenizer, args: Args, device, dtype):
+    """A reward (or critic) model from a transformers (`score`) or OpenRLHF (`value_head`) checkpoint, normalised as
+    --normalize-reward says; its tokenizer must equal the policy's."""
+    normalize = {"on": True, "off": False, "config": None}[args.normalize_reward]
+    rm, rm_tokenizer = load_reward_model(name, device, dtype, normalize, args.value_head_prefix)
     if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
         fail(
             f"the tokenizer of {name!r} differs from the policy's: the critic starts from the RM and reads the "
             "policy's token ids, so pick an RM trained with the policy's tokenizer"
         )
+    statistics = f", mean {rm.config.mean:.4g}, std {rm.config.std:.4g}" if rm.config.normalize_reward else ""
+    head, normalise = rm.config.reward_head, rm.config.normalize_reward
+    print(f"{name}: reward head {head}, normalise {normalise}{statistics}", flush=True)
     return rm.eval()
 
 
@@ -719,18 +1032,29 @@ def main(args: Args) -> dict:
     check_args(args)
     torch.set_num_threads(args.num_threads)
     seed_everything(args.seed)
-    device = pick_device(args.cuda)
-    dtype = pick_dtype(args.dtype, device)
+    precision = setup_precision(args.dtype, args.cuda, args.fp32_master)
+    device = precision.device
     toy, gen, arm_gen = args.model_name == "tiny", torch.Generator().manual_seed(args.seed), torch.Generator()
     # 0. load everything that can fail before any training: models, tokenizers, data
-    policy, tokenizer = build_tiny_lm(seed=args.seed) if toy else load_causal_lm(args.model_name, device, dtype)
-    policy, crm, allowed = policy.to(device), None, None
-    if not toy:
-        rm = load_rm(args.reward_model_name, tokenizer, device, dtype, args.seed)
-        crm = load_rm(args.crm_model_name, tokenizer, device, dtype, args.seed) if args.crm_model_name else None
+    crm, allowed, crm_master = None, None, None
+    if toy:
+        policy, tokenizer = build_tiny_lm(seed=args.seed)
+        policy = policy.to(device)
+    else:  # pi_ref: the start, frozen in the compute dtype; each arm loads its own fp32 copy to train
+        policy, tokenizer = load_causal_lm(args.model_name, device, precision.frozen_dtype, args.seed)
+        rm = load_rm(args.reward_model_name, tokenizer, args, device, precision.frozen_dtype)
+        if args.crm_model_name:
+            crm = load_rm(args.crm_model_name, tokenizer, args, device, precision.frozen_dtype)
+        if args.critic_model_name:  # its head is checked now, the weights are loaded per arm
+            reward_head(args.critic_model_name, args.value_head_prefix)
         prompts = load_data(args.dataset_name, "train", [args.prompt_column], None, args.seed)
         prompts, eval_name = list(prompts[args.prompt_column]), args.eval_dataset_name
         eval_rows = load_data(eval_name, "train", ["prompt", "answer"], seed=args.seed) if eval_name else None
+        if args.crm_dataset_name and "ppo-m" in args.arms:
+            crm_train = load_data(args.crm_dataset_name, args.crm_train_split, CRM_COLUMNS, shuffle=False)
+            crm_eval = load_data(args.crm_dataset_name, args.crm_eval_split, CRM_COLUMNS, shuffle=False)
+            if len(crm_train) == 0 or len(crm_eval) == 0:
+                fail(f"{args.crm_dataset_name!r}: the CRM needs rows in --crm-train-split and --crm-eval-split")
     run_name = make_run_name(f"ppo_mc-{'keys' if toy else 'custom'}", args.exp_name, args.seed)
     run = RunLogger(run_name, args, track=args.track)
     start_time = time.time()
@@ -755,37 +1079,66 @@ def main(args: Args) -> dict:
         def batches(query: bool):  # the RM reads the same tokens
             rows = torch.randint(len(prompts), (args.rollout_batch_size,), generator=arm_gen).tolist()
             chosen = [prompts[i] for i in rows]
-            return 2 * encode_prompts(tokenizer, chosen, system_prompt=system if query else None, device=device)
+            return 2 * encode_rollout_prompts(tokenizer, chosen, system if query else None, device)
 
-        eval_texts = list(eval_rows["prompt"]) if eval_rows else prompts[:64]
-        eval_prompt = encode_prompts(tokenizer, eval_texts, system_prompt=CONFIDENCE_QUERY, device=device)
-        gold = list(eval_rows["answer"]) if eval_rows else None
+        eval_texts = list(eval_rows["prompt"])[: args.num_eval] if eval_rows else prompts[: args.num_eval]
+        eval_prompt = (torch.zeros(0, 1, dtype=torch.long, device=device),) * 2  # --num-eval 0: no evaluation
+        if eval_texts:
+            eval_prompt = encode_rollout_prompts(tokenizer, eval_texts, CONFIDENCE_QUERY, device)
+        gold = list(eval_rows["answer"])[: args.num_eval] if eval_rows else None
 
-    # 3. PPO-M only: fine-tune the vanilla RM into the calibrated RM (toy; the real path loads --crm-model-name)
+    # 3. PPO-M only: fine-tune the vanilla RM into the calibrated RM (the toy on its pairs, the real path on
+    #    --crm-dataset-name, from an fp32 copy of --reward-model-name; or load --crm-model-name)
     if "ppo-m" in args.arms and crm is None:
-        crm = train_crm(rm, world, args, run, gen)
+        if toy:
+            crm = train_crm(rm, world, args, run, gen)
+        else:
+            crm_master = load_rm(args.reward_model_name, tokenizer, args, device, precision.trained_dtype)
+            crm_master = fit_crm(crm_master, crm_train, crm_eval, tokenizer, args, run, precision)
+            crm = copy.deepcopy(crm_master).to(precision.frozen_dtype)  # frozen: the reward of ppo-m
+            print(f"CRM fitted: six-variant reward mean {crm.config.mean:.4g}, std {crm.config.std:.4g}", flush=True)
+            if args.save_model:
+                crm_master.save_pretrained(run.dir / "crm")
+                tokenizer.save_pretrained(run.dir / "crm")
     probes = {name: rm_probe(m, world, gen) for name, m in (("RM", rm), ("CRM", crm)) if m is not None} if toy else {}
     policy.eval().requires_grad_(False)
-    if args.save_model:
+    if args.save_model and toy:
         policy.save_pretrained(run.dir / "sft")
-    results = {"sft": evaluate(policy, tokenizer, *eval_prompt, args, allowed, gold)}
+    results = {"sft": evaluate_or_skip(policy, tokenizer, eval_prompt, args, allowed, gold, precision)}
     results["sft"]["seconds"] = time.time() - start_time
-    print(f"setup (SFT, RM, CRM): {results['sft']['seconds']:.1f} s", flush=True)
-    # 4. each arm: PPO from the same SFT weights and the same prompt draws, against its reward
+    print(f"setup (SFT, RM, CRM, start evaluation): {results['sft']['seconds']:.1f} s", flush=True)
+    # 4. each arm: PPO from the same start and the same prompt draws, against its reward; the critic starts from the
+    #    RM (the CRM for ppo-m) or --critic-model-name, in fp32 master weights
     for arm in args.arms:
         seed_everything(args.seed)
         arm_gen.manual_seed(args.seed + 1)
-        model = copy.deepcopy(policy).train().requires_grad_(True)
         reward_model = crm if arm == "ppo-m" else rm
-        critic = copy.deepcopy(reward_model).train().requires_grad_(True)  # critic initialised from the RM (CRM)
+        if toy:
+            model = copy.deepcopy(policy).train().requires_grad_(True)
+            critic = copy.deepcopy(reward_model)
+        else:
+            options = dict(seed=args.seed, gradient_checkpointing=args.gradient_checkpointing)
+            model, _ = load_policy(args.model_name, precision, **options)
+            if args.critic_model_name or crm_master is None or arm != "ppo-m":
+                default = args.crm_model_name if arm == "ppo-m" else args.reward_model_name
+                critic = load_rm(args.critic_model_name or default, tokenizer, args, device, precision.trained_dtype)
+            else:
+                critic = copy.deepcopy(crm_master)
+            if args.gradient_checkpointing:
+                critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        critic.train().requires_grad_(True)
         arm_start = time.time()
-        train_ppo(arm, model, policy, critic, reward_model, batches, tokenizer, args, run, allowed)
-        results[arm] = evaluate(model.eval(), tokenizer, *eval_prompt, args, allowed, gold)
+        train_ppo(arm, model, policy, critic, reward_model, batches, tokenizer, args, run, allowed, precision)
+        model.eval()
+        results[arm] = evaluate_or_skip(model, tokenizer, eval_prompt, args, allowed, gold, precision)
         results[arm]["seconds"] = time.time() - arm_start
         shown = {f"eval/{k}/{arm}": v for k, v in results[arm].items() if k in ("ece", "auc", "acc", "conf")}
         run.log(args.steps, shown, echo=True)
         if args.save_model:
-            model.save_pretrained(run.dir / arm)
+            model.save_pretrained(run.dir / arm)  # fp32 master weights
+            tokenizer.save_pretrained(run.dir / arm)
+        del model, critic
+        gc.collect()
     # 5. the table: ECE, AUC, accuracy, confidence (per odds tier on the toy), stated rate, wall time
     rows = []
     for arm, r in results.items():
@@ -802,6 +1155,29 @@ def main(args: Args) -> dict:
         f"vanilla RM on the confidence prompts):\n\n{format_table(rows)}"
     )
     return results
+
+
+def encode_rollout_prompts(tokenizer, prompts: list, system_prompt: Optional[str], device):
+    """Left-padded prompt ids and mask: a string becomes one user turn of the chat template; a conversation (a list of
+    role/content turns, as chat-format prompt columns hold) goes through the template as it is. `system_prompt`
+    becomes the first turn unless the conversation has a system turn of its own."""
+    if all(isinstance(p, str) for p in prompts):
+        return encode_prompts(tokenizer, prompts, system_prompt=system_prompt, device=device)
+    texts = []
+    for prompt in prompts:
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        has_system = turns and turns[0].get("role") == "system"
+        head = [{"role": "system", "content": system_prompt}] if system_prompt and not has_system else []
+        texts.append(tokenizer.apply_chat_template(head + turns, tokenize=False, add_generation_prompt=True))
+    batch = tokenizer(texts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
+def evaluate_or_skip(policy, tokenizer, eval_prompt, args: Args, allowed, gold, precision: Precision) -> dict:
+    """evaluate() on the held-out prompts; with none (--num-eval 0 on the real path), an empty result."""
+    if len(eval_prompt[0]) == 0:
+        return {"confidences": np.array([]), "stated": float("nan"), "texts": [], "conf": float("nan")}
+    return evaluate(policy, tokenizer, *eval_prompt, args, allowed, gold, precision)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from algos.ppo_mc import (
     strip_confidence,
 )
 from shared.lm import build_tiny_lm, build_tokenizer, load_causal_lm
+from shared.precision import setup_precision
+from shared.reward_models import save_openrlhf_reward_model
 
 TINY = dict(steps=3, rollout_batch_size=8, num_minibatches=2, sft_steps=5, rm_steps=5, crm_steps=3)
 TINY.update(eval_samples_per_key=1, eval_retries=1, num_threads=1)
@@ -187,24 +189,43 @@ def test_it_learns_ppo_m_lowers_confidence():
     assert results["ppo-m"]["ece"] < results["ppo"]["ece"]
 
 
+def crm_pairs(n: int):
+    """Rows in the official CRM data set's format: six conversations per pair (user turn + assistant turn)."""
+    from datasets import Dataset
+
+    def conversation(key, answer, confidence=None):
+        reply = answer + ("" if confidence is None else f" confidence : {confidence}")  # the tiny world's words
+        return [{"role": "user", "content": f"Q {key} A"}, {"role": "assistant", "content": reply}]
+
+    rows = {column: [] for column in ppo_mc.CRM_COLUMNS}
+    for key in range(n):
+        for column, (answer, confidence) in zip(
+            ppo_mc.CRM_COLUMNS, [("a", None), ("b", None), ("a", 9), ("a", 2), ("b", 8), ("b", 1)]
+        ):
+            rows[column].append(conversation(key, answer, confidence))
+    return Dataset.from_dict(rows)
+
+
 @pytest.fixture
 def real_folders(tmp_path):
-    from datasets import Dataset
+    from datasets import Dataset, DatasetDict
 
     policy, tokenizer = build_tiny_lm(seed=0)
     policy.save_pretrained(tmp_path / "policy")
     tokenizer.save_pretrained(tmp_path / "policy")
     rm, _ = load_causal_lm("tiny", model_class=AutoModelForSequenceClassification, num_labels=1)
-    rm.save_pretrained(tmp_path / "rm")
+    rm.save_pretrained(tmp_path / "rm")  # transformers' format: the head is score.weight
     tokenizer.save_pretrained(tmp_path / "rm")
+    save_openrlhf_reward_model(tmp_path / "openrlhf_rm", rm, tokenizer, mean=0.25, std=2.0)  # value_head.weight
     Dataset.from_dict({"prompt": ["Q 1 A", "Q 2 A", "Q 3 A"]}).save_to_disk(tmp_path / "prompts")
+    DatasetDict({"train": crm_pairs(6), "eval": crm_pairs(2)}).save_to_disk(tmp_path / "crm_pairs")
     Dataset.from_dict({"text": ["Q 1 A"]}).save_to_disk(tmp_path / "no_prompt")
     Dataset.from_dict({"prompt": ["Q 1 A", "Q 2 A"], "answer": ["a", "b"]}).save_to_disk(tmp_path / "eval")
     return tmp_path
 
 
 def real_args(folders, **overrides):
-    fields = dict(model_name=str(folders / "policy"), reward_model_name=str(folders / "rm"), steps=2)
+    fields = dict(model_name=str(folders / "policy"), reward_model_name=str(folders / "openrlhf_rm"), steps=2)
     fields.update(dataset_name=str(folders / "prompts"), crm_model_name=str(folders / "rm"))
     fields.update(eval_dataset_name=str(folders / "eval"), rollout_batch_size=4, num_minibatches=2)
     fields.update(max_new_tokens=6, eval_retries=1, arms=("ppo-m", "ppo-c"))
@@ -228,6 +249,12 @@ def test_real_path_through_folders(real_folders, runs_in_tmp):
         (dict(reward_model_name="some/rm"), "all or none"),
         (dict(max_new_tokens=6), "--max-new-tokens 5"),
         (dict(lam=1.5), "--lam"),
+        (dict(actor_lr=0.0), "--actor-lr must be a positive, finite learning rate"),
+        (dict(critic_lr=-1e-6), "--critic-lr must be a positive, finite learning rate"),
+        (dict(crm_lr=float("nan")), "--crm-lr must be a positive, finite learning rate"),
+        (dict(actor_lr=float("nan")), "--actor-lr"),
+        (dict(dtype="fp16"), "bf16"),
+        (dict(crm_dataset_name="some/pairs"), "the toy trains its own"),
     ],
 )
 def test_bad_options_fail_fast(overrides, message):
@@ -245,6 +272,201 @@ def test_bad_real_inputs_fail_fast(real_folders, runs_in_tmp):
         ppo_mc.main(real_args(real_folders, dataset_name=str(real_folders / "no_prompt")))
     with pytest.raises(SystemExit, match="cannot load"):
         ppo_mc.main(real_args(real_folders, model_name="no-such-org/no-such-model-ppo-mc"))
-    with pytest.raises(SystemExit, match="ppo-m on the real path needs --crm-model-name"):
+    with pytest.raises(SystemExit, match="ppo-m on the real path needs a calibrated RM"):
         ppo_mc.main(real_args(real_folders, crm_model_name=None))
+    with pytest.raises(SystemExit, match="not both"):
+        ppo_mc.main(real_args(real_folders, crm_dataset_name=str(real_folders / "crm_pairs")))
     assert not runs_in_tmp.exists()  # nothing half-written
+
+
+# real formats: OpenRLHF reward checkpoints, the CRM data set -----------------------------------------------------
+def test_openrlhf_checkpoint_scores_with_its_value_head(real_folders):
+    """An OpenRLHF reward checkpoint (Qwen2 body + value_head.weight, mean / std in config.json) is scored with its
+    own head and statistics: reward = (h_last . w - mean) / std, computed here from the files independently."""
+    from safetensors import safe_open
+    from transformers import AutoModel
+
+    folder = real_folders / "openrlhf_rm"
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as weights:
+        assert "value_head.weight" in weights.keys() and "score.weight" not in weights.keys()
+        value_head = weights.get_tensor("value_head.weight")  # [1, H]
+    _, tokenizer = build_tiny_lm(seed=0)
+    rm = ppo_mc.load_rm(str(folder), tokenizer, Args(), "cpu", torch.float32)
+    assert rm.config.reward_head == "value_head.weight" and rm.config.normalize_reward
+    texts = ["Q 1 A a confidence : 7 <|im_end|>", "Q 2 A b <|im_end|>"]
+    batch = tokenizer(texts, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        rewards = ppo_mc.rm_reward(rm, ids[:, :3], mask[:, :3], ids[:, 3:], mask[:, 3:])  # [2]
+        hidden = AutoModel.from_pretrained(folder)(input_ids=ids, attention_mask=mask).last_hidden_state  # [2, L, H]
+    last = mask.sum(1) - 1  # right padding: the EOS
+    expected = (hidden[torch.arange(2), last] @ value_head[0] - 0.25) / 2.0
+    assert torch.allclose(rewards, expected, atol=1e-5)
+    raw = ppo_mc.load_rm(str(folder), tokenizer, Args(normalize_reward="off"), "cpu", torch.float32)
+    with torch.no_grad():
+        raw_rewards = ppo_mc.rm_reward(raw, ids[:, :3], mask[:, :3], ids[:, 3:], mask[:, 3:])
+    assert torch.allclose(raw_rewards, expected * 2.0 + 0.25, atol=1e-5)
+
+
+def test_causal_lm_as_reward_model_fails_at_start_up(real_folders, runs_in_tmp):
+    for option in ("reward_model_name", "crm_model_name", "critic_model_name"):
+        with pytest.raises(SystemExit, match=r"no reward head, neither score\.weight .* nor value_head\.weight"):
+            ppo_mc.main(real_args(real_folders, **{option: str(real_folders / "policy")}))
+    assert not runs_in_tmp.exists()  # refused before the run folder is made
+
+
+def test_crm_fine_tuned_on_the_official_columns(real_folders, runs_in_tmp):
+    """--crm-dataset-name: the vanilla (OpenRLHF) RM fine-tuned into the CRM on chosen/rejected x high/low
+    conversations, its six-variant eval mean / std stored, then PPO-M against it."""
+    _, tokenizer = build_tiny_lm(seed=0)
+    rows = crm_pairs(2)[:2]
+    variants = ppo_mc.encode_crm_rows(tokenizer, rows, 64, "cpu")
+    cwh_ids, cwh_mask = variants[2]
+    words = tokenizer.convert_ids_to_tokens(cwh_ids[0][cwh_mask[0].bool()])
+    assert words[8:12] == ["a", "confidence", ":", "9"] and words[-1] == "<|im_end|>"  # chat template, EOS last
+    short = ppo_mc.encode_crm_rows(tokenizer, rows, 5, "cpu")[2][0]  # truncated: EOS forced into the last token
+    assert short.shape[1] == 5 and (short[:, -1] == tokenizer.eos_token_id).all()
+    options = dict(crm_model_name=None, crm_dataset_name=str(real_folders / "crm_pairs"), arms=("ppo-m",))
+    ppo_mc.main(
+        real_args(real_folders, **options, crm_batch_size=4, crm_micro_batch_size=2, crm_lr=1e-2, save_model=True)
+    )
+    run_dir = next(runs_in_tmp.iterdir())
+    crm = AutoModelForSequenceClassification.from_pretrained(run_dir / "crm")
+    vanilla = ppo_mc.load_rm(str(real_folders / "openrlhf_rm"), tokenizer, Args(), "cpu", torch.float32)
+    assert not torch.equal(crm.score.weight, vanilla.score.weight)  # the head was loaded, then trained
+    assert crm.config.mean != 0.25 and crm.config.std > 0  # the CRM's own six-variant statistics
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum("losses/rm_loss/crm" in row for row in lines) == 2  # 6 pairs / 4 per step, one epoch
+    assert any("losses/policy_loss/ppo-m" in row for row in lines)
+
+
+# truncation, sampling, micro-batches, precision ------------------------------------------------------------------
+def test_truncated_responses_eos_written_last_or_fixed_penalty():
+    """A response that hits max_new_tokens: `eos` writes EOS into its last position, so the RM reads its reward at
+    an EOS token [OpenRLHF process_sequences]; `penalty` keeps the tokens and replaces the score by a fixed value."""
+    model, tokenizer = build_tiny_lm(seed=3)
+    stop_ids, eos = ppo_mc.stop_token_ids(tokenizer, model), tokenizer.eos_token_id
+    prompt_ids, prompt_mask = ppo_mc.encode_prompts(tokenizer, ["Q 1 A"] * 6)
+    args = Args(max_new_tokens=3, generation_batch_size=4)
+    ids, mask = ppo_mc.generate(model, prompt_ids, prompt_mask, stop_ids, args)  # random weights: mostly no stop
+    ids[0] = torch.tensor([7, 8, eos])  # stops exactly at the limit: not truncated
+    ids[1], mask[1] = torch.tensor([eos, tokenizer.pad_token_id, tokenizer.pad_token_id]), torch.tensor([1, 0, 0])
+    ids[2:], mask[2:] = torch.tensor([9, 10, 11]), 1  # rows 2-5 hit the limit without a stop token
+    eos_ids, eos_mask, truncated = ppo_mc.end_truncated(ids, mask, stop_ids, eos, "eos")
+    assert truncated.tolist() == [False, False, True, True, True, True]
+    assert (eos_ids[2:, -1] == eos).all() and torch.equal(eos_ids[:, :2], ids[:, :2]) and torch.equal(eos_mask, mask)
+    rm, _ = load_causal_lm("tiny", model_class=AutoModelForSequenceClassification, num_labels=1, seed=4)
+    with torch.no_grad():
+        scores = ppo_mc.token_scores(rm, torch.cat([prompt_ids, eos_ids], 1), torch.cat([prompt_mask, mask], 1))
+        rewards = ppo_mc.rm_reward(rm, prompt_ids, prompt_mask, eos_ids, eos_mask)
+    assert torch.allclose(rewards[2:], scores[2:, -1])  # read at the written EOS
+    kept_ids, _, truncated = ppo_mc.end_truncated(ids, mask, stop_ids, eos, "penalty")
+    assert torch.equal(kept_ids, ids) and truncated.sum() == 4
+    penalised = ppo_mc.apply_missing_eos_penalty(torch.arange(6.0), truncated, -1.0)
+    assert penalised.tolist() == [0.0, 1.0, -1.0, -1.0, -1.0, -1.0]
+
+
+def test_rollouts_sample_at_plain_temperature_unless_top_k():
+    """--top-k 0 (the code's top_k=None) samples from the whole softmax; top-k 50 never leaves the 50 best tokens."""
+    model, tokenizer = build_tiny_lm(seed=5)
+    prompt_ids, prompt_mask = ppo_mc.encode_prompts(tokenizer, ["Q 3 A"] * 128)
+    with torch.no_grad():
+        logits = model(input_ids=prompt_ids[:1], attention_mask=prompt_mask[:1]).logits[0, -1]  # [V]
+    top50 = set(logits.topk(50).indices.tolist())
+    args = Args(max_new_tokens=1, generation_batch_size=128)
+    for top_k, leaves in ((0, True), (50, False)):
+        ids, _ = ppo_mc.generate(model, prompt_ids, prompt_mask, [-1], args, top_k=top_k)
+        assert any(token not in top50 for token in ids[:, 0].tolist()) == leaves, top_k
+
+
+def ppo_batch(seed: int = 6):
+    model, tokenizer = build_tiny_lm(seed=seed)
+    critic, _ = load_causal_lm("tiny", model_class=AutoModelForSequenceClassification, num_labels=1, seed=seed)
+    torch.manual_seed(seed)
+    prompt_ids, prompt_mask = ppo_mc.encode_prompts(tokenizer, [f"Q {k} A" for k in range(8)])
+    ids = torch.randint(5, 100, (8, 4))
+    mask = torch.tensor([[1, 1, 1, 1]] * 4 + [[1, 1, 0, 0]] * 2 + [[1, 0, 0, 0]] * 2)
+    inputs = (prompt_ids, prompt_mask, ids, mask)
+    old_logp = ppo_mc.logprobs(model, *inputs)[0].detach() + 0.1 * torch.randn(8, 4)  # ratios off 1: clipping on
+    advantages, returns = torch.randn(8, 4), torch.randn(8, 4)
+    old_values = ppo_mc.critic_values(critic, *inputs).detach() + 0.3 * torch.randn(8, 4)
+    return model, critic, inputs, old_logp, advantages, old_values, returns
+
+
+def gradients(model):
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_micro_batches_give_the_full_batch_gradient():
+    """Actor and critic: the minibatch as 1 x 8, 4 x 2 and 8 x 1 gives the loss and gradients of one full-batch
+    policy_loss / value_loss (1e-5); so does the CRM loss over micro-batches of pairs."""
+    model, critic, inputs, old_logp, advantages, old_values, returns = ppo_batch()
+    precision = setup_precision("fp32", cuda=False)
+    mask = inputs[3].float()
+    full = ppo_mc.policy_loss(ppo_mc.logprobs(model, *inputs)[0], old_logp, advantages, mask)
+    full.backward()
+    expected = gradients(model)
+    full_value = ppo_mc.value_loss(ppo_mc.critic_values(critic, *inputs), old_values, returns, mask)
+    full_value.backward()
+    expected_value = gradients(critic)
+    for size in (8, 2, 1):
+        model.zero_grad()
+        critic.zero_grad()
+        args = Args(micro_train_batch_size=size)
+        loss, _, _ = ppo_mc.accumulate_policy_gradients(model, inputs, old_logp, advantages, args, precision, None)
+        v_loss = ppo_mc.accumulate_value_gradients(critic, inputs, old_values, returns, args, precision)
+        assert loss == pytest.approx(full.item(), abs=1e-6) and v_loss == pytest.approx(full_value.item(), abs=1e-6)
+        for ours, theirs in zip(gradients(model) + gradients(critic), expected + expected_value):
+            assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5), size
+    variants = [(torch.cat([inputs[0], inputs[2]], 1), torch.cat([inputs[1], inputs[3]], 1))] * 6
+    variants = [(ids.roll(k, 0), m.roll(k, 0)) for k, (ids, m) in enumerate(variants)]  # six different sets of rows
+    crm_grads = []
+    for size in (8, 2):
+        critic.zero_grad()
+        loss, _ = ppo_mc.accumulate_crm_gradients(critic, variants, True, size, precision)
+        crm_grads.append((loss, gradients(critic)))
+    assert crm_grads[0][0] == pytest.approx(crm_grads[1][0], abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in zip(crm_grads[0][1], crm_grads[1][1]))
+
+
+def test_bf16_autocast_moves_the_weights_like_fp32(tmp_path, runs_in_tmp):
+    """512-wide random Qwen2 policy, an OpenRLHF-format RM, lr 1e-6, one PPO step: fp32 master weights under bf16
+    autocast move the policy 0.7-1.4x as far as fp32 does; bf16 weights without masters do not (> 3x: rounding)."""
+    from benchmarks.real_shape import weight_distance
+
+    model, tokenizer = build_tiny_lm(seed=11, hidden_size=512)
+    model.save_pretrained(tmp_path / "start")
+    tokenizer.save_pretrained(tmp_path / "start")
+    rm, _ = load_causal_lm("tiny", model_class=AutoModelForSequenceClassification, num_labels=1, seed=12)
+    save_openrlhf_reward_model(tmp_path / "rm", rm, tokenizer, mean=0.0, std=1.0)
+    from datasets import Dataset
+
+    Dataset.from_dict({"prompt": [f"Q {k} A" for k in range(8)]}).save_to_disk(tmp_path / "prompts")
+    options = dict(model_name=str(tmp_path / "start"), reward_model_name=str(tmp_path / "rm"), arms=("ppo",))
+    options.update(dataset_name=str(tmp_path / "prompts"), steps=1, rollout_batch_size=4, num_minibatches=1)
+    options.update(max_new_tokens=4, actor_lr=1e-6, critic_lr=1e-6, num_eval=0, save_model=True)
+    distances = {}
+    for name, extra in (
+        ("fp32", dict(dtype="fp32")),
+        ("bf16", dict(dtype="bf16")),
+        ("pure", dict(dtype="bf16", fp32_master=False)),
+    ):
+        ppo_mc.main(Args(**options, **extra, exp_name=name))
+        (folder,) = [f for f in runs_in_tmp.iterdir() if f"__{name}__" in f.name]
+        distances[name] = weight_distance(tmp_path / "start", folder / "ppo")
+    assert distances["fp32"] > 0
+    assert 0.7 <= distances["bf16"] / distances["fp32"] <= 1.4, distances
+    assert distances["pure"] / distances["fp32"] > 3, distances
+
+
+def test_prompt_columns_as_strings_or_conversations():
+    """A prompt column of strings and one of conversations (chat-format data sets) give the same prompt tokens."""
+    _, tokenizer = build_tiny_lm(seed=0)
+    strings = ppo_mc.encode_rollout_prompts(tokenizer, ["Q 1 A", "Q 22 A b"], "confidence ?", "cpu")
+    turns = [[{"role": "user", "content": "Q 1 A"}], [{"role": "user", "content": "Q 22 A b"}]]
+    conversations = ppo_mc.encode_rollout_prompts(tokenizer, turns, "confidence ?", "cpu")
+    assert torch.equal(strings[0], conversations[0]) and torch.equal(strings[1], conversations[1])
+    own_system = [[{"role": "system", "content": "confidence ?"}, {"role": "user", "content": "Q 1 A"}]]
+    assert torch.equal(
+        ppo_mc.encode_rollout_prompts(tokenizer, own_system, "confidence ?", "cpu")[0], strings[0][:1, 1:]
+    )
