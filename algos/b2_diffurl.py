@@ -87,6 +87,7 @@ from shared.runs import RunLogger, fail, format_table, make_run_name, pick_devic
 
 CACHE_DIR = Path(os.environ.get("REWARDLAB_CACHE", Path(__file__).resolve().parents[1] / "runs" / "cache"))
 ARMS = ("main", "ddpo", "no-branch", "fixed-split", "select-all")
+DTYPE_NAMES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")  # shared.runs.pick_dtype's names
 
 
 @dataclass
@@ -151,8 +152,11 @@ class Args:
     """epochs over the selected set per stage"""
     train_batch_size: int = 64
     """samples per optimiser step (gradients accumulated over all their trained transitions)"""
-    train_micro_batch: int = 4096
-    """transitions per forward/backward pass (lower it for big models)"""
+    train_micro_batch: Optional[int] = None
+    """transitions per forward/backward pass, x2 rows with CFG (default: 2 on the real path [code], 4096 on the toy)"""
+    sample_batch_size: Optional[int] = None
+    """rows per UNet call while sampling (x2 with CFG) and images per VAE decode and reward call (default: 8 on the
+    real path [code run_sample.py, run_select.py], every row at once on the toy)"""
     ppo_clip: float = 0.1
     """PPO ratio clip eps for B²"""
     adv_clip: float = 5.0
@@ -295,24 +299,57 @@ def guided_eps(eps_fn, x, t, cond, null_cond, w):
 
 
 @torch.no_grad()
-def sample_with_branches(eps_fn, scheduler, x_T, cond, null_cond, w, eta, branch_index, num_branches, generator=None):
-    """Shared prefix 0..b-1, then S continuations per prefix (rows p*S + j). Returns x_0 and the post-branch
-    transitions: latents / next latents [P*S, N-b, ...], old log-probs [P*S, N-b]."""
+def ddim_step_in_chunks(eps_fn, scheduler, x, t, cond, null_cond, w, eta, batch_size=None, generator=None, table=None):
+    """One guided DDIM step of every row of x, `batch_size` rows per eps_fn call (None: all rows in one call), so the
+    live activations are those of one chunk; `table` given: cond holds row ids into it, looked up one chunk at a
+    time. Returns x_t' [B, ...] and log pi [B]."""
+    size = batch_size or len(x)
+    steps = []
+    for start in range(0, len(x), size):
+        rows = slice(start, start + size)
+        t_rows = t.expand(len(x[rows]))  # [b]
+        cond_rows = cond[rows] if table is None else table[cond[rows]]  # [b, ...]
+        eps = guided_eps(eps_fn, x[rows], t_rows, cond_rows, null_cond, w)
+        steps.append(ddim_step_with_logprob(scheduler, eps, t_rows, x[rows], eta, None, generator))
+    return torch.cat([nxt for nxt, _ in steps]), torch.cat([lp for _, lp in steps])
+
+
+@torch.no_grad()
+def sample_with_branches(
+    eps_fn,
+    scheduler,
+    x_T,
+    cond,
+    null_cond,
+    w,
+    eta,
+    branch_index,
+    num_branches,
+    generator=None,
+    batch_size=None,
+    storage=None,
+    table=None,
+):
+    """Shared prefix 0..b-1, then S continuations per prefix (rows p*S + j), `batch_size` rows per eps_fn call (None:
+    every row at once; `table` given: cond holds prompt ids into it). Returns x_0 and the post-branch transitions,
+    kept on `storage` (default: x_T's device), so that the device holds the activations of one chunk: x_0 [P*S, ...],
+    latents / next latents [P*S, N-b, ...], old log-probs [P*S, N-b]."""
     x, timesteps = x_T, scheduler.timesteps
+    storage = storage or x_T.device
     for i in range(branch_index):
-        t = timesteps[i].expand(len(x))
-        eps = guided_eps(eps_fn, x, t, cond, null_cond, w)
-        x, _ = ddim_step_with_logprob(scheduler, eps, t, x, eta, None, generator)
+        x, _ = ddim_step_in_chunks(
+            eps_fn, scheduler, x, timesteps[i], cond, null_cond, w, eta, batch_size, generator, table
+        )
     x, cond = x.repeat_interleave(num_branches, 0), cond.repeat_interleave(num_branches, 0)  # [P*S, ...]
     latents, next_latents, log_probs = [], [], []
     for i in range(branch_index, len(timesteps)):
-        t = timesteps[i].expand(len(x))
-        eps = guided_eps(eps_fn, x, t, cond, null_cond, w)
-        nxt, lp = ddim_step_with_logprob(scheduler, eps, t, x, eta, None, generator)
-        latents.append(x), next_latents.append(nxt), log_probs.append(lp)
+        nxt, lp = ddim_step_in_chunks(
+            eps_fn, scheduler, x, timesteps[i], cond, null_cond, w, eta, batch_size, generator, table
+        )
+        latents.append(x.to(storage)), next_latents.append(nxt.to(storage)), log_probs.append(lp.to(storage))
         x = nxt
     stack = lambda v: torch.stack(v, 1) if v else None  # noqa: E731
-    return x, stack(latents), stack(next_latents), stack(log_probs)
+    return x.to(storage), stack(latents), stack(next_latents), stack(log_probs)
 
 
 # ------------------------------------------------------------------------------------------------------- the toy
@@ -425,9 +462,21 @@ def run_arm(args, cfg, world, params, tag, run, seed):
         branch = steps[0]
         # 2. sample with the current weights (= pi_old): shared prefix, S continuations each
         prompt_ids = world.draw_prompts(num_prefixes)  # [P]
-        x_T, cond = world.noise(num_prefixes), world.cond_table[prompt_ids]
+        x_T = world.noise(num_prefixes)
         x0, lat, nxt, old_lp = sample_with_branches(
-            world.eps_fn, world.scheduler, x_T, cond, world.null_cond, w, args.eta, branch, S
+            world.eps_fn,
+            world.scheduler,
+            x_T,
+            prompt_ids,
+            world.null_cond,
+            w,
+            args.eta,
+            branch,
+            S,
+            None,
+            world.sample_batch_size,
+            world.storage,
+            world.cond_table,
         )
         prompt_ids = prompt_ids.repeat_interleave(S)  # [P*S]
         # 3. reward (sparse, terminal) and per-prompt z-scores
@@ -449,6 +498,7 @@ def run_arm(args, cfg, world, params, tag, run, seed):
             rows = torch.tensor([r for r, _ in picked], dtype=torch.long)
             adv = torch.tensor([a for _, a in picked], dtype=torch.float32)
         # 5. PPO-clip on the post-branch transitions of the selected samples
+        prompt_ids = prompt_ids.to(lat.device)
         data = dict(prompt=prompt_ids[rows], lat=lat[rows], nxt=nxt[rows], old_lp=old_lp[rows], adv=adv.to(lat.device))
         stats = train_on_transitions(args, world, params, opt, clip_range, ddpo, data, world.scheduler.timesteps[steps])
         # 6. log against cumulative reward calls; the weights and optimiser state go on to stage k+1
@@ -474,13 +524,14 @@ def train_on_transitions(args, world, params, opt, clip_range, ddpo, data, times
             step_ix = torch.arange(s).repeat(len(idx))  # [b*s]
             order = torch.randperm(len(sample_ix))
             sample_ix, step_ix = sample_ix[order], step_ix[order]
-            for rows in torch.arange(len(sample_ix)).split(args.train_micro_batch):
+            for rows in torch.arange(len(sample_ix)).split(world.train_micro_batch):
                 si, ti = sample_ix[rows], step_ix[rows]
-                x, t = data["lat"][si, ti], timesteps[ti].to(data["lat"].device)  # [r, ...], [r]
-                cond = world.cond_table[data["prompt"][si]]
+                x, t = data["lat"][si, ti].to(world.device), timesteps[ti].to(world.device)  # [r, ...], [r]
+                cond = world.cond_table[data["prompt"][si].to(world.device)]
                 eps = guided_eps(world.eps_fn, x, t, cond, world.null_cond, world.guidance)
-                _, log_prob = ddim_step_with_logprob(world.scheduler, eps, t, x, args.eta, data["nxt"][si, ti])
-                old_lp, adv = data["old_lp"][si, ti], data["adv"][si]
+                nxt = data["nxt"][si, ti].to(world.device)  # [r, ...]
+                _, log_prob = ddim_step_with_logprob(world.scheduler, eps, t, x, args.eta, nxt)
+                old_lp, adv = data["old_lp"][si, ti].to(world.device), data["adv"][si].to(world.device)
                 loss, st = ppo_clip_loss(log_prob, old_lp, adv, clip_range, args.adv_clip, args.beta_pos, args.beta_neg)
                 (loss * len(rows) / len(sample_ix)).backward()
                 totals["losses/policy_loss"] += loss.item()
@@ -504,6 +555,8 @@ class ToyWorld:
         self.eps_fn, self.guidance = model, args.guidance_scale if args.guidance_scale is not None else 1.0
         self.cond_table, self.null_cond = torch.arange(4, device=device), torch.tensor([4], device=device)
         self.centres, self.kind = toy_centres().to(device), args.reward_fn or "precision"
+        self.sample_batch_size, self.storage = args.sample_batch_size, device  # None: every row in one call
+        self.train_micro_batch = args.train_micro_batch or 4096
 
     def draw_prompts(self, n):  # stratified over the 4 classes, then shuffled
         return (torch.arange(n) % 4)[torch.randperm(n)].to(self.device)
@@ -549,6 +602,22 @@ def load_prompts(path):
     return prompts
 
 
+def to_8bit_images(images):
+    """Images [B, 3, H, W] in [0, 1] -> PIL RGB images as the code saves its PNGs: (x * 255) cast to uint8, which
+    truncates [code run_sample.py]."""
+    from PIL import Image
+
+    pixels = (images.float().clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy().astype("uint8")  # [B, H, W, 3]
+    return [Image.fromarray(p) for p in pixels]
+
+
+def clip_pixels(images, preprocess):
+    """CLIP inputs [B, 3, 224, 224] the way the code makes them: the 8-bit images through open_clip's own
+    `preprocess` (for ViT-H-14: resize the short side to 224, bicubic with PIL's antialiasing, centre crop 224,
+    normalise with the OpenAI mean / std; transformers' CLIPImageProcessor does the same)."""
+    return torch.stack([torch.as_tensor(preprocess(image)) for image in to_8bit_images(images)])
+
+
 def build_reward_fn(name, device):
     """(images [B, 3, H, W] in [0, 1], prompts) -> rewards [B]. Fails at start-up when weights are missing."""
     if name == "jpeg":  # DDPO's jpeg compressibility: minus the JPEG size in kB (weight-free)
@@ -570,19 +639,17 @@ def build_reward_fn(name, device):
         try:
             import open_clip
 
-            model, _, _ = open_clip.create_model_and_transforms("ViT-H-14", pretrained="laion2b_s32b_b79k")
+            model, _, preprocess = open_clip.create_model_and_transforms("ViT-H-14", pretrained="laion2b_s32b_b79k")
         except Exception as e:  # no package, no weights offline
             why = f"{type(e).__name__}: {e}"
             fail(f"--reward-fn clip needs open_clip + ViT-H-14 laion2b weights ({why}); or use jpeg / module:function")
         model, tokenizer = model.to(device).eval(), open_clip.get_tokenizer("ViT-H-14")
-        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073], device=device)[:, None, None]
-        std = torch.tensor([0.26862954, 0.26130258, 0.27577711], device=device)[:, None, None]
 
         @torch.no_grad()
         def clip_score(images, prompts):
-            pixels = (nn.functional.interpolate(images.float(), size=224, mode="bicubic") - mean) / std
-            img = nn.functional.normalize(model.encode_image(pixels), dim=-1)  # [B, D]
-            txt = nn.functional.normalize(model.encode_text(tokenizer(prompts).to(device)), dim=-1)  # [B, D]
+            pixels = clip_pixels(images, preprocess).to(device)  # [B, 3, 224, 224]
+            img = nn.functional.normalize(model.encode_image(pixels).float(), dim=-1)  # [B, D]
+            txt = nn.functional.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)  # [B, D]
             return (img * txt).sum(-1)
 
         return clip_score
@@ -645,6 +712,9 @@ class SDWorld:
             embeds = pipe.text_encoder.to(device)(ids.input_ids.to(device))[0]  # [P+1, L, H]
         self.cond_table, self.null_cond = embeds[:-1], embeds[-1:]
         self.guidance = args.guidance_scale if args.guidance_scale is not None else 5.0
+        self.sample_batch_size = args.sample_batch_size or 8  # [code run_sample.py: 8 prompts per batch]
+        self.train_micro_batch = args.train_micro_batch or 2  # [code: train batch size 2]
+        self.storage = torch.device("cpu")  # the stage's trajectories wait on the CPU [code: .cpu() before pickling]
 
     def eps_fn(self, x, t, cond):
         return self.unet(x.to(self.dtype), t.to(self.device), encoder_hidden_states=cond).sample.float()
@@ -657,11 +727,16 @@ class SDWorld:
 
     @torch.no_grad()
     def reward(self, latents, prompt_ids):
-        images = []
-        for chunk in latents.split(8):
-            images.append(self.vae.decode(chunk.to(self.dtype) / self.vae.config.scaling_factor).sample.float())
-        images = (torch.cat(images) / 2 + 0.5).clamp(0, 1)  # [B, 3, H, W]
-        return torch.as_tensor(self.reward_fn(images, [self.prompts[i] for i in prompt_ids.tolist()])).float()
+        """Decode and score `sample_batch_size` latents at a time [code: 8 images per CLIP call]: only one chunk of
+        images is ever held."""
+        rewards = []
+        for start in range(0, len(latents), self.sample_batch_size):
+            chunk = latents[start : start + self.sample_batch_size].to(self.device, self.dtype)
+            images = self.vae.decode(chunk / self.vae.config.scaling_factor).sample.float()
+            images = (images / 2 + 0.5).clamp(0, 1)  # [b, 3, H, W]
+            prompts = [self.prompts[i] for i in prompt_ids[start : start + self.sample_batch_size].tolist()]
+            rewards.append(torch.as_tensor(self.reward_fn(images, prompts)).float().cpu())
+        return torch.cat(rewards)
 
     def evaluate(self):
         return {}
@@ -680,10 +755,24 @@ def check_args(args):
         fail(f"--fixed-split {args.fixed_split} must be in 1..--num-steps ({N})")
     toy_branch_arms = args.model_name is None and bool({"fixed-split", "select-all"} & set(args.arms))
     branching = (args.method == "b2" and not args.no_branch) or toy_branch_arms
+    if args.num_branches < 1:
+        fail(f"--num-branches {args.num_branches}: a stage makes prefixes x S reward calls, so S must be >= 1")
     if branching and args.num_branches < 2:
         fail(f"--num-branches {args.num_branches}: branch sampling needs S >= 2 (or use --no-branch / --method ddpo)")
-    if min(args.prefixes_per_stage, args.train_batch_size, args.train_micro_batch, args.num_seeds, args.epochs) < 1:
-        fail("--prefixes-per-stage, --train-batch-size, --train-micro-batch, --num-seeds, --epochs must be >= 1")
+    if min(args.prefixes_per_stage, args.train_batch_size, args.num_seeds, args.epochs) < 1:
+        fail("--prefixes-per-stage, --train-batch-size, --num-seeds, --epochs must be >= 1")
+    for name in ("train_micro_batch", "sample_batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1 (or left unset for the default)")
+    for name in ("lr", "ddpo_lr", "pretrain_lr"):
+        if not getattr(args, name) > 0 or not math.isfinite(getattr(args, name)):
+            fail(f"--{name.replace('_', '-')} {getattr(args, name)}: a learning rate must be a positive number")
+    if args.dtype not in DTYPE_NAMES:
+        fail(f"--dtype {args.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
+    if args.prompt_file is not None and not Path(args.prompt_file).is_file():
+        fail(f"--prompt-file {args.prompt_file} does not exist")
+    if args.prompt_file is not None and args.model_name is None:
+        fail("--prompt-file is for the real path (--model-name): the toy's prompts are its 4 classes")
     if args.tau_neg > args.tau_pos:
         fail(f"--tau-neg {args.tau_neg} > --tau-pos {args.tau_pos}")
     toy_rewards = ("precision", "mode")

@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -219,6 +220,17 @@ def test_real_path_tiny_pipeline(tiny_pipeline, tmp_path, runs_in_tmp):
         (dict(eta=0.0), "eta"),
         (dict(fixed_split=0), "fixed-split"),
         (dict(reward_fn="clip"), "toy"),
+        (dict(num_branches=0, no_branch=True, arms=("main",)), "S must be >= 1"),
+        (dict(prompt_file="/nonexistent"), "does not exist"),
+        (dict(prompt_file=__file__), "real path"),
+        (dict(lr=0.0), "--lr 0.0"),
+        (dict(lr=-1e-4), "--lr"),
+        (dict(lr=float("nan")), "--lr nan"),
+        (dict(ddpo_lr=0.0), "--ddpo-lr"),
+        (dict(pretrain_lr=float("nan")), "--pretrain-lr"),
+        (dict(dtype="foo"), "dtype"),
+        (dict(sample_batch_size=0), "sample-batch-size"),
+        (dict(train_micro_batch=0), "train-micro-batch"),
         (dict(model_name="no-such-org/no-such-model", reward_fn="jpeg"), "could not load"),
     ],
 )
@@ -240,3 +252,83 @@ def test_real_path_bad_inputs(tiny_pipeline, tmp_path):
     with pytest.raises(SystemExit, match="toy reward"):
         b2.main(replace(b2.Args(), model_name=tiny_pipeline, **dict(REAL, reward_fn="precision")))
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+# ------------------------------------------------------------------------------ memory: chunks, micro-batches
+def test_chunked_sampling_equals_one_pass_and_bounds_the_rows():
+    torch.manual_seed(0)
+    model, toy = b2.ToyEps(), b2.ToyDDIM()
+    toy.set_timesteps(4)
+    rows_seen = []
+
+    def eps_fn(x, t, c):
+        rows_seen.append(len(x))
+        return model(x, t, c)
+
+    x_T, classes, null = torch.randn(3, 2), torch.tensor([0, 2, 3]), torch.tensor([4])
+    one_pass = b2.sample_with_branches(model, toy, x_T, classes, null, 2.0, 1.0, 2, 2, torch.Generator().manual_seed(1))
+    table = torch.arange(4)  # prompt ids looked up per chunk, as the real path looks up its text embeddings
+    chunked = b2.sample_with_branches(
+        eps_fn, toy, x_T, classes, null, 2.0, 1.0, 2, 2, torch.Generator().manual_seed(1), 2, None, table
+    )
+    assert max(rows_seen) == 4  # 2 rows x 2 (CFG) per call, never the 6 rows of a step
+    for a, b in zip(one_pass, chunked):  # the same noise in the same order (draws below 16 entries are sequential)
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_real_path_defaults_are_small_and_rewards_come_in_chunks(tiny_pipeline):
+    args = replace(b2.Args(), model_name=tiny_pipeline, **dict(REAL, train_micro_batch=None))
+    world = b2.SDWorld(args, torch.device("cpu"))
+    assert world.sample_batch_size == 8 and world.train_micro_batch == 2  # [code]: 8 per batch, train batch 2
+    sizes = []
+    world.reward_fn = lambda images, prompts: sizes.append(len(images)) or torch.zeros(len(images))
+    rewards = world.reward(torch.randn(19, *world.latent_shape), torch.zeros(19, dtype=torch.long))
+    assert sizes == [8, 8, 3] and rewards.shape == (19,)
+
+
+def test_clip_inputs_are_the_8bit_images_through_the_clip_preprocess():
+    """The code saves (x * 255) cast to uint8 (truncated) and runs open_clip's preprocess on the PNGs: resize the
+    short side to 224 (PIL bicubic), centre crop, normalise. transformers' PIL CLIP processor stands in for it here
+    (open_clip is not installed offline), and a hand-made PIL + numpy version of those steps checks it."""
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil
+
+    images = torch.rand(2, 3, 64, 96)
+    images[0, 0, 0, :3] = torch.tensor([0.9999, 0.5, 1.0])
+    pil = b2.to_8bit_images(images)
+    assert [pil[0].getpixel((column, 0))[0] for column in range(3)] == [254, 127, 255]  # truncated, not rounded
+    processor = CLIPImageProcessorPil()
+    pixels = b2.clip_pixels(images, lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0])
+    mean, std = np.array(processor.image_mean), np.array(processor.image_std)
+    for image, got in zip(pil, pixels):
+        resized = np.asarray(image.resize((336, 224), Image.BICUBIC), dtype=np.float64) / 255  # short side -> 224
+        expected = (resized[:, 56:280] - mean) / std  # centre crop 224 x 224
+        assert got.shape == (3, 224, 224) and np.allclose(got.permute(1, 2, 0).numpy(), expected, atol=1e-5)
+
+
+def run_b2_child(pipeline, prompts, tmp_path, prefixes, sample_batch, micro_batch):
+    """One real-path stage in a process of its own (benchmarks/real_shape.py's `measure`): its peak RSS in bytes."""
+    from benchmarks import real_shape
+
+    stage = "--select=all --num-steps=2 --s-min=1 --s-max=2 --num-stages=1 --num-branches=4 --epochs=1".split()
+    sizes = [f"--prefixes-per-stage={prefixes}", f"--train-batch-size={4 * prefixes}"]
+    sizes += [f"--sample-batch-size={sample_batch}", f"--train-micro-batch={micro_batch}"]
+    run = "--reward-fn=jpeg --lr=1e-6 --dtype=fp32 --torch-threads=1 --no-cuda".split()
+    argv = ["algos/b2_diffurl.py", f"--model-name={pipeline}", f"--prompt-file={prompts}", *stage, *sizes, *run]
+    name = f"p{prefixes}-s{sample_batch}-m{micro_batch}"
+    return real_shape.measure(argv, tmp_path / name, tmp_path / f"{name}.log")["peak"]
+
+
+def test_real_architecture_peak_memory_is_set_by_chunk_and_micro_batch(tmp_path):
+    """SD-1.x's architecture (UNet blocks, CLIP-L text encoder depth, 4-block VAE) at 1/10 width, 16 x 16 latents,
+    random weights: a stage of N = 4 and 4N = 16 samples with the same sampling chunk (4) and micro-batch (2) peaks
+    within 1.25x. (Measured with these sizes: 16 samples in one pass with a 4096-transition micro-batch, the old
+    defaults, peak at 2.5x.)"""
+    from benchmarks import real_shape
+
+    pipeline = real_shape.save_narrow_sd1_pipeline(tmp_path / "sd1")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat washing dishes\na dog riding a bike\n")
+    peak_n = run_b2_child(pipeline, prompts, tmp_path, 1, 4, 2)
+    peak_4n = run_b2_child(pipeline, prompts, tmp_path, 4, 4, 2)
+    assert peak_4n <= 1.25 * peak_n, (peak_n / 2**20, peak_4n / 2**20)
