@@ -324,6 +324,30 @@ class Completions:
 
 
 @torch.no_grad()
+def shared_prompt_cache(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_samples: int):
+    """The KV cache of every prompt's first P-1 tokens, computed once per prompt and repeated for its G samples.
+
+    `generate` with `num_return_sequences=G` would prefill G copies of each prompt; here the prompt is run once and
+    its cache expanded, and `generate` then feeds only the last prompt token. The computation per row is the same,
+    so the sampled distribution is unchanged (tests/test_real_path.py checks the samples against the plain call)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    head_ids = prompt_ids[:, :-1]  # [n, P-1]
+    head_mask = prompt_mask[:, :-1]  # [n, P-1]
+    model(
+        input_ids=head_ids,
+        attention_mask=head_mask,
+        position_ids=position_ids_from_mask(head_mask),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,  # only the cache is wanted: no full-vocabulary logits for the prompt
+    )
+    cache.batch_repeat_interleave(num_samples)  # [n*G, heads, P-1, d] per layer, prompt-major
+    return cache
+
+
+@torch.no_grad()
 def sample(
     model,
     tokenizer,
@@ -340,18 +364,20 @@ def sample(
     batch_size: int | None = None,
 ) -> Completions:
     """Sample `num_samples` completions per prompt with the KV cache, in batched `generate` calls of at most
-    `batch_size` sequences each (None: one call), so the KV cache is bounded by `batch_size`, not by the batch."""
+    `batch_size` sequences each (None: one call), so the KV cache is bounded by `batch_size`, not by the batch.
+    The G samples of a prompt share one prefill of the prompt (`shared_prompt_cache`)."""
     device = next(model.parameters()).device
     stop_ids = stop_token_ids(tokenizer, model)
-    config = GenerationConfig(
+    options = dict(
         max_new_tokens=max_new_tokens,
         do_sample=not greedy,
-        num_return_sequences=num_samples,
         eos_token_id=stop_ids,
         pad_token_id=tokenizer.pad_token_id,
         use_cache=True,
         **({} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": top_k}),
     )
+    config = GenerationConfig(num_return_sequences=num_samples, **options)  # generate prefills G copies itself
+    one_per_row = GenerationConfig(num_return_sequences=1, **options)  # rows already repeated G times
     prompts_per_call = len(prompts) if batch_size is None else max(1, batch_size // num_samples)
     was_training = model.training
     model.eval()
@@ -360,7 +386,17 @@ def sample(
         for start in range(0, len(prompts), prompts_per_call):
             chunk = prompts[start : start + prompts_per_call]
             ids, mask = encode_prompts(tokenizer, chunk, chat, max_prompt_length, system_prompt, device)  # [n, P]
-            sequences = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            # left padding puts a real token last in every row: the prefix before it is shared by a prompt's samples
+            if num_samples > 1 and ids.shape[1] > 1 and bool(mask[:, -1].all()):
+                cache = shared_prompt_cache(model, ids, mask, num_samples)
+                sequences = model.generate(
+                    input_ids=ids.repeat_interleave(num_samples, dim=0),  # [n*G, P]; only the last token is new
+                    attention_mask=mask.repeat_interleave(num_samples, dim=0),
+                    past_key_values=cache,
+                    generation_config=one_per_row,
+                )
+            else:
+                sequences = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
             prompt_chunks.append((ids, mask))
             completion_chunks.append(sequences[:, ids.shape[1] :])  # [n*G, T_chunk]
     model.train(was_training)

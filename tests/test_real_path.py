@@ -153,6 +153,61 @@ def test_chunked_greedy_generation_equals_one_call():
     assert torch.equal(lengths, whole.completion_mask.sum(1))
 
 
+@pytest.mark.parametrize("tokenizer_kind", ["tiny", "bpe"])
+def test_shared_prompt_prefill_samples_what_plain_generate_samples(tokenizer_kind, tmp_path):
+    """`sample` prefills each prompt once for its G samples; under one seed it draws the very tokens that
+    `generate(num_return_sequences=G)` draws, with left-padded prompts of different lengths, and the log-probs of
+    the sampled tokens equal a plain forward's."""
+    from transformers import GenerationConfig
+
+    from shared.lm import stop_token_ids
+
+    if tokenizer_kind == "tiny":
+        model, tokenizer = build_tiny_lm(seed=5)
+        prompts = ["copy : a b", "sort : c a b d e f g", "reverse : a"]
+    else:
+        tokenizer = build_bpe_tokenizer()
+        folder = save_real_shape_model(tmp_path / "m", "test", tokenizer, seed=2, num_hidden_layers=2, vocab_size=640)
+        model, tokenizer = load_causal_lm(str(folder))
+        prompts = ["Reverse the words: one two three.", "Hi", "Sort these: b, a, c, e, d."]
+    model.eval()
+    num_samples, max_new_tokens = 4, 8
+    stop_ids = stop_token_ids(tokenizer, model)
+    torch.manual_seed(0)
+    ours = sample(model, tokenizer, prompts, num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=0.8)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=0.8,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=num_samples,
+        eos_token_id=stop_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        plain = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+    plain_completions = plain[:, prompt_ids.shape[1] :]
+    plain_mask = completion_mask(plain_completions, stop_ids)
+    width = plain_completions.shape[1]
+    assert torch.equal(ours.completion_mask[:, :width], plain_mask)
+    assert torch.equal(ours.completion_ids[:, :width] * plain_mask, plain_completions * plain_mask)
+    with torch.no_grad():
+        logps, _ = completion_logprobs(
+            model, ours.prompt_ids, ours.prompt_mask, ours.completion_ids, ours.completion_mask, 0.8
+        )
+        sequences = torch.cat([ours.prompt_ids, ours.completion_ids], 1)
+        attention = torch.cat([ours.prompt_mask, ours.completion_mask], 1)
+        positions = (attention.cumsum(1) - 1).clamp(min=0)
+        logits = model(input_ids=sequences, attention_mask=attention, position_ids=positions).logits
+        predicting = logits[:, ours.prompt_ids.shape[1] - 1 : -1] / 0.8
+        reference = predicting.log_softmax(-1).gather(-1, ours.completion_ids[..., None])[..., 0]
+    valid = ours.completion_mask.bool()
+    assert torch.allclose(logps[valid], reference[valid], atol=1e-5)
+
+
 # --- precision ------------------------------------------------------------------------------------------------------
 def test_precision_choices_on_the_cpu():
     fp32 = setup_precision("auto", cuda=False)
