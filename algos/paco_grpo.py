@@ -19,7 +19,7 @@ the advantages and drive the sets to near-duplicates.
 Implementation details ([code] = X-GenGroup/PaCo-RL @ 08caac6 PaCo-GRPO/; [card] = rewardlab's method notes):
 1. `sde_step_with_logprob` follows [code diffusers_patch/sde_denoising_step.py] (itself Flow-GRPO's SD3 step): fp32,
    the target is detached inside the log-prob, mean over non-batch dims. At t = 1 the denominator uses sigma_next
-   (= t_1 at step 0, Flow-GRPO's sigma_max = sigmas[1]); PaCo's default is a constant 0.98. noise_level 0 returns
+   (= t_1 at step 0, Flow-GRPO's sigma_max = sigmas[1]); PaCo's pipeline passes sigma_1 too. noise_level 0 returns
    the Euler step and a zero log-prob (the Gaussian is degenerate there).
 2. Noise (a = 0.7) and training only at `--noise-steps` (index 1 of 10 by default, the "Fast" variant) [code, paper].
 3. `log_tame` [paper Eq. 2; code factory]: population std and mean over all samples of the epoch; delta a number
@@ -65,6 +65,7 @@ here: R_cons's CV drops below delta = 0.2 within ~3 epochs, after which both arm
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import math
@@ -73,7 +74,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -87,6 +88,7 @@ Arm = Literal["paco", "sum", "full-res", "quarter-res"]
 # arm -> (train resolution, aggregation); None = take --train-res / --agg
 ARM_SETUP = {"paco": (None, None), "sum": (None, "sum"), "full-res": ("full", None), "quarter-res": ("quarter", None)}
 RES_FACTOR = {"full": 1, "half": 2, "quarter": 4}
+DTYPE_NAMES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")  # shared.runs.pick_dtype's names
 SHAPES = ("disk", "square", "cross", "ring")
 REAL_PROMPTS = tuple(
     f"a 2x2 grid: the same {x}"
@@ -130,6 +132,8 @@ class Args:
     """real path: training prompts, 2x2 image sets (the toy uses its 4 shape pairs)"""
     no_t5: bool = False
     """real path: load without the T5 encoder (diffusers' memory saving for SD3: zero T5 embeddings)"""
+    max_sequence_length: int = 256
+    """real path: T5 prompt tokens (the SD3 pipeline's default 256)"""
     guidance_scale: float = 1.0
     """real path: classifier-free guidance (1 = none)"""
     lora_rank: int = 8
@@ -162,8 +166,16 @@ class Args:
     """prompts per epoch (toy: at most 4)"""
     num_generations: int = 16
     """G, samples per prompt [paper: 16]"""
-    batch_size: int = 32
-    """samples per forward pass (gradient accumulation between them)"""
+    micro_batch_size: Optional[int] = None
+    """samples per training forward and backward, x2 with CFG; gradients accumulate over an optimizer step's samples
+    (default: 32 on the toy, 9 on the real path [flow_grpo's SD3 train batch])"""
+    sample_batch_size: Optional[int] = None
+    """real path: samples per transformer call while sampling, and per VAE decode and reward call (default 8)"""
+    gradient_checkpointing: bool = False
+    """real path: recompute the transformer's activations in backward (less memory, about a third more compute)"""
+    uncond_grad: bool = False
+    """real path, CFG: let the gradient flow through the unconditional branch of the training pass too (default: it is
+    detached, as in flow_grpo's SD3 trainer, so training moves only the conditional velocity)"""
     updates_per_epoch: int = 2
     """optimizer steps per epoch, each over epoch samples / updates [code: 2]"""
     lr: float = 3e-4
@@ -446,28 +458,38 @@ def rollout(velocity, x, cond, sigmas, noise_steps, noise_level: float, generato
     return x, trajectory
 
 
+def training_micro_batch(args: Args) -> int:
+    """--micro-batch-size, or its default: 32 on the toy (one pass per optimizer step), 9 on the real path."""
+    return args.micro_batch_size or (32 if args.model_name == "toy" else 9)
+
+
 def grpo_update(velocity, params, old: OldPolicy, optimizer, trajectory, cond, advantages, sigmas, args, ref=None):
     """`--updates-per-epoch` AdamW steps, each over an equal shuffled share of the epoch's samples (accumulated)."""
-    n, logs = len(advantages), []
+    n, logs, device = len(advantages), [], params[0].device
     per_update = n // args.updates_per_epoch
     order = torch.randperm(n, device=advantages.device)
     for update in range(args.updates_per_epoch):
         optimizer.zero_grad(set_to_none=True)
-        for mb in order[update * per_update : (update + 1) * per_update].split(args.batch_size):
+        for mb in order[update * per_update : (update + 1) * per_update].split(training_micro_batch(args)):
             for i, (x_t, x_next, _) in trajectory.items():
+                x_mb, x_next_mb = (
+                    x_t[mb].to(device),
+                    x_next[mb].to(device),
+                )  # [M, ...] (the trajectory may wait on the CPU)
+                cond_mb, advantages_mb = cond[mb].to(device), advantages[mb].to(device)
                 sigma, sigma_next = sigmas[i].expand(len(mb)), sigmas[i + 1]
-                step = (sigma, sigma_next, cond[mb], args.noise_level, x_next[mb])
-                old_log_prob = old.log_prob(velocity, x_t[mb], *step)  # [M] recomputed, not stored [code]
-                v = velocity(x_t[mb], sigma, cond[mb])  # [M, ...]
-                log_prob = sde_step_with_logprob(v, sigma, sigma_next, x_t[mb], args.noise_level, x_next[mb])[1]
-                loss, clip = ppo_clip_loss(log_prob, old_log_prob, advantages[mb], args.epsilon, args.adv_clip)
+                step = (sigma, sigma_next, cond_mb, args.noise_level, x_next_mb)
+                old_log_prob = old.log_prob(velocity, x_mb, *step)  # [M] recomputed, not stored [code]
+                v = velocity(x_mb, sigma, cond_mb)  # [M, ...]
+                log_prob = sde_step_with_logprob(v, sigma, sigma_next, x_mb, args.noise_level, x_next_mb)[1]
+                loss, clip = ppo_clip_loss(log_prob, old_log_prob, advantages_mb, args.epsilon, args.adv_clip)
                 (loss * len(mb) / per_update / len(trajectory)).backward()
                 logs.append({"losses/loss": loss.item(), **clip})
                 if ref is not None:  # KL to the start, logged only: mean((mu - mu_ref)^2) / (2 sigma_t^2) [code]
                     t, t_next = sigmas[i].item(), sigma_next.item()
                     sigma_t2 = args.noise_level**2 * t / (1 - (t_next if t >= 1 else t))
                     with torch.no_grad():  # mu - mu_ref = (v - v_ref) (1 + sigma_t^2 (1 - t) / (2t)) dt
-                        difference = (v - ref(x_t[mb], sigma, cond[mb])) * (1 + sigma_t2 * (1 - t) / (2 * t))
+                        difference = (v - ref(x_mb, sigma, cond_mb)) * (1 + sigma_t2 * (1 - t) / (2 * t))
                     difference = difference * (t_next - t)
                     logs[-1]["kl"] = (difference**2).mean().item() / (2 * sigma_t2)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
@@ -586,17 +608,23 @@ def check_args(args: Args) -> None:
     num_samples = args.num_prompts * args.num_generations
     if args.updates_per_epoch < 1 or num_samples % args.updates_per_epoch:
         fail(f"--updates-per-epoch {args.updates_per_epoch} must divide the {num_samples} samples per epoch")
-    per_update = num_samples // args.updates_per_epoch
-    if args.batch_size < 1 or per_update % args.batch_size:
-        fail(f"--batch-size {args.batch_size} must divide the {per_update} samples of one optimizer step")
+    for name in ("micro_batch_size", "sample_batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1 (or left unset for the default)")
+    if args.dtype not in DTYPE_NAMES:
+        fail(f"--dtype {args.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
     steps = set(args.noise_steps)
     if not steps or len(steps) < len(args.noise_steps) or not steps <= set(range(args.num_steps)):
         fail(f"--noise-steps {args.noise_steps} must be distinct indices in 0..{args.num_steps - 1} of the schedule")
-    if min(args.noise_level, args.epsilon, args.adv_clip, args.lr, args.shift, args.max_grad_norm) <= 0:
-        fail("--noise-level, --epsilon, --adv-clip, --lr, --shift and --max-grad-norm must be positive")
+    for name in ("noise_level", "epsilon", "adv_clip", "lr", "shift", "max_grad_norm"):
+        value = getattr(args, name)
+        if not value > 0 or not math.isfinite(value):  # `not > 0` also catches NaN
+            fail(f"--{name.replace('_', '-')} {value} must be a positive number")
     if len(args.rewards) != len(args.reward_weights) or len(set(args.rewards)) != len(args.rewards):
         fail(f"--rewards {args.rewards} and --reward-weights {args.reward_weights} must have one weight per reward")
-    counts = "epochs num_seeds num_steps eval_steps eval_sets num_threads pretrain_steps num_prompts"
+    counts = (
+        "epochs num_seeds num_steps eval_steps eval_sets num_threads pretrain_steps num_prompts max_sequence_length"
+    )
     for name in counts.split():
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -688,6 +716,34 @@ def colourfulness(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
 REAL_REWARDS = {"consistency": grid_consistency, "colourfulness": colourfulness}  # plug PaCo-Reward / CLIP-T in here
 
 
+def guided_velocity(transformer, hidden, timestep, conditional, unconditional, guidance_scale, uncond_grad=False):
+    """v = v_u + w (v_c - v_u) in fp32 from two transformer passes ((prompt embeds, pooled) each; unconditional None:
+    v_c alone). In training the unconditional pass runs without gradient: the gradient of a detached v_u, as in
+    flow_grpo's SD3 trainer (train_sd3.py), without holding that pass's activations; uncond_grad: the gradient flows
+    through both, adding (1 - w) grad v_u."""
+    v_c = transformer(hidden, *conditional, timestep, return_dict=False)[0].float()  # [B, ...]
+    if unconditional is None:
+        return v_c
+    with torch.set_grad_enabled(torch.is_grad_enabled() and uncond_grad):
+        v_u = transformer(hidden, *unconditional, timestep, return_dict=False)[0].float()  # [B, ...]
+    return v_u + guidance_scale * (v_c - v_u)
+
+
+def encode_prompts_and_free_encoders(pipe, prompts, device, cfg: bool, max_length: int = 256):
+    """The prompts' (embeds, negative embeds, pooled, negative pooled), encoded once; the text encoders (T5-XXL and two
+    CLIPs on SD3) are then dropped from the pipeline and the device, since nothing encodes again."""
+    with torch.no_grad():
+        encoded = pipe.encode_prompt(
+            prompts, None, None, device=device, do_classifier_free_guidance=cfg, max_sequence_length=max_length
+        )
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        setattr(pipe, name, None)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return encoded
+
+
 def main_real(args: Args) -> dict:
     """PaCo-GRPO on a StableDiffusion3Pipeline: train at --train-res, evaluate at --image-size."""
     rewards = args.rewards if args.rewards != ("cons", "align") else tuple(REAL_REWARDS)
@@ -710,6 +766,8 @@ def main_real(args: Args) -> dict:
     if not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
         fail(f"{args.model_name!r} has a {type(pipe.scheduler).__name__}, not a FlowMatchEulerDiscreteScheduler")
     pipe.to(device).set_progress_bar_config(disable=True)
+    if args.gradient_checkpointing:
+        pipe.transformer.enable_gradient_checkpointing()
     transformer, vae, multiple = pipe.transformer, pipe.vae, pipe.vae_scale_factor * pipe.transformer.config.patch_size
     factor = RES_FACTOR[args.train_res]
     for side in (args.image_size, args.image_size // factor):
@@ -731,22 +789,21 @@ def main_real(args: Args) -> dict:
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
     prompts = list(args.prompts[: args.num_prompts])
     cfg = args.guidance_scale > 1
-    with torch.no_grad():
-        encoded = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=cfg)
-    embeds, negative, pooled, negative_pooled = encoded
-    rows = torch.arange(len(prompts), device=device).repeat_interleave(args.num_generations)  # [B] contiguous groups
+    embeds, negative, pooled, negative_pooled = encode_prompts_and_free_encoders(
+        pipe, prompts, device, cfg, args.max_sequence_length
+    )
+    rows = torch.arange(len(prompts)).repeat_interleave(args.num_generations)  # [B] contiguous groups
+    chunk = args.sample_batch_size or 8
+    storage = torch.device("cpu")  # an epoch's trajectory waits on the CPU; micro-batches go to the device
 
     def velocity(x, sigma, cond):
-        """v_theta(x_t, t, prompt) in fp32, with classifier-free guidance when --guidance-scale > 1."""
-        hidden, text, pool = x.to(dtype), embeds[cond], pooled[cond]
-        if cfg:
-            hidden, sigma = torch.cat([hidden, hidden]), torch.cat([sigma, sigma])
-            text, pool = torch.cat([negative[cond], text]), torch.cat([negative_pooled[cond], pool])
-        out = transformer(hidden, text, pool, sigma.to(dtype) * 1000, return_dict=False)[0].float()  # t in [0, 1000]
-        if cfg:
-            unconditional, conditional = out.chunk(2)
-            out = unconditional + args.guidance_scale * (conditional - unconditional)
-        return out
+        """v_theta(x_t, t, prompt) in fp32 (the transformer takes t in [0, 1000])."""
+        conditional = (embeds[cond], pooled[cond])
+        unconditional = (negative[cond], negative_pooled[cond]) if cfg else None
+        hidden, timestep = x.to(dtype), sigma.to(dtype) * 1000
+        return guided_velocity(
+            transformer, hidden, timestep, conditional, unconditional, args.guidance_scale, args.uncond_grad
+        )
 
     def schedule(side, steps):
         """The scheduler's sigmas (+ the final 0) at this resolution (dynamic shifting depends on the token count)."""
@@ -758,20 +815,30 @@ def main_real(args: Args) -> dict:
         return pipe.scheduler.sigmas.float().to(device)  # [steps + 1]
 
     def generate(cond, side, steps, noise_steps, generator):
+        """Sample, decode and score `chunk` samples at a time, so the device holds one chunk's activations and images;
+        returns each reward [B] and the noise steps' (x_t, x_next, log pi) on the CPU."""
         latent = (transformer.config.in_channels, side // pipe.vae_scale_factor, side // pipe.vae_scale_factor)
-        x = torch.randn(len(cond), *latent, generator=generator, device=device)
         sigmas = schedule(side, steps)
-        latents, trajectory = rollout(velocity, x, cond, sigmas, noise_steps, args.noise_level, generator)
-        with torch.no_grad():
-            latents = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-            images = ((vae.decode(latents.to(vae.dtype), return_dict=False)[0].float() + 1) / 2).clamp(0, 1)
-        return images, trajectory, sigmas  # [B, 3, H, W] in [0, 1]
+        scores, parts = {k: [] for k in rewards}, []
+        for start in range(0, len(cond), chunk):
+            cond_chunk = cond[start : start + chunk].to(device)
+            x = torch.randn(len(cond_chunk), *latent, generator=generator, device=device)
+            latents, trajectory = rollout(velocity, x, cond_chunk, sigmas, noise_steps, args.noise_level, generator)
+            parts.append({i: tuple(t.to(storage) for t in step) for i, step in trajectory.items()})
+            with torch.no_grad():
+                latents = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+                images = ((vae.decode(latents.to(vae.dtype), return_dict=False)[0].float() + 1) / 2).clamp(0, 1)
+            for k in rewards:  # [b, 3, H, W] in [0, 1] -> [b]
+                chunk_prompts = [prompts[i] for i in cond[start : start + chunk].tolist()]
+                scores[k].append(REAL_REWARDS[k](images, chunk_prompts).float().cpu())
+        trajectory = {i: tuple(torch.cat(ts) for ts in zip(*(part[i] for part in parts))) for i in parts[0]}
+        return {k: torch.cat(v) for k, v in scores.items()}, trajectory, sigmas
 
     def evaluate() -> dict:
         generator = torch.Generator(device).manual_seed(10_000)
-        cond = torch.arange(len(prompts), device=device).repeat_interleave(2)
-        images = generate(cond, args.image_size, args.eval_steps, (), generator)[0]
-        return {k: REAL_REWARDS[k](images, [prompts[i] for i in cond]).mean().item() for k in rewards}
+        cond = torch.arange(len(prompts)).repeat_interleave(2)
+        scores = generate(cond, args.image_size, args.eval_steps, (), generator)[0]
+        return {k: v.mean().item() for k, v in scores.items()}
 
     run = RunLogger(make_run_name("paco_grpo-real", args.exp_name, args.seed), args, track=args.track, print_every=1)
     weights, generator = dict(zip(rewards, args.reward_weights)), torch.Generator(device).manual_seed(args.seed)
@@ -781,9 +848,8 @@ def main_real(args: Args) -> dict:
         old.refresh()  # 1. pi_old <- pi_theta
         # 2. G samples per prompt at the training resolution, SDE noise only at the noise steps
         low = args.image_size // factor
-        images, trajectory, sigmas = generate(rows, low, args.num_steps, args.noise_steps, generator)
-        # 3. rewards at the training resolution, aggregation over the epoch, then group normalisation
-        scores = {k: REAL_REWARDS[k](images, [prompts[i] for i in rows]).float() for k in rewards}  # each [B]
+        scores, trajectory, sigmas = generate(rows, low, args.num_steps, args.noise_steps, generator)
+        # 3. rewards at the training resolution (each [B]), aggregation over the epoch, then group normalisation
         total = aggregate(scores, weights, args.agg, delta)  # [B]
         advantages = group_advantages(total, args.num_generations, args.std)  # [B]
         # 4. PPO-clip at the noise steps with recomputed old log-probs

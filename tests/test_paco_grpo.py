@@ -117,7 +117,7 @@ def test_velocity_net_is_resolution_free():
         assert net(torch.randn(2, 1, res, 2 * res), torch.rand(2), prompts).shape == (2, 1, res, 2 * res)
 
 
-TINY = dict(pretrain_steps=40, epochs=2, num_generations=4, num_prompts=2, batch_size=4, eval_sets=4)
+TINY = dict(pretrain_steps=40, epochs=2, num_generations=4, num_prompts=2, micro_batch_size=4, eval_sets=4)
 
 
 def test_smoke_main_and_parameters_change(tmp_path, monkeypatch, runs_in_tmp):
@@ -141,7 +141,7 @@ def test_smoke_main_and_parameters_change(tmp_path, monkeypatch, runs_in_tmp):
 
 def test_it_learns_consistency_at_high_resolution():
     # trained at 8 px per panel, evaluated at 16 px: the consistency reward rises (it is the high-CV reward)
-    args = Args(pretrain_steps=300, epochs=6, num_generations=8, batch_size=16, num_seeds=1, eval_sets=8)
+    args = Args(pretrain_steps=300, epochs=6, num_generations=8, micro_batch_size=16, num_seeds=1, eval_sets=8)
     base, classifier, tau = pg.pretrain_toy(args)
     from shared.runs import RunLogger
 
@@ -157,7 +157,12 @@ def test_it_learns_consistency_at_high_resolution():
         (dict(noise_steps=(10,)), "noise-steps"),
         (dict(noise_steps=(-1,)), "noise-steps"),
         (dict(num_generations=1), "groups of at least 2"),
-        (dict(batch_size=12), "batch-size"),
+        (dict(micro_batch_size=0), "micro-batch-size"),
+        (dict(sample_batch_size=0), "sample-batch-size"),
+        (dict(dtype="foo"), "dtype"),
+        (dict(lr=float("nan")), "--lr nan"),
+        (dict(lr=0.0), "--lr"),
+        (dict(lr=-1e-4), "--lr"),
         (dict(updates_per_epoch=3), "updates-per-epoch"),
         (dict(eval_res=6), "panel side"),
         (dict(arms=("quarter-res",), eval_res=12), "panel side"),
@@ -211,7 +216,7 @@ def build_tiny_sd3(folder):
 def test_real_path_tiny_sd3_pipeline(tmp_path, runs_in_tmp):
     path = build_tiny_sd3(tmp_path / "tiny_sd3")
     args = Args(
-        model_name=str(path), no_t5=True, image_size=32, num_prompts=2, num_generations=4, batch_size=4,
+        model_name=str(path), no_t5=True, image_size=32, num_prompts=2, num_generations=4, micro_batch_size=4,
         epochs=2, num_steps=4, eval_steps=4, rewards=("consistency", "colourfulness"), guidance_scale=2.0, cuda=False,
     )  # fmt: skip
     out = pg.main(args)
@@ -223,3 +228,107 @@ def test_real_path_tiny_sd3_pipeline(tmp_path, runs_in_tmp):
     # 12 px: not a multiple of VAE factor 2 x patch 2 = 4 at the 6 px training resolution; fails before training
     with pytest.raises(SystemExit, match="this model can take"):
         pg.main(Args(**{**args.__dict__, "image_size": 12}))
+
+
+# The real path's memory: micro-batches, the CFG branch, text encoders, chunks -------------------------------------
+def test_micro_batches_give_the_full_batch_update():
+    """One optimizer step over 8 samples as 1 x 8, 3 + 3 + 2 (a partial last micro-batch) or 8 x 1: the same update."""
+    torch.manual_seed(0)
+    net = pg.VelocityNet()
+    prompts = torch.tensor(pg.PROMPTS[:2]).repeat_interleave(4, 0)  # [8, 2]
+    sigmas = pg.time_grid(4)
+    x = torch.randn(8, 1, 4, 8)
+    _, trajectory = pg.rollout(net, x, prompts, sigmas, (1,), 0.7, torch.Generator().manual_seed(1))
+    advantages = torch.randn(8)
+    updates = []
+    for micro in (8, 3, 1):
+        trained = pg.VelocityNet()
+        trained.load_state_dict(net.state_dict())
+        params = list(trained.parameters())
+        old = pg.OldPolicy(params)
+        with torch.no_grad():  # move pi_theta off pi_old, so that the ratio is not 1
+            params[0].add_(0.01)
+        optimizer = torch.optim.SGD(params, lr=1.0)
+        args = Args(micro_batch_size=micro, updates_per_epoch=1, max_grad_norm=1e9, epsilon=1e-2)
+        torch.manual_seed(2)  # the same shuffle
+        pg.grpo_update(trained, params, old, optimizer, trajectory, prompts, advantages, sigmas, args)
+        updates.append(torch.cat([(p - q).flatten() for p, q in zip(params, net.parameters())]))
+    assert updates[0].abs().max() > 1e-3
+    assert torch.allclose(updates[0], updates[1], atol=1e-6) and torch.allclose(updates[0], updates[2], atol=1e-6)
+
+
+def tiny_sd3_transformer():
+    diffusers = pytest.importorskip("diffusers", reason="the real path needs diffusers")
+    torch.manual_seed(0)
+    return diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=32,
+        pos_embed_max_size=16,
+    )  # fmt: skip
+
+
+def test_guided_velocity_detaches_the_unconditional_branch():
+    transformer = tiny_sd3_transformer()
+    hidden, timestep, weights = torch.randn(2, 4, 8, 8), torch.tensor([900.0, 300.0]), torch.randn(2, 4, 8, 8)
+    conditional, unconditional = (
+        (torch.randn(2, 5, 16), torch.randn(2, 32)),
+        (torch.zeros(2, 5, 16), torch.zeros(2, 32)),
+    )
+    params = list(transformer.parameters())
+
+    def gradient(value):
+        return torch.cat([g.flatten() for g in torch.autograd.grad((value * weights).sum(), params, retain_graph=True)])
+
+    v_c = transformer(hidden, *conditional, timestep, return_dict=False)[0]
+    v_u = transformer(hidden, *unconditional, timestep, return_dict=False)[0]
+    w = 4.5
+    detached = pg.guided_velocity(transformer, hidden, timestep, conditional, unconditional, w)
+    assert torch.allclose(detached, v_u + w * (v_c - v_u), atol=1e-5)
+    assert torch.allclose(gradient(detached), gradient(w * v_c), atol=1e-5)  # [flow_grpo]: grad of w v_c alone
+    both = pg.guided_velocity(transformer, hidden, timestep, conditional, unconditional, w, uncond_grad=True)
+    assert torch.allclose(gradient(both), gradient((1 - w) * v_u + w * v_c), atol=1e-5)
+    assert not torch.allclose(gradient(detached), gradient(both), atol=1e-3)
+
+
+def test_text_encoders_are_freed_after_the_prompts_are_encoded(tmp_path):
+    import gc
+    import weakref
+
+    from diffusers import StableDiffusion3Pipeline
+
+    path = build_tiny_sd3(tmp_path / "tiny_sd3")
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(path), text_encoder_3=None, tokenizer_3=None)
+    encoders = [weakref.ref(pipe.text_encoder), weakref.ref(pipe.text_encoder_2)]
+    embeds, negative, pooled, negative_pooled = pg.encode_prompts_and_free_encoders(
+        pipe, ["a red fox", "a boat"], torch.device("cpu"), cfg=True, max_length=8
+    )
+    gc.collect()
+    assert embeds.shape[0] == negative.shape[0] == pooled.shape[0] == negative_pooled.shape[0] == 2
+    assert pipe.text_encoder is None and pipe.text_encoder_2 is None and all(ref() is None for ref in encoders)
+    assert pipe.transformer is not None and pipe.vae is not None
+
+
+def run_paco_child(pipeline, tmp_path, generations, sample_batch, micro_batch):
+    """One real-path epoch in a process of its own (benchmarks/real_shape.py's `measure`): its peak RSS in bytes."""
+    from benchmarks import real_shape
+
+    setup = "--no-t5 --image-size=128 --train-res=half --num-steps=2 --eval-steps=1 --epochs=1 --num-prompts=2".split()
+    setup += "--updates-per-epoch=1 --guidance-scale=4.5 --max-sequence-length=77 --noise-steps 1".split()
+    sizes = [f"--num-generations={generations}", f"--sample-batch-size={sample_batch}"]
+    sizes += [f"--micro-batch-size={micro_batch}"]
+    run = "--lr=1e-6 --dtype=fp32 --num-threads=1 --no-cuda".split()
+    argv = ["algos/paco_grpo.py", f"--model-name={pipeline}", *setup, *sizes, *run]
+    name = f"g{generations}-s{sample_batch}-m{micro_batch}"
+    return real_shape.measure(argv, tmp_path / name, tmp_path / f"{name}.log")["peak"]
+
+
+def test_real_architecture_peak_memory_is_set_by_chunk_and_micro_batch(tmp_path):
+    """SD3.5-Medium's transformer shape (MMDiT with dual-attention layers, RMS qk-norm, patch 2, 16 latent channels;
+    CLIP-L and CLIP-G text encoders; 4-block VAE) at 1/12 width and 6 of 24 layers, random weights: an epoch of N = 4
+    and 4N = 16 samples (2 prompts x G) with the same sampling chunk (2) and micro-batch (2) peaks within 1.25x."""
+    from benchmarks import real_shape
+
+    pipeline = real_shape.save_narrow_sd3_pipeline(tmp_path / "sd3", num_layers=6)
+    peak_n = run_paco_child(pipeline, tmp_path, 2, 2, 2)
+    peak_4n = run_paco_child(pipeline, tmp_path, 8, 2, 2)
+    assert peak_4n <= 1.25 * peak_n, (peak_n / 2**20, peak_4n / 2**20)
