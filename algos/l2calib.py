@@ -30,8 +30,14 @@ Implementation details ([code] = APRIL-ZJU/learn-to-calibrate @ 6639e06, [card] 
 7. SIMPLIFICATION: a mini-LIO replaces Faster-LIO [card 6], one run per candidate, vectorised: start at the first pose
    through X (velocity from the first two poses, exact under the IMU model), propagate (R, p, v) with the IMU
    (zero-order hold, preintegrated between LiDAR stamps), then per pose R_m = R_WL R^T, p_m = p_WL - R_m t,
-   R <- R Exp(0.1 Log(R^T R_m)), p += 0.2 d, v += 0.05 d / dt, d = p_m - p. No bias estimation or deskewing; gravity
-   in the pose frame is given (--gravity). The simulator uses the same discrete model: e(X_true) < 1e-6 m noise-free.
+   R <- R Exp(0.1 Log(R^T R_m)), p += 0.2 d, v += 0.05 d / dt, d = p_m - p; gravity in the pose frame is given
+   (--gravity). The simulator uses the same discrete model: e(X_true) < 1e-6 m noise-free.
+   On files (--bias-estimation auto) it also estimates the IMU biases, as Faster-LIO's state does: the deltas are
+   corrected to first order in (b_g, b_a) (Forster et al. 2017 preintegration Jacobians), b_g -= 0.02 phi / dt and
+   b_a -= 0.005 R^T d / dt^2 on the rotation / position innovations; pass 1 runs from zero biases, pass 2 holds
+   their pass-1 second-half mean. With 5x the toy's biases the reward optimum stays within 1.1x of the unbiased one
+   (tests/test_l2calib.py); without the bias states it moves by ~1 deg. The toy keeps the card's filter (bitwise
+   the numbers of before). No deskewing: the input is already a LiDAR odometry's poses, not raw scans.
 8. PPO [code ppo.py, solver.py, buffer.py]: per update 2 calls x 16 envs, env i of call c on chunk (i + 16 c) mod n
    [code bind.cpp]; advantage r - V standardised; 8 full-batch epochs, clip 0.2, clipped value loss x0.5, entropy 0.01
    halved after update 300; updates 1-49 train V only; Adam 1e-3, grad-norm 1 per parameter group, StepLR x10^-0.1
@@ -50,8 +56,9 @@ Implementation details ([code] = APRIL-ZJU/learn-to-calibrate @ 6639e06, [card] 
 14. Hand-eye [card 6]: AX = XB on 0.5 s relative poses; rotation = null vector of stacked L(q_A) - R(q_B) (singular
    values printed), translation by least squares on (R_A - I) t = R t_B - t_A. A: noisy INS poses (toy) or the
    integrated gyro (files: rotation only).
-15. All arms run in lockstep (one batched odometry call serves every arm), each from its own generator with the same
-   seed. Everything is float64 (tiny tensors), hence no --dtype. No GPU run has been made: --cuda is untested.
+15. All arms step together in main's one loop (one batched odometry call serves every arm's candidates), each with
+   its own generator from the same seed. Everything is float64 (tiny tensors), hence no --dtype; --num-threads 1 is
+   the fastest on a CPU. No GPU run has been made: --cuda is untested.
 
 Toy [card 6]: X_true rpy (10, -5, 30) deg, t (0.15, -0.10, 0.05) m, rho 0.3 m; 8 segments of 10 s, IMU 50 Hz, LiDAR
 10 Hz; motion full / weak / planar, excitation 0.15x..1x per segment; gyro noise 0.005 + bias 0.002 rad/s, accel
@@ -65,6 +72,7 @@ error_curves.png (with matplotlib).
     python algos/l2calib.py                                           # toy: every arm on full and planar motion
     python algos/l2calib.py --motions weak --arms l2calib hand-eye --updates 1000
     python algos/l2calib.py --imu imu.csv --lidar-poses lidar.tum --rho 0.1 --updates 8000 --arms l2calib hand-eye
+    # files: the mini-LIO estimates the gyro and accelerometer biases (--bias-estimation auto), header detail 7
 """
 
 from __future__ import annotations
@@ -72,7 +80,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -85,6 +93,7 @@ from shared.runs import RunLogger, fail, format_table, make_run_name, pick_devic
 
 TRUE_RPY_DEG, TRUE_T = (10.0, -5.0, 30.0), (0.15, -0.10, 0.05)
 LIO_GAINS = (0.1, 0.2, 0.05)  # mini-LIO gains on rotation, position, velocity [card 6]
+BIAS_GAINS = (0.02, 0.005)  # files: mini-LIO integral gains on the gyro and accelerometer biases (not in the card)
 F64 = torch.float64
 
 
@@ -98,6 +107,8 @@ class Args:
     """run the odometry and the policies on the GPU when one is visible"""
     track: bool = False
     """also log to Weights & Biases"""
+    num_threads: int = 1
+    """torch CPU threads (1 is fastest: the tensors are tiny, more threads only add synchronisation)"""
     imu: Optional[str] = None
     """IMU CSV (time s, gyro xyz rad/s, accel xyz m/s^2); with --lidar-poses, calibrate on these files"""
     lidar_poses: Optional[str] = None
@@ -106,6 +117,9 @@ class Args:
     """gravity in the pose file's world frame, m/s^2"""
     chunk_seconds: float = 15.0
     """length of a chunk of the files [code: 15 s]"""
+    bias_estimation: Literal["auto", "on", "off"] = "auto"
+    """estimate the gyro and accelerometer biases in the mini-LIO (two passes per run); auto: on for files, off in
+    the toy (the card's filter)"""
     motions: tuple[Literal["full", "weak", "planar"], ...] = ("full", "planar")
     """toy motions"""
     segments: int = 8
@@ -230,6 +244,18 @@ def so3_log(r: torch.Tensor) -> torch.Tensor:
     return s * torch.where(sin < 1e-9, 1 + theta**2 / 6, theta / sin.clamp_min(1e-9))
 
 
+def so3_right_jacobian(phi: torch.Tensor) -> torch.Tensor:
+    """Right Jacobian [..., 3, 3], Exp(phi + d) ~ Exp(phi) Exp(J_r d), t = |phi|:
+    J_r = I - (1 - cos t) / t^2 [phi]x + (t - sin t) / t^3 [phi]x^2."""
+    theta = phi.norm(dim=-1)[..., None, None]
+    small = theta < 1e-4
+    safe = torch.where(small, torch.ones_like(theta), theta)
+    c1 = torch.where(small, 0.5 - theta**2 / 24, (1 - torch.cos(safe)) / safe**2)
+    c2 = torch.where(small, 1 / 6 - theta**2 / 120, (safe - torch.sin(safe)) / safe**3)
+    hat = so3_hat(phi)
+    return torch.eye(3, dtype=phi.dtype, device=phi.device) - c1 * hat + c2 * hat @ hat
+
+
 # ---------------------------------------------------------------- Bingham distribution on S^3
 _GL_U, _GL_W = np.polynomial.legendre.leggauss(128)
 
@@ -333,7 +359,10 @@ def umeyama_rmse(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
 def preintegrate(imu_t, gyro, acc, pose_t) -> dict:
     """IMU deltas between consecutive pose stamps, each IMU sample held until the next (zero-order hold). With them
     R_j+1 = R_j dR, v_j+1 = v_j + R_j dv + g dt, p_j+1 = p_j + v_j dt + R_j dp + g dt^2/2: exactly the per-sample
-    model R <- R Exp(w h), p <- p + v h + (R a + g) h^2/2, v <- v + (R a + g) h."""
+    model R <- R Exp(w h), p <- p + v h + (R a + g) h^2/2, v <- v + (R a + g) h.
+    Also the first-order bias Jacobians (Forster et al., "On-manifold preintegration", T-RO 2017, eqs. in App. B):
+    for biases b_g, b_a subtracted from the samples, dR(b) = dR Exp(J_R b_g), dv(b) = dv + J_vg b_g + J_va b_a,
+    dp(b) = dp + J_pg b_g + J_pa b_a."""
     imu_t, pose_t = imu_t.contiguous(), pose_t.contiguous()
     breaks = torch.unique(torch.cat([imu_t[(imu_t > pose_t[0]) & (imu_t < pose_t[-1])], pose_t]))  # sorted
     start, h = breaks[:-1], breaks.diff()
@@ -344,36 +373,88 @@ def preintegrate(imu_t, gyro, acc, pose_t) -> dict:
     w_pad, a_pad, h_pad = (imu_t.new_zeros(n_int, int(slot.max()) + 1, *s) for s in ((3,), (3,), ()))
     w_pad[interval, slot], a_pad[interval, slot], h_pad[interval, slot] = gyro[sample], acc[sample], h
     dq, dv, dp = torch.tensor([0.0, 0, 0, 1], dtype=F64).repeat(n_int, 1), imu_t.new_zeros(n_int, 3), 0
+    j_r = j_vg = j_va = j_pg = j_pa = imu_t.new_zeros(n_int, 3, 3)  # bias Jacobians, [intervals, 3, 3]
     for k in range(h_pad.shape[1]):  # vectorised over intervals
-        h_k, acc_k = h_pad[:, k, None], (quat_to_rotmat(dq) @ a_pad[:, k, :, None])[..., 0]
+        rot_k, h_k = quat_to_rotmat(dq), h_pad[:, k, None]  # [I, 3, 3], [I, 1]
+        acc_k = (rot_k @ a_pad[:, k, :, None])[..., 0]
+        h_m = h_k[..., None]  # [I, 1, 1]
+        rot_acc_jr = rot_k @ so3_hat(a_pad[:, k]) @ j_r  # dR [a]x J_R, [I, 3, 3]
+        j_pa, j_pg = j_pa + j_va * h_m - 0.5 * rot_k * h_m**2, j_pg + j_vg * h_m - 0.5 * rot_acc_jr * h_m**2
+        j_va, j_vg = j_va - rot_k * h_m, j_vg - rot_acc_jr * h_m
+        step = w_pad[:, k] * h_k  # [I, 3]
+        j_r = so3_exp(step).transpose(-1, -2) @ j_r - so3_right_jacobian(step) * h_m
         dp, dv = dp + dv * h_k + 0.5 * acc_k * h_k**2, dv + acc_k * h_k
         dq = quat_mul(dq, quat_exp(w_pad[:, k] * h_k))
-    return {"dq": dq, "dR": quat_to_rotmat(dq), "dv": dv, "dp": dp, "dt": pose_t.diff()}
+    jacobians = {"J_R": j_r, "J_vg": j_vg, "J_va": j_va, "J_pg": j_pg, "J_pa": j_pa}
+    return {"dq": dq, "dR": quat_to_rotmat(dq), "dv": dv, "dp": dp, "dt": pose_t.diff(), **jacobians}
 
 
-def lio_rmse(data: dict, chunk: torch.Tensor, q_hat: torch.Tensor, t_hat: torch.Tensor, gravity) -> torch.Tensor:
-    """One mini-LIO run per candidate X_hat = (q_hat [B, 4], t_hat [B, 3]) on chunk [B]; returns e [B] in metres."""
+def lio_run(data: dict, chunk, q_hat, t_hat, gravity, biases=None, bias_gains=(0.0, 0.0)):
+    """One mini-LIO pass per candidate X_hat = (q_hat [B, 4], t_hat [B, 3]) on chunk [B]. Returns the LiDAR positions
+    [B, N, 3] and, with biases = (b_g [B, 3], b_a [B, 3]) (the IMU biases, body frame), their estimates at every
+    pose ([B, N, 3] each): the preintegrated deltas are corrected to first order, and the biases are integral states
+    b_g -= k_bg phi / dt, b_a -= k_ba R^T d / dt^2 on the rotation (phi) and position (d) innovations."""
     k_r, k_p, k_v = LIO_GAINS
+    k_bg, k_ba = bias_gains
     r_wl, p_wl, d_r = data["R"][chunk], data["p"][chunk], data["dR"][chunk]  # [B, N, 3, 3], [B, N, 3], [B, N-1, 3, 3]
     d_pv = torch.stack([data["dp"][chunk], data["dv"][chunk]], -1)  # [B, N-1, 3, 2]
     dt = data["dt"][chunk, :, None]  # [B, N-1, 1]
     g_dt, g_dt2 = gravity * dt, 0.5 * gravity * dt**2  # [B, N-1, 3]
     r_m = r_wl @ quat_to_rotmat(q_hat).transpose(-1, -2)[:, None]  # IMU orientations implied by X_hat, [B, N, 3, 3]
     p_m = p_wl - (r_m @ t_hat[:, None, :, None])[..., 0]  # IMU positions implied by X_hat, [B, N, 3]
+    if biases is not None:
+        j_r, j_g, j_a = (data[k][chunk] for k in ("J_R", "J_pg", "J_pa"))  # [B, N-1, 3, 3]
+        j_g, j_a = torch.stack([j_g, data["J_vg"][chunk]], -1), torch.stack([j_a, data["J_va"][chunk]], -1)
+        b_g, b_a = biases
+        trace = [(b_g, b_a)]
+
+    def deltas(j):  # the preintegrated rotation and (position, velocity) deltas of interval j, bias-corrected
+        if biases is None:
+            return d_r[:, j], d_pv[:, j]
+        correction = torch.einsum("bikc,bk->bic", j_g[:, j], b_g) + torch.einsum("bikc,bk->bic", j_a[:, j], b_a)
+        return d_r[:, j] @ so3_exp((j_r[:, j] @ b_g[..., None])[..., 0]), d_pv[:, j] + correction
+
     rot, pos = r_m[:, 0], p_m[:, 0]
-    vel = (p_m[:, 1] - pos - (rot @ d_pv[:, 0, :, :1])[..., 0] - g_dt2[:, 0]) / dt[:, 0]  # exact under the IMU model
+    vel = (p_m[:, 1] - pos - (rot @ deltas(0)[1][..., :1])[..., 0] - g_dt2[:, 0]) / dt[:, 0]  # exact under the model
     rots, poss = [rot], [pos]
     for j in range(r_wl.shape[1] - 1):
-        inc = rot @ d_pv[:, j]  # [B, 3, 2]
+        d_rot, d_pos_vel = deltas(j)
+        inc = rot @ d_pos_vel  # [B, 3, 2]
         pos, vel = pos + vel * dt[:, j] + inc[..., 0] + g_dt2[:, j], vel + inc[..., 1] + g_dt[:, j]  # 1. propagate
-        rot = rot @ d_r[:, j]
-        rot = rot @ so3_exp(k_r * so3_log(rot.transpose(-1, -2) @ r_m[:, j + 1]))  # 2. correct towards the pose
+        rot = rot @ d_rot
+        phi = so3_log(rot.transpose(-1, -2) @ r_m[:, j + 1])  # rotation innovation, body frame, [B, 3]
+        rot = rot @ so3_exp(k_r * phi)  # 2. correct towards the pose
         delta = p_m[:, j + 1] - pos
         pos, vel = pos + k_p * delta, vel + k_v * delta / dt[:, j]
+        if biases is not None:  # 3. the bias states (files only)
+            b_g = b_g - k_bg * phi / dt[:, j]
+            b_a = b_a - k_ba * (rot.transpose(-1, -2) @ delta[..., None])[..., 0] / dt[:, j] ** 2
+            trace.append((b_g, b_a))
         rots.append(rot)
         poss.append(pos)
-    lidar_pos = torch.stack(poss, 1) + (torch.stack(rots, 1) @ t_hat[:, None, :, None])[..., 0]  # 3. output, [B, N, 3]
-    return torch.nan_to_num(umeyama_rmse(lidar_pos, p_wl), nan=1e3, posinf=1e3)  # a diverged run scores badly
+    lidar_pos = torch.stack(poss, 1) + (torch.stack(rots, 1) @ t_hat[:, None, :, None])[..., 0]  # 4. output, [B, N, 3]
+    if biases is None:
+        return lidar_pos, None
+    return lidar_pos, tuple(torch.stack(b, 1) for b in zip(*trace))
+
+
+def lio_biases(data: dict, chunk, q_hat, t_hat, gravity) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1 of the bias-estimating mini-LIO: run from zero biases with BIAS_GAINS; the estimate is the mean over the
+    second half of the chunk (after the integral states have settled). Returns (b_g [B, 3], b_a [B, 3])."""
+    zeros = torch.zeros_like(t_hat)
+    _, (b_g, b_a) = lio_run(data, chunk, q_hat, t_hat, gravity, (zeros, zeros), BIAS_GAINS)  # [B, N, 3] each
+    half = b_g.shape[1] // 2
+    return b_g[:, half:].mean(1), b_a[:, half:].mean(1)
+
+
+def lio_rmse(data: dict, chunk, q_hat, t_hat, gravity, estimate_biases: bool = False) -> torch.Tensor:
+    """One mini-LIO run per candidate X_hat = (q_hat [B, 4], t_hat [B, 3]) on chunk [B]; returns e [B] in metres.
+    estimate_biases: two passes, the second with the biases of `lio_biases` held (a 15 s chunk is short against
+    bias drift), so the chunk's start is not spent converging."""
+    biases = lio_biases(data, chunk, q_hat, t_hat, gravity) if estimate_biases else None
+    lidar_pos, _ = lio_run(data, chunk, q_hat, t_hat, gravity, biases)
+    e = umeyama_rmse(lidar_pos, data["p"][chunk])
+    return torch.nan_to_num(e, nan=1e3, posinf=1e3)  # a diverged run scores badly
 
 
 def excitation_score(r_wl: torch.Tensor, dt: torch.Tensor, as_written: bool = False) -> torch.Tensor:
@@ -409,8 +490,9 @@ def hand_eye(relative_a, relative_b):
 
 
 # ---------------------------------------------------------------- data: toy simulator, files, chunks
-def simulate(motion: str, n_seg: int, seconds: float, noise: bool, gen, imu_rate: int = 50, every: int = 5) -> dict:
-    """n_seg segments with the filter's own discrete model: IMU [S, K+1, 3], LiDAR and INS poses every `every`."""
+def simulate(motion: str, n_seg: int, seconds: float, noise: bool, gen, imu_rate=50, every=5, bias_scale=1.0) -> dict:
+    """n_seg segments with the filter's own discrete model: IMU [S, K+1, 3], LiDAR and INS poses every `every`.
+    bias_scale multiplies the std of the constant IMU biases (0.002 rad/s, 0.02 m/s^2 per axis) alone."""
     steps, dt, g = int(seconds * imu_rate) // every * every, 1 / imu_rate, torch.tensor([0.0, 0, -9.81], dtype=F64)
     t = torch.arange(steps + 1, dtype=F64) * dt
     rand, randn = (lambda *s, f=f: f(*s, generator=gen, dtype=F64) for f in (torch.rand, torch.randn))
@@ -440,8 +522,8 @@ def simulate(motion: str, n_seg: int, seconds: float, noise: bool, gen, imu_rate
         specific.append((rot.transpose(-1, -2) @ (a_w - g)[..., None])[..., 0])  # accelerometer: R^T (a - g)
         pos, vel, q = pos + vel * dt + 0.5 * a_w * dt**2, vel + a_w * dt, quat_mul(q, quat_exp(omega[:, k] * dt))
     sd = (0.005, 0.002, 0.05, 0.02, 0.003, math.radians(0.05)) if noise else (0.0,) * 6
-    gyro = omega + sd[0] * randn(n_seg, steps + 1, 3) + sd[1] * randn(n_seg, 1, 3)
-    acc = torch.stack(specific, 1) + sd[2] * randn(n_seg, steps + 1, 3) + sd[3] * randn(n_seg, 1, 3)
+    gyro = omega + sd[0] * randn(n_seg, steps + 1, 3) + bias_scale * sd[1] * randn(n_seg, 1, 3)
+    acc = torch.stack(specific, 1) + sd[2] * randn(n_seg, steps + 1, 3) + bias_scale * sd[3] * randn(n_seg, 1, 3)
     q_i, p_i = torch.stack(qs, 1)[:, ::every], torch.stack(ps, 1)[:, ::every]  # IMU poses at the LiDAR stamps
     x_q, x_t = rpy_to_quat(TRUE_RPY_DEG).expand_as(q_i), torch.tensor(TRUE_T, dtype=F64)
     noisy = lambda qq, pp: (quat_mul(qq, quat_exp(sd[5] * randn(*pp.shape))), pp + sd[4] * randn(*pp.shape))  # noqa
@@ -454,8 +536,16 @@ def read_table(path: str, columns: int, what: str) -> torch.Tensor:
     """Rows of a CSV / whitespace file; '#' lines and one header line skipped; errors name the line."""
     if not Path(path).is_file():
         fail(f"{what} file {path} does not exist")
+    with open(path, "rb") as file:
+        binary = b"\x00" in file.read(65536)  # a rosbag or a .npy shows itself here, before a large read
+    try:
+        text = None if binary else Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None:
+        fail(f"{path} is a binary file: {what} must be text (CSV or whitespace-separated numbers, one row a line)")
     rows = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.replace(",", " ").split()
         if not fields or fields[0].startswith("#"):
             continue
@@ -563,123 +653,104 @@ def rotation_spread_deg(pol: dict) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the method: init search + state-less PPO
-def calibrate(args: Args, chunks: torch.Tensor, pol_kind: str, truth, gen, run: RunLogger, tag: str):
-    """One L2Calib arm as a generator: yields candidates (q [B, 4], t [B, 3], chunk ids [B]) and is sent back their
-    odometry errors [B] (m); returns the best-batch answer, the final spread and the curves."""
-    device, calls = chunks.device, 0
+def ppo_losses(
+    log_p: torch.Tensor,
+    old_log_p: torch.Tensor,
+    advantage: torch.Tensor,
+    value: torch.Tensor,
+    old_value: torch.Tensor,
+    reward: torch.Tensor,
+    clip_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO-clip [code ppo.py]: -mean min(A rho, A clip(rho, 1 -+ c)), rho = pi/pi_old, and the clipped value loss
+    mean max((V - r)^2, (V_old + clip(V - V_old, -+c) - r)^2); the value V is one scalar (no observation).
+    Returns (policy loss, value loss, fraction of clipped ratios); log_p, old_log_p, advantage, reward: [n]."""
+    ratio = torch.exp(log_p - old_log_p)  # [n]
+    clipped = ratio.clamp(1 - clip_coef, 1 + clip_coef)  # [n]
+    policy_loss = -torch.min(advantage * ratio, advantage * clipped).mean()
+    value_clipped = old_value + (value - old_value).clamp(-clip_coef, clip_coef)
+    value_loss = torch.max((value - reward) ** 2, (value_clipped - reward) ** 2).mean()
+    clip_fraction = ((ratio - 1).abs() > clip_coef).double().mean()
+    return policy_loss, value_loss, clip_fraction
 
-    def envs(rows: int) -> torch.Tensor:  # env i of call c runs chunk (i + num_envs c) mod n [code bind.cpp]
-        nonlocal calls
-        ids = chunks[(torch.arange(rows, device=device) + args.num_envs * calls) % len(chunks)]
-        calls += rows // args.num_envs
-        return ids
 
-    # 1. random-search init: each candidate's mean reward over num_collects chunk runs, e clipped to [0, 300]
-    t0, q0 = torch.zeros(3, dtype=F64, device=device), torch.tensor([0.0, 0, 0, 1], dtype=F64, device=device)
-    if args.init_search:
-        t_c = args.rho * (2 * torch.rand(args.init_candidates, 3, generator=gen, dtype=F64, device=device) - 1)
-        q_c = torch.randn(args.init_candidates, 4, generator=gen, dtype=F64, device=device)
-        q_c = q_c / q_c.norm(dim=-1, keepdim=True)  # uniform on S^3
-        rep = lambda x: x.repeat_interleave(args.num_collects, 0)  # noqa: E731
-        err = yield rep(q_c), rep(t_c), envs(args.init_candidates * args.num_collects)
-        score = torch.exp(-err.clamp(0, 300) / 2).reshape(-1, args.num_collects).mean(1)  # [candidates]
-        above = (score > args.init_stop_reward).nonzero()[:, 0]
-        best = int(above[0]) if args.init_stop_reward > 0 and len(above) else int(score.argmax())
-        t0, q0 = t_c[best], q_c[best]
-    # 2. policy from the init; one Adam over two parameter groups (policy, value) as in the code
-    pol = init_policy(pol_kind, t0, q0, args, gen)
-    value = torch.nn.Parameter(torch.zeros((), dtype=F64, device=device))
-    opt = torch.optim.Adam([{"params": list(pol.values())}, {"params": [value]}], lr=args.learning_rate)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step, gamma=args.lr_gamma)
-    best_err, answer, curves = math.inf, policy_mean(pol), []
-    for update in range(1, args.updates + 1):
-        # 3. sample num_collects actions, one odometry run each, r = exp(-e/2)
-        with torch.no_grad():
-            actions = sample_actions(pol, args.num_collects, gen)  # [n, 7]
-            old_log_p, _ = log_prob_entropy(pol, actions)  # [n]
-            old_value = value.detach().clone()
-        err = yield actions[:, 3:] / actions[:, 3:].norm(dim=-1, keepdim=True), actions[:, :3], envs(len(actions))
-        reward = torch.exp(-err / 2)  # [n]
-        # 4. advantage r - V standardised over the batch (one-step episodes: no discount, no GAE)
-        adv = reward - old_value
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        # 5. full-batch PPO epochs; during the warm-up only V learns
-        warm = update < args.warmup_updates
-        ent_coef = args.ent_coef / 2 if update > args.ent_halve_after else args.ent_coef
-        pg_loss = entropy = clip_frac = torch.zeros(())
-        for _ in range(args.ppo_epochs):
+@dataclass
+class Arm:
+    """One RL arm: the chunks it may use, its own generator, and (after the init search) its policy and optimiser."""
+
+    tag: str
+    kind: str
+    chunks: torch.Tensor
+    generator: torch.Generator
+    calls: int = 0
+    policy: Optional[dict] = None
+    value: Optional[torch.nn.Parameter] = None
+    optimizer: Optional[torch.optim.Optimizer] = None
+    scheduler: Optional[torch.optim.lr_scheduler.StepLR] = None
+    best_err: float = math.inf
+    answer: Optional[tuple] = None
+    curves: list = field(default_factory=list)
+
+
+def next_chunk_ids(arm: Arm, rows: int, num_envs: int) -> torch.Tensor:
+    """Chunk ids [rows] for the arm's next rows // num_envs calls: env i of call c runs chunk (i + num_envs c) mod n
+    [code bind.cpp]."""
+    env = torch.arange(rows, device=arm.chunks.device)
+    ids = arm.chunks[(env + num_envs * arm.calls) % len(arm.chunks)]
+    arm.calls += rows // num_envs
+    return ids
+
+
+def odometry_errors(bank: dict, requests: list, gravity, estimate_biases: bool, rows: int = 1024) -> list:
+    """One mini-LIO run per candidate for every (q [B, 4], t [B, 3], chunk ids [B]) in `requests`, batched across
+    them in calls of at most `rows` candidates; returns each request's errors [B] (m)."""
+    q, t, ids = (torch.cat(x) for x in zip(*requests))
+    err = torch.cat(
+        [
+            lio_rmse(bank, ids[s : s + rows], q[s : s + rows], t[s : s + rows], gravity, estimate_biases)
+            for s in range(0, len(q), rows)
+        ]
+    )
+    return list(err.split([len(r[0]) for r in requests]))
+
+
+def ppo_update(arm: Arm, actions, old_log_p, old_value, reward, update: int, args: Args) -> dict:
+    """Steps 6-7 of main for one arm: standardised advantage, full-batch PPO epochs, the clamps. Returns the stats."""
+    pol, value = arm.policy, arm.value
+    # 6. advantage r - V standardised over the batch (one-step episodes: no discount, no GAE)
+    adv = reward - old_value
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    # 7. full-batch PPO epochs; during the warm-up only V learns [code solver.py]
+    warm = update < args.warmup_updates
+    ent_coef = args.ent_coef / 2 if update > args.ent_halve_after else args.ent_coef
+    pg_loss = entropy = clip_frac = torch.zeros(())
+    for _ in range(args.ppo_epochs):
+        if warm:
             v_clip = old_value + (value - old_value).clamp(-args.clip_coef, args.clip_coef)
-            loss = v_loss = args.vf_coef * torch.max((value - reward) ** 2, (v_clip - reward) ** 2).mean()
-            if not warm:
-                log_p, entropy = log_prob_entropy(pol, actions, args.bingham_entropy_as_written)
-                ratio = torch.exp(log_p - old_log_p)  # [n]
-                pg_loss = -torch.min(adv * ratio, adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
-                loss = pg_loss + v_loss - ent_coef * entropy
-                if "a" not in pol:  # the Gaussian's unit-norm penalty on mu_q [code ppo.py]
-                    loss = loss + 0.1 * (pol["mu"][3:].norm() - 1) ** 2
-                clip_frac = ((ratio - 1).abs() > args.clip_coef).double().mean()
-            opt.zero_grad()
-            loss.backward()
-            for group in opt.param_groups:
-                torch.nn.utils.clip_grad_norm_(group["params"], args.max_grad_norm)
-            opt.step()
-            if not warm:  # 6. clamps after every step
-                with torch.no_grad():
-                    pol["log_sigma"].clamp_(math.log(1e-3), math.log(args.rho / 2))
-                    pol["mu"][:3].clamp_(-args.rho, args.rho)
-                    if "a" in pol:
-                        pol["zeta"].clamp_(max=math.log(args.z_cap))
-                        if args.clamp_as_written:
-                            pol["a"].clamp_(-args.rho, args.rho)
-        sched.step()
-        # 7. keep the policy mean of the update whose batch had the lowest mean error; log
-        with torch.no_grad():
-            q_mean, t_mean = policy_mean(pol)
-            point = {"update": update, "ape_cm": 100 * err.mean().item()}
-            if truth is not None:
-                point["rot_err_deg"] = quat_angle_deg(q_mean, truth[0]).item()
-                point["t_err_cm"] = 100 * (t_mean - truth[1]).norm().item()
-            curves.append(point)
-            if err.mean().item() < best_err:
-                best_err, answer = err.mean().item(), (q_mean.clone(), t_mean.clone())
-            metrics = {
-                f"reward/{tag}": reward.mean(),
-                f"reward_std/{tag}": reward.std(),
-                f"entropy/{tag}": entropy,
-                f"clip_ratio/{tag}": clip_frac,
-                f"losses/policy_loss/{tag}": pg_loss,
-                f"losses/value_loss/{tag}": v_loss,
-                f"charts/learning_rate/{tag}": opt.param_groups[0]["lr"],
-                f"charts/sigma_t_cm/{tag}": 100 * pol["log_sigma"][:3].exp().mean(),
-            }
-            metrics.update({f"charts/{k}/{tag}": v for k, v in point.items() if k != "update"})
-            if "a" in pol:
-                metrics[f"charts/bingham_min_abs_z/{tag}"] = pol["zeta"].exp().min()
-            run.log(update, metrics)
-    with torch.no_grad():
-        spread = rotation_spread_deg(pol) if "a" in pol else None
-        sigma_t = 100 * pol["log_sigma"][:3].exp()
-        return dict(q=answer[0], t=answer[1], sigma_t_cm=sigma_t, sigma_rot_deg=spread, curves=curves)
-
-
-def run_lockstep(arms: dict, bank: dict, gravity: torch.Tensor, rows: int = 1024) -> dict:
-    """Drive every arm generator at once: one batched odometry call serves all their candidates."""
-    pending, results = {key: next(arm) for key, arm in arms.items()}, {}
-    while pending:
-        q, t, ids = (torch.cat(x) for x in zip(*pending.values()))
-        err = torch.cat(
-            [
-                lio_rmse(bank, ids[s : s + rows], q[s : s + rows], t[s : s + rows], gravity)
-                for s in range(0, len(q), rows)
-            ]
-        )
-        for key, e in zip(list(pending), err.split([len(r[0]) for r in pending.values()])):
-            try:
-                pending[key] = arms[key].send(e)
-            except StopIteration as stop:
-                results[key] = stop.value
-                del pending[key]
-    return results
+            v_loss = args.vf_coef * torch.max((value - reward) ** 2, (v_clip - reward) ** 2).mean()
+            loss = v_loss
+        else:
+            log_p, entropy = log_prob_entropy(pol, actions, args.bingham_entropy_as_written)
+            pg_loss, v_loss, clip_frac = ppo_losses(log_p, old_log_p, adv, value, old_value, reward, args.clip_coef)
+            v_loss = args.vf_coef * v_loss
+            loss = pg_loss + v_loss - ent_coef * entropy
+            if "a" not in pol:  # the Gaussian's unit-norm penalty on mu_q [code ppo.py]
+                loss = loss + 0.1 * (pol["mu"][3:].norm() - 1) ** 2
+        arm.optimizer.zero_grad()
+        loss.backward()
+        for group in arm.optimizer.param_groups:
+            torch.nn.utils.clip_grad_norm_(group["params"], args.max_grad_norm)
+        arm.optimizer.step()
+        if not warm:  # the clamps after every step: sigma in [1e-3, rho/2], mu in [-rho, rho] [code ppo.py]
+            with torch.no_grad():
+                pol["log_sigma"].clamp_(math.log(1e-3), math.log(args.rho / 2))
+                pol["mu"][:3].clamp_(-args.rho, args.rho)
+                if "a" in pol:
+                    pol["zeta"].clamp_(max=math.log(args.z_cap))
+                    if args.clamp_as_written:
+                        pol["a"].clamp_(-args.rho, args.rho)
+    arm.scheduler.step()
+    return dict(pg_loss=pg_loss, v_loss=v_loss, entropy=entropy, clip_frac=clip_frac)
 
 
 def run_hand_eye(data: dict) -> dict:
@@ -724,23 +795,56 @@ def save_curves(path: Path, curves: dict, keys: list[str]) -> None:
     plt.close(fig)
 
 
-def main(args: Args) -> None:
-    # 0. fail early: options, files and the data selection are checked before the run folder exists
+def check_args(args: Args) -> None:
+    """Step 0 of main: every option checked before any file is read or any run folder is made."""
+    counts = "num_envs num_collects ppo_epochs updates init_candidates segments lr_step num_threads"
+    for name in counts.split():
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in "warmup_updates ent_halve_after".split():
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.num_collects % args.num_envs:
         fail(f"--num-collects {args.num_collects} must be a multiple of --num-envs {args.num_envs}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        fail(f"--learning-rate must be a positive number, got {args.learning_rate}")
+    if not 0 < args.lr_gamma <= 1:
+        fail(f"--lr-gamma (the StepLR factor on the learning rate) must be in (0, 1], got {args.lr_gamma}")
+    if not (math.isfinite(args.clip_coef) and args.clip_coef > 0):
+        fail(
+            f"--clip-coef must be a positive number (PPO's ratio and value clip, 0.2 in the code), got {args.clip_coef}"
+        )
+    if not (math.isfinite(args.max_grad_norm) and args.max_grad_norm > 0):
+        fail(f"--max-grad-norm must be a positive number, got {args.max_grad_norm}")
+    if not (math.isfinite(args.vf_coef) and args.vf_coef >= 0 and math.isfinite(args.ent_coef) and args.ent_coef >= 0):
+        fail(f"--vf-coef and --ent-coef must be numbers >= 0, got {args.vf_coef} and {args.ent_coef}")
+    if not (math.isfinite(args.rho) and args.rho > 0):
+        fail(f"--rho (the translation box, m) must be a positive number, got {args.rho}")
+    if not (math.isfinite(args.z_cap) and args.z_cap > 0 and -args.z_cap < args.z_init < 0):
+        fail(f"--z-init must be negative (Bingham concentrations are <= 0) and above -z_cap, got {args.z_init}")
+    if not (args.segment_seconds > 1 and args.chunk_seconds > 0):
+        fail(f"--segment-seconds must be above 1 and --chunk-seconds positive, got {args.segment_seconds}")
+    if not (math.isfinite(args.select_threshold) and 0 <= args.init_stop_reward < 1):
+        fail("--select-threshold must be a number and --init-stop-reward in [0, 1) (rewards are exp(-e/2))")
+    gravity = float(np.linalg.norm(args.gravity))
+    if not (math.isfinite(gravity) and gravity > 0.1):
+        fail(f"--gravity {args.gravity} must be the gravity vector in m/s^2 in the pose file's world, e.g. 0 0 -9.81")
     if (args.imu is None) != (args.lidar_poses is None):
         fail("give both --imu and --lidar-poses (real files), or neither (the offline toy)")
-    if not -args.z_cap < args.z_init < 0:
-        fail(f"--z-init must be negative (Bingham concentrations are <= 0) and above -z_cap, got {args.z_init}")
-    if min(args.rho, args.updates, args.init_candidates, args.segments, args.segment_seconds - 1) <= 0:
-        fail("--rho, --updates, --init-candidates and --segments must be positive, --segment-seconds above 1")
-    if len(set(args.arms)) != len(args.arms) or len(set(args.motions)) != len(args.motions):
-        fail(f"--arms and --motions must not repeat, got {args.arms} and {args.motions}")
+    if not args.arms or len(set(args.arms)) != len(args.arms) or len(set(args.motions)) != len(args.motions):
+        fail(f"--arms must not be empty, --arms and --motions must not repeat, got {args.arms} and {args.motions}")
+    if args.imu is None and not args.motions:
+        fail("--motions must name at least one toy motion (full, weak, planar)")
+
+
+def main(args: Args) -> None:
+    # 0. fail early: options, files and the data selection are checked before the run folder exists
+    check_args(args)
     seed_everything(args.seed)
     device = pick_device(args.cuda)
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # tiny tensors: more threads only add synchronisation (10-50x slower on a busy box)
+    torch.set_num_threads(args.num_threads)  # tiny tensors: more threads only add synchronisation
     gravity = torch.tensor(args.gravity, dtype=F64, device=device)
+    estimate_biases = args.bias_estimation == "on" or (args.bias_estimation == "auto" and args.imu is not None)
     datasets, truth = {}, None  # name -> chunks; the truth is known in the toy only
     if args.imu is not None:
         rec = load_files(args)
@@ -770,28 +874,110 @@ def main(args: Args) -> None:
     bank = {k: torch.cat([d[k] for d in datasets.values()]).to(device) for k in next(iter(datasets.values()))}
     every = 50 * max(1, sum(arm != "hand-eye" for _, arm in chosen))  # print every 50 updates
     run = RunLogger(make_run_name("l2calib", args.exp_name, args.seed), args, track=args.track, print_every=every)
-    # 2. the closed-form hand-eye baseline, then every RL arm in lockstep from one seed each
+    # 2. the closed-form hand-eye baseline on its chunks; every RL arm gets its own generator, seeded alike
     arms, results = {}, {}
-    for (name, arm), ids in chosen.items():
-        if arm == "hand-eye":
-            results[name, arm] = run_hand_eye({k: v[ids] for k, v in bank.items()})
-            sing = [float(f"{v:.3g}") for v in results[name, arm]["singular_values"]]
+    for (name, arm_name), ids in chosen.items():
+        if arm_name == "hand-eye":
+            results[name, arm_name] = run_hand_eye({k: v[ids] for k, v in bank.items()})
+            sing = [float(f"{v:.3g}") for v in results[name, arm_name]["singular_values"]]
             notes.append(f"{name} hand-eye: singular values of the rotation system {sing}")
         else:
-            gen = torch.Generator(device).manual_seed(args.seed)
-            kind = "gaussian" if arm == "gaussian" else args.rot_dist
-            arms[name, arm] = calibrate(args, ids.to(device), kind, truth, gen, run, f"{name}_{arm}")
+            kind = "gaussian" if arm_name == "gaussian" else args.rot_dist
+            generator = torch.Generator(device).manual_seed(args.seed)
+            arms[name, arm_name] = Arm(tag=f"{name}_{arm_name}", kind=kind, chunks=ids.to(device), generator=generator)
     print("\n".join(notes), flush=True)
-    results.update(run_lockstep(arms, bank, gravity))
-    # 3. each answer: error against the truth, policy spread, odometry RMSE over every chunk of its data
+    # 3. random-search init [code solver.py init_ppo]: each candidate's mean reward over num_collects chunk runs,
+    #    e clipped to [0, 300]; t ~ U[-rho, rho]^3, q uniform on S^3. One batched odometry call serves every arm.
+    identity = torch.zeros(3, dtype=F64, device=device), torch.tensor([0.0, 0, 0, 1], dtype=F64, device=device)
+    starts = {key: identity for key in arms}  # --no-init-search: t = 0, q = identity
+    if args.init_search and arms:
+        candidates, requests = {}, []
+        for key, arm in arms.items():
+            uniform = torch.rand(args.init_candidates, 3, generator=arm.generator, dtype=F64, device=device)
+            t_c = args.rho * (2 * uniform - 1)  # [candidates, 3]
+            q_c = torch.randn(args.init_candidates, 4, generator=arm.generator, dtype=F64, device=device)
+            q_c = q_c / q_c.norm(dim=-1, keepdim=True)  # [candidates, 4]
+            candidates[key] = t_c, q_c
+            ids = next_chunk_ids(arm, args.init_candidates * args.num_collects, args.num_envs)
+            repeat = args.num_collects
+            requests.append((q_c.repeat_interleave(repeat, 0), t_c.repeat_interleave(repeat, 0), ids))
+        init_errors = odometry_errors(bank, requests, gravity, estimate_biases)
+        for (key, (t_c, q_c)), err in zip(candidates.items(), init_errors):
+            score = torch.exp(-err.clamp(0, 300) / 2).reshape(-1, args.num_collects).mean(1)  # [candidates]
+            above = (score > args.init_stop_reward).nonzero()[:, 0]
+            best = int(above[0]) if args.init_stop_reward > 0 and len(above) else int(score.argmax())
+            starts[key] = t_c[best], q_c[best]
+    # 4. each policy from its init; one Adam over two parameter groups (policy, value) as in the code, StepLR
+    for key, arm in arms.items():
+        arm.policy = init_policy(arm.kind, *starts[key], args, arm.generator)
+        arm.value = torch.nn.Parameter(torch.zeros((), dtype=F64, device=device))
+        arm.optimizer = torch.optim.Adam(
+            [{"params": list(arm.policy.values())}, {"params": [arm.value]}], lr=args.learning_rate
+        )
+        arm.scheduler = torch.optim.lr_scheduler.StepLR(arm.optimizer, step_size=args.lr_step, gamma=args.lr_gamma)
+        arm.answer = policy_mean(arm.policy)
+    for update in range(1, args.updates + 1):
+        # 5. each arm samples num_collects actions; one odometry run per action, all arms in one batched call
+        batches, requests = {}, []
+        for key, arm in arms.items():
+            with torch.no_grad():
+                actions = sample_actions(arm.policy, args.num_collects, arm.generator)  # [n, 7]
+                old_log_p, _ = log_prob_entropy(arm.policy, actions)  # [n]
+                old_value = arm.value.detach().clone()
+            batches[key] = actions, old_log_p, old_value
+            q_action = actions[:, 3:] / actions[:, 3:].norm(dim=-1, keepdim=True)
+            requests.append((q_action, actions[:, :3], next_chunk_ids(arm, len(actions), args.num_envs)))
+        errors = odometry_errors(bank, requests, gravity, estimate_biases) if arms else []
+        for (key, arm), err in zip(arms.items(), errors):
+            actions, old_log_p, old_value = batches[key]
+            reward = torch.exp(-err / 2)  # [n], r = exp(-e/2)
+            # 6.-7. advantage and the PPO epochs
+            stats = ppo_update(arm, actions, old_log_p, old_value, reward, update, args)
+            # 8. keep the policy mean of the update whose batch had the lowest mean error [code solver.py]; log
+            with torch.no_grad():
+                q_mean, t_mean = policy_mean(arm.policy)
+                point = {"update": update, "ape_cm": 100 * err.mean().item()}
+                if truth is not None:
+                    point["rot_err_deg"] = quat_angle_deg(q_mean, truth[0]).item()
+                    point["t_err_cm"] = 100 * (t_mean - truth[1]).norm().item()
+                arm.curves.append(point)
+                if err.mean().item() < arm.best_err:
+                    arm.best_err, arm.answer = err.mean().item(), (q_mean.clone(), t_mean.clone())
+                tag = arm.tag
+                metrics = {
+                    f"reward/{tag}": reward.mean(),
+                    f"reward_std/{tag}": reward.std(),
+                    f"entropy/{tag}": stats["entropy"],
+                    f"clip_ratio/{tag}": stats["clip_frac"],
+                    f"losses/policy_loss/{tag}": stats["pg_loss"],
+                    f"losses/value_loss/{tag}": stats["v_loss"],
+                    f"charts/learning_rate/{tag}": arm.optimizer.param_groups[0]["lr"],
+                    f"charts/sigma_t_cm/{tag}": 100 * arm.policy["log_sigma"][:3].exp().mean(),
+                }
+                metrics.update({f"charts/{k}/{tag}": v for k, v in point.items() if k != "update"})
+                if "a" in arm.policy:
+                    metrics[f"charts/bingham_min_abs_z/{tag}"] = arm.policy["zeta"].exp().min()
+                run.log(update, metrics)
+    with torch.no_grad():
+        for key, arm in arms.items():
+            spread = rotation_spread_deg(arm.policy) if "a" in arm.policy else None
+            sigma_t = 100 * arm.policy["log_sigma"][:3].exp()
+            results[key] = dict(q=arm.answer[0], t=arm.answer[1], sigma_t_cm=sigma_t, sigma_rot_deg=spread)
+            results[key]["curves"] = arm.curves
+    # 9. each answer: error against the truth, policy spread, odometry RMSE over every chunk of its data
     rows, answers, curves = [], {}, {}
     fmt = lambda v, d=2: None if v is None else "/".join(f"{x:.{d}f}" for x in v.tolist())  # noqa: E731
-    for name, arm in chosen:
-        res, ids = results[name, arm], ranges[name].to(device)
+    for name, arm_name in chosen:
+        res, ids = results[name, arm_name], ranges[name].to(device)
         q_x, t_x = res["q"].to(device), None if res["t"] is None else res["t"].to(device)
         t_eval = torch.zeros(3, dtype=F64, device=device) if t_x is None else t_x
-        ape = 100 * lio_rmse(bank, ids, q_x.expand(len(ids), 4), t_eval.expand(len(ids), 3), gravity).mean().item()
-        row = {"data": name, "arm": arm}
+        q_all, t_all = q_x.expand(len(ids), 4), t_eval.expand(len(ids), 3)
+        ape = 100 * lio_rmse(bank, ids, q_all, t_all, gravity, estimate_biases).mean().item()
+        if estimate_biases and t_x is not None:  # what the mini-LIO makes of the IMU biases under this answer
+            b_g, b_a = (b.mean(0).tolist() for b in lio_biases(bank, ids, q_all, t_all, gravity))
+            gyro, accel = ", ".join(f"{v:.4f}" for v in b_g), ", ".join(f"{v:.3f}" for v in b_a)
+            notes.append(f"{name} {arm_name}: IMU biases at this answer: gyro ({gyro}) rad/s, accel ({accel}) m/s^2")
+        row = {"data": name, "arm": arm_name}
         if truth is not None:
             t_err = [None] * 3 if t_x is None else (100 * (t_x - truth[1]).abs()).tolist()
             row["rot_err_deg"] = quat_angle_deg(q_x, truth[0]).item()
@@ -800,12 +986,12 @@ def main(args: Args) -> None:
             row.update(t_cm=None if t_x is None else fmt(100 * t_x, 1), q_xyzw=fmt(q_x, 4))
         rows.append(dict(row, sigma_t_cm=fmt(res.get("sigma_t_cm")), sigma_rot_deg=fmt(res.get("sigma_rot_deg"))))
         rows[-1]["ape_cm"] = ape
-        answers[f"{name}_{arm}"] = {"q_xyzw": q_x.tolist(), "t_m": None if t_x is None else t_x.tolist()}
+        answers[f"{name}_{arm_name}"] = {"q_xyzw": q_x.tolist(), "t_m": None if t_x is None else t_x.tolist()}
         t_norm = math.nan if t_x is None or truth is None else 100 * (t_x - truth[1]).norm().item()
         flat = [
             dict(update=u, ape_cm=ape, rot_err_deg=row.get("rot_err_deg"), t_err_cm=t_norm) for u in (1, args.updates)
         ]
-        curves.setdefault(name, {})[arm] = res.get("curves", flat)
+        curves.setdefault(name, {})[arm_name] = res.get("curves", flat)
     run.save_text("result.json", json.dumps(answers, indent=2) + "\n")
     save_curves(run.dir / "error_curves.png", curves, ["rot_err_deg", "t_err_cm"] if truth else ["ape_cm"])
     head = (
@@ -817,4 +1003,5 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    paragraphs = __doc__.split("\n\n")
+    main(tyro.cli(Args, description="\n\n".join([*paragraphs[:2], paragraphs[-1]])))  # --help: what, idea, commands

@@ -4,6 +4,8 @@ the real-file path and the early failures."""
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -254,8 +256,9 @@ def test_it_learns(runs_dir):
     assert np.mean(rot[-10:]) < 0.4 * rot[0] and np.mean(ape[-20:]) < 0.6 * np.mean(ape[:10])
 
 
-def write_files(tmp_path, seconds=24.0, noise=True):
-    sim = L.simulate("full", 1, seconds, noise, torch.Generator().manual_seed(3))
+def write_files(tmp_path, seconds=24.0, noise=True, bias_scale=1.0, seed=3):
+    sim = L.simulate("full", 1, seconds, noise, torch.Generator().manual_seed(seed), bias_scale=bias_scale)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     imu_path, pose_path = tmp_path / "imu.csv", tmp_path / "lidar.tum"
     t0 = 1000.0
     lines = ["time,gx,gy,gz,ax,ay,az"]
@@ -278,14 +281,95 @@ def test_real_files_round_trip_is_exact(tmp_path):
     data = L.make_chunks([L.load_files(args)], 80, False)
     n = len(data["p"])
     assert n == 3
-    error = L.lio_rmse(
-        data,
-        torch.arange(n),
-        L.rpy_to_quat(L.TRUE_RPY_DEG).expand(n, 4),
-        torch.tensor(L.TRUE_T, dtype=F64).expand(n, 3),
-        torch.tensor(args.gravity, dtype=F64),
-    )
-    assert error.max() < 1e-6
+    for estimate_biases in (False, True):  # unbiased and noise-free: the bias states stay at zero
+        error = L.lio_rmse(
+            data,
+            torch.arange(n),
+            L.rpy_to_quat(L.TRUE_RPY_DEG).expand(n, 4),
+            torch.tensor(L.TRUE_T, dtype=F64).expand(n, 3),
+            torch.tensor(args.gravity, dtype=F64),
+            estimate_biases,
+        )
+        assert error.max() < 1e-6
+
+
+def test_bias_jacobians_match_preintegrating_the_corrected_imu():
+    gen = torch.Generator().manual_seed(2)
+    imu_t = torch.cumsum(0.01 + 0.01 * torch.rand(300, generator=gen, dtype=F64), 0)
+    gyro = torch.randn(300, 3, generator=gen, dtype=F64)
+    acc = torch.randn(300, 3, generator=gen, dtype=F64) + torch.tensor([0.0, 0.0, 9.81], dtype=F64)
+    pose_t = torch.linspace(imu_t[3].item() + 0.003, imu_t[-5].item() - 0.004, 23, dtype=F64)
+    pre = L.preintegrate(imu_t, gyro, acc, pose_t)
+    mv = lambda m, x: (m @ x[:, None])[..., 0]  # noqa: E731
+
+    def residuals(b_g, b_a):  # first-order prediction against preintegrating the IMU with the biases taken out
+        exact = L.preintegrate(imu_t, gyro - b_g, acc - b_a, pose_t)
+        rot = pre["dR"] @ L.so3_exp(mv(pre["J_R"], b_g))
+        return torch.stack(
+            [
+                L.so3_log(rot.transpose(-1, -2) @ exact["dR"]).norm(dim=-1).max(),
+                (pre["dv"] + mv(pre["J_vg"], b_g) + mv(pre["J_va"], b_a) - exact["dv"]).abs().max(),
+                (pre["dp"] + mv(pre["J_pg"], b_g) + mv(pre["J_pa"], b_a) - exact["dp"]).abs().max(),
+                L.so3_log(pre["dR"].transpose(-1, -2) @ exact["dR"]).norm(dim=-1).max(),  # uncorrected
+                (pre["dv"] - exact["dv"]).abs().max(),
+                (pre["dp"] - exact["dp"]).abs().max(),
+            ]
+        )
+
+    b_g, b_a = torch.tensor([0.01, -0.02, 0.015], dtype=F64), torch.tensor([0.1, 0.2, -0.15], dtype=F64)
+    full, half = residuals(b_g, b_a), residuals(b_g / 2, b_a / 2)
+    assert (full[:3] < 0.005 * full[3:]).all()  # the correction removes > 99.5 % of the bias effect
+    assert (half[:3] < 0.3 * full[:3]).all()  # what is left is second order (a wrong Jacobian leaves first order)
+    assert full[4] > 0.01  # the biases matter at this size (dv off by > 1 cm/s)
+
+
+def reward_optimum(data, estimate_biases, iterations=4, h_rot=0.003, h_t=0.01):
+    """The extrinsic that minimises the mean odometry error e over the chunks, by Newton steps on a central-difference
+    gradient and Hessian around the truth (each step capped at 0.02 rad / 5 cm). Returns its rotation error (deg) and
+    translation error (cm): the calibration error of the reward itself, whatever optimiser climbs it."""
+    n, gravity = len(data["p"]), torch.tensor([0.0, 0.0, -9.81], dtype=F64)
+    q_true, t_true = L.rpy_to_quat(L.TRUE_RPY_DEG), torch.tensor(L.TRUE_T, dtype=F64)
+    h = torch.tensor([h_rot] * 3 + [h_t] * 3, dtype=F64)
+    basis = torch.eye(6, dtype=F64) * h
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+    offsets = [torch.zeros(6, dtype=F64), *[s * basis[i] for i in range(6) for s in (1, -1)]]
+    offsets += [si * basis[i] + sj * basis[j] for i, j in pairs for si, sj in ((1, 1), (1, -1), (-1, 1), (-1, -1))]
+    offsets = torch.stack(offsets)  # [73, 6]: rotation vector (right perturbation), translation
+    x = torch.zeros(6, dtype=F64)
+    for _ in range(iterations):
+        points = x + offsets
+        q = L.quat_mul(q_true.expand(len(points), 4), L.quat_exp(points[:, :3]))
+        t = t_true + points[:, 3:]
+        ids = torch.arange(n).repeat(len(points))
+        e = L.lio_rmse(data, ids, q.repeat_interleave(n, 0), t.repeat_interleave(n, 0), gravity, estimate_biases)
+        f = e.reshape(len(points), n).mean(1)  # [73]
+        grad = (f[1:13:2] - f[2:13:2]) / (2 * h)
+        hess = torch.diag((f[1:13:2] - 2 * f[0] + f[2:13:2]) / h**2)
+        for k, (i, j) in enumerate(pairs):
+            a, b, c, d = f[13 + 4 * k : 17 + 4 * k]
+            hess[i, j] = hess[j, i] = (a - b - c + d) / (4 * h[i] * h[j])
+        step = -torch.linalg.solve(hess, grad)
+        x = x + step * min(1.0, 0.02 / step[:3].norm().item(), 0.05 / step[3:].norm().item())
+    return math.degrees(x[:3].norm().item()), 100 * x[3:].norm().item()
+
+
+def test_bias_estimation_keeps_the_file_path_optimum(tmp_path):
+    """A 60 s recording through the file path (CSV + TUM, 4 chunks of 15 s), with the IMU biases at 5x the toy's std
+    (here gyro ~0.01 rad/s, accel ~0.1 m/s^2 per axis) and at zero, the other noise identical."""
+    errors = {}
+    for scale in (0.0, 5.0):
+        imu_path, pose_path = write_files(tmp_path / f"bias{scale}", seconds=60.0, bias_scale=scale, seed=0)
+        args = L.Args(imu=str(imu_path), lidar_poses=str(pose_path))  # chunk_seconds 15
+        data = L.make_chunks([L.load_files(args)], 150, False)
+        assert len(data["p"]) == 4
+        for estimate_biases in (True,) if scale == 0 else (True, False):
+            errors[scale, estimate_biases] = reward_optimum(data, estimate_biases)
+    rot_clean, t_clean = errors[0.0, True]
+    rot_biased, t_biased = errors[5.0, True]
+    assert rot_biased <= 1.5 * rot_clean and t_biased <= 1.5 * t_clean  # within the unbiased case's +50%
+    assert rot_biased < 0.1 and t_biased < 0.5  # and small: a few hundredths of a degree, a few mm
+    rot_off, t_off = errors[5.0, False]  # the filter without bias states: the optimum leaves the truth
+    assert rot_off > 5 * rot_clean and rot_off > 0.3 and t_off > 3 * t_clean
 
 
 def test_real_files_through_main(tmp_path, runs_dir):
@@ -298,7 +382,8 @@ def test_real_files_through_main(tmp_path, runs_dir):
     q_true = L.rpy_to_quat(L.TRUE_RPY_DEG)
     assert L.quat_angle_deg(torch.tensor(answers["files_hand-eye"]["q_xyzw"], dtype=F64), q_true) < 0.5  # gyro-based
     assert answers["files_hand-eye"]["t_m"] is None and len(answers["files_l2calib"]["t_m"]) == 3
-    assert "| files | l2calib" in (run / "summary.md").read_text()
+    summary = (run / "summary.md").read_text()
+    assert "| files | l2calib" in summary and "files l2calib: IMU biases at this answer: gyro (" in summary
     assert "charts/ape_cm/files_l2calib" in metrics(run)[-1]
 
 
@@ -364,3 +449,47 @@ def test_bad_files_fail_with_the_line_number(tmp_path, runs_dir):
     bad_imu.write_text("\n".join([*imu_lines[:3], "0.1,abc,0,0,0,0,9.8", *imu_lines[4:]]) + "\n")
     expect_exit(r"bad.csv:4: not numbers", L.main, tiny(**{**args, "imu": str(bad_imu)}))
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+@pytest.mark.parametrize(
+    "flags,match",
+    [
+        (dict(num_envs=0), "--num-envs must be at least 1"),
+        (dict(ppo_epochs=0), "--ppo-epochs must be at least 1"),
+        (dict(num_threads=0), "--num-threads must be at least 1"),
+        (dict(gravity=(0.0, 0.0, 0.0)), "--gravity .* must be the gravity vector"),
+        (dict(gravity=(0.0, 0.0, math.nan)), "--gravity .* must be the gravity vector"),
+        (dict(clip_coef=-1.0), "--clip-coef must be a positive number"),
+        (dict(clip_coef=0.0), "--clip-coef must be a positive number"),
+        (dict(learning_rate=0.0), "--learning-rate must be a positive number"),
+        (dict(learning_rate=-1e-3), "--learning-rate must be a positive number"),
+        (dict(learning_rate=math.nan), "--learning-rate must be a positive number"),
+        (dict(lr_gamma=0.0), "--lr-gamma"),
+        (dict(lr_gamma=math.nan), "--lr-gamma"),
+        (dict(lr_step=0), "--lr-step must be at least 1"),
+        (dict(rho=math.nan), "--rho"),
+        (dict(max_grad_norm=0.0), "--max-grad-norm"),
+    ],
+)
+def test_bad_numbers_fail_before_any_work(flags, match, runs_dir):
+    expect_exit(match, L.main, tiny(**flags))
+    assert not runs_dir.exists()
+
+
+def test_binary_files_fail_with_a_message(tmp_path, runs_dir):
+    imu_path, pose_path = write_files(tmp_path, seconds=12.0)
+    bag = tmp_path / "lidar.bag"
+    bag.write_bytes(b"#ROSBAG V2.0\n" + bytes(range(256)) * 8)
+    expect_exit("lidar.bag is a binary file", L.main, tiny(imu=str(imu_path), lidar_poses=str(bag)))
+    latin = tmp_path / "imu.bin"
+    latin.write_bytes(b"\xff\xfe" + b"\x93\x12" * 100)  # no NUL, not UTF-8 either
+    expect_exit("imu.bin is a binary file", L.main, tiny(imu=str(latin), lidar_poses=str(pose_path)))
+    assert not runs_dir.exists()
+
+
+def test_the_command_line_refuses_without_a_traceback(tmp_path):
+    env = dict(os.environ, REWARDLAB_RUNS=str(tmp_path / "runs"))
+    command = [sys.executable, str(Path(L.__file__)), "--gravity", "0", "0", "0"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1 and "error: --gravity" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists()
