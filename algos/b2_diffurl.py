@@ -28,7 +28,10 @@ kvablack/ddpo-pytorch):
 3. Schedule [code run_process.sh, card 3.2]: `trained_step_indices`; --fixed-split s uses s_k = s at every stage.
 4. Branch sampling [code run_sample.py]: steps 0..b_k-1 once per prefix, then S copies with independent noise; rows are
    prefix-major with explicit group ids (the code recovers groups by a reshape [card 5]). Only post-branch transitions
-   are stored, because only they are ever trained on [code run_select.py slices t_left:t_right].
+   are stored, because only they are ever trained on [code run_select.py slices t_left:t_right]. Every UNet call,
+   VAE decode and reward call takes --sample-batch-size rows (real path 8, as the code's batches of 8 prompts and 8
+   CLIP images; toy: all rows at once) and the stage's trajectories wait on the CPU, so peak memory is set by that
+   chunk and by --train-micro-batch (real path 2 [code]), not by prefixes x S (tested on a narrowed SD-1.x).
 5. `PromptStatTracker` [code run_select.py score_fn1]: FIFO of the last H per-stage reward dicts; unbiased std; a
    prompt seen once has z = 0 (the code would divide 0 by NaN).
 6. `select_from_branches` [code run_select.py]: asymmetric >= tau+ / < tau- tests; A = the per-prompt z-score, not a
@@ -46,7 +49,8 @@ kvablack/ddpo-pytorch):
    schedule (cached under runs/cache/ by recipe). Reward precision r = exp(-d^2/(2 0.05^2)) (d = distance to the
    nearest centre of c), or --reward-fn mode (1 if that centre is c's mode 0: decided by early steps).
 11. Real path: StableDiffusionPipeline.from_pretrained(--model-name) with a DDIMScheduler from its config; VAE, text
-   encoder and UNet frozen; reward --reward-fn clip (open_clip ViT-H-14 laion2b, fails at start-up without weights),
+   encoder and UNet frozen; reward --reward-fn clip (open_clip ViT-H-14 laion2b, fails at start-up without weights;
+   its inputs are the images cast to 8 bits as the code's PNGs and put through open_clip's own preprocess),
    jpeg (JPEG size, weight-free, DDPO's compressibility) or module:function taking (images [B,3,H,W] in [0,1], prompts).
 
 Metrics (suffix /<arm>_s<seed>, step = cumulative reward calls): reward, reward_std (training samples), eval/reward,
@@ -56,7 +60,8 @@ clip_ratio/region_mean, kl (approx), charts/span, charts/selected. Also summary.
     python algos/b2_diffurl.py                                   # toy: B², DDPO and the ablations, 3 seeds (62 s)
     python algos/b2_diffurl.py --reward-fn mode --arms main ddpo # the honesty variant: early-step reward
     python algos/b2_diffurl.py --model-name CompVis/stable-diffusion-v1-4 --reward-fn clip --num-stages 100 \
-        --s-min 14 --s-max 20 --prefixes-per-stage 256 --train-batch-size 128 --train-micro-batch 2 --lr 1e-4
+        --s-min 14 --s-max 20 --prefixes-per-stage 256 --train-batch-size 128 --train-micro-batch 2 --lr 1e-4 \
+        --sample-batch-size 8
 
 Measured (toy default, 3 seeds, 2 cores, 62 s): eval precision reward after 6080 calls B² 0.449 +- 0.010, DDPO
 0.266 +- 0.012 at its eps 1e-4 (0.446 +- 0.010 with --ddpo-clip 0.1), no-branch 0.517, select-all 0.513, fixed-split
@@ -447,6 +452,7 @@ def run_arm(args, cfg, world, params, tag, run, seed):
     calls_per_stage = args.prefixes_per_stage * args.num_branches  # equal reward calls for every arm
     num_prefixes = calls_per_stage // S
     opt = torch.optim.AdamW(params, lr=args.ddpo_lr if ddpo else args.lr, weight_decay=args.weight_decay)
+    opt.zero_grad(set_to_none=True)  # no gradient left over from pretraining (a cold cache) joins the first step
     tracker, buffers, w, N = PromptStatTracker(args.history), {}, world.guidance, args.num_steps
     clip_range = args.ddpo_clip if ddpo else args.ppo_clip
     curve = [dict(calls=0, **world.evaluate())]

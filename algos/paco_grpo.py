@@ -47,6 +47,10 @@ Implementation details ([code] = X-GenGroup/PaCo-RL @ 08caac6 PaCo-GRPO/; [card]
    latents) with its `FlowMatchEulerDiscreteScheduler` sigmas; only the SDE step is ours; LoRA via peft on the
    transformer's attention projections; rewards pluggable in `REAL_REWARDS` (built in: a pairwise consistency over
    the 4 panels of a 2x2 grid, and a colourfulness score on another scale; swap in PaCo-Reward / CLIP-T there).
+   Memory: sampling, VAE decoding and rewards in chunks of --sample-batch-size (8), the epoch's trajectory on the
+   CPU, training in micro-batches of --micro-batch-size (9, flow_grpo's) with CFG as two passes, the unconditional
+   one without gradient (= flow_grpo's detached v_u; --uncond-grad lets it through), --gradient-checkpointing, the
+   text encoders dropped after the one-off prompt encoding: peak memory does not grow with prompts x G (tested).
 
 Logged metrics (suffix /<arm>/seed<n>): `reward` (aggregated r), `reward_std`, `rewards/<k>/{mean,std,cv,tamed}`, `kl`,
 `clip_ratio/{low,high,region}_mean`, `losses/loss`, `charts/{grad_norm,epoch_seconds,train_seconds,duplicate_rate}`,
@@ -55,7 +59,8 @@ and every epochs/4 `eval/{reward,r_cons,r_align,ratio,duplicate_rate}`.
 Commands:
     python algos/paco_grpo.py                                  # offline toy: 4 arms x 3 seeds, ~75 s + pretraining
     python algos/paco_grpo.py --model-name stabilityai/stable-diffusion-3.5-medium --image-size 1024 \
-        --train-res half --epochs 50 --num-prompts 4 --num-generations 16 --guidance-scale 4.5 --lr 3e-4
+        --train-res half --epochs 50 --num-prompts 4 --num-generations 16 --guidance-scale 4.5 --lr 3e-4 \
+        --sample-batch-size 8 --micro-batch-size 9 --gradient-checkpointing
 Measured (2 cores, no GPU run yet): 121 s cold with nothing else running; under load ~3, 3m39 cold and 66-76 s cached.
 Seeds 1-3 / 4-6, eval at 16 px: r_cons 0.48 -> ~0.985 in every arm; duplicate rate 0.23 -> paco 0.75 / 0.96, sum 0.73 /
 0.96, full-res 0.46 / 0.57 (3.5-4x the seconds per epoch), quarter-res lowest reward (1.83 vs 1.87). Log-tame = sum

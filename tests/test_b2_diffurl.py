@@ -332,3 +332,12 @@ def test_real_architecture_peak_memory_is_set_by_chunk_and_micro_batch(tmp_path)
     peak_n = run_b2_child(pipeline, prompts, tmp_path, 1, 4, 2)
     peak_4n = run_b2_child(pipeline, prompts, tmp_path, 4, 4, 2)
     assert peak_4n <= 1.25 * peak_n, (peak_n / 2**20, peak_4n / 2**20)
+
+
+def test_a_cold_cache_trains_like_a_warm_one(tmp_path, monkeypatch):
+    """Pretraining in-process leaves gradients on the weights; they must not join the first RL step."""
+    monkeypatch.setattr(b2, "CACHE_DIR", tmp_path / "cache")
+    args = replace(b2.Args(), **dict(TINY, num_stages=1, prefixes_per_stage=16, eval_samples=64), arms=("main",))
+    cold = b2.main(args)["curves"]
+    warm = b2.main(args)["curves"]
+    assert cold == warm
