@@ -19,7 +19,8 @@ the advantages and drive the sets to near-duplicates.
 Implementation details ([code] = X-GenGroup/PaCo-RL @ 08caac6 PaCo-GRPO/; [card] = rewardlab's method notes):
 1. `sde_step_with_logprob` follows [code diffusers_patch/sde_denoising_step.py] (itself Flow-GRPO's SD3 step): fp32,
    the target is detached inside the log-prob, mean over non-batch dims. At t = 1 the denominator uses sigma_next
-   (= t_1 at step 0, Flow-GRPO's sigma_max = sigmas[1]); PaCo's pipeline passes sigma_1 too. noise_level 0 returns
+   (= t_1 at step 0, Flow-GRPO's sigma_max = sigmas[1]); so does PaCo: its step's default sigma_max of 0.98 is
+   never used, flux_pipeline.py passes sigma_max = timesteps[1] / 1000 = sigma_1 [code]. noise_level 0 returns
    the Euler step and a zero log-prob (the Gaussian is degenerate there).
 2. Noise (a = 0.7) and training only at `--noise-steps` (index 1 of 10 by default, the "Fast" variant) [code, paper].
 3. `log_tame` [paper Eq. 2; code factory]: population std and mean over all samples of the epoch; delta a number
