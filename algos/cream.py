@@ -27,11 +27,12 @@ Implementation details ([code] = Raibows/CREAM @ de1d04b; [card] = rewardlab's m
    Kendall tau of the ranks (no ties remain, so tau-a), C_j = (tau + 1) / 2. The average is over the prompts kept for
    DPO [card 5]; dyn uses C_j per pair. The code's zip of a set of keys with a list that skips prompts (card 5) cannot
    misalign here: every prompt has both scores.
-5. Loss [code sft_dpo_trainer.py]: C * (-logsigmoid(beta h)) + (1 - C) * (-logsigmoid(-beta h)), batch mean, beta 0.1;
-   the reference log-probs are computed once, before the first update, with the model at the start of the iteration
-   (M_t). At the first step of every iteration policy = reference, so the loss is exactly ln 2 (logged as
-   losses/first_loss). The tiny Qwen2 has no dropout (the card's GPT-2 prototype kept dropout 0.1, under which this
-   does not hold); a real model with dropout would need model.eval()-style training to keep it.
+5. Loss [code sft_dpo_trainer.py]: C * (-logsigmoid(beta h)) + (1 - C) * (-logsigmoid(-beta h)), mean over the step
+   batch (each micro-batch adds its sum / the step's pairs), beta 0.1; the reference log-probs are computed once,
+   before the first update, with the model at the start of the iteration (M_t). At the first step of every iteration
+   policy = reference, so the loss is exactly ln 2 (logged as charts/first_loss). The tiny Qwen2 has no dropout
+   (the card's GPT-2 prototype kept dropout 0.1, under which this does not hold); a real model with dropout would need
+   model.eval()-style training to keep it.
 6. Arms, all from the same M1, prompt subsets and sampling seeds: srlm (C = 1), cream (C from --consistency), oracle
    (pairs ranked by the true quality, C = 1), optional fixed (the paper's "w/o RC": C = --fixed-c). With one seed every
    arm samples the same responses at t = 1, so C at t = 1 is the same in every arm (a bug check).
@@ -51,16 +52,24 @@ Implementation details ([code] = Raibows/CREAM @ de1d04b; [card] = rewardlab's m
    arm lost quality in one epoch.
 10. Real path: --model-name (hub id or folder, its chat template), --dataset-name with a `prompt` column (an optional
    `reference` column enables the quality metrics and the oracle arm), --sft-dataset-name with prompt/completion
-   columns for M1 (without it M1 = M0). --lora-r > 0 trains a fresh LoRA adapter per stage (peft) and merges it
-   afterwards, so M_t stays a plain model. Memory: policy + M0 + up to two earlier snapshots (--rank-ref prev).
+   columns for M1 (required: without SFT M1 = M0 and every t = 1 self-reward is 0). Precision (shared/precision.py):
+   M1 and the policies keep fp32 master weights under --dtype bf16 autocast; M0 and the snapshots M_t are frozen in
+   the compute dtype. --lora-r > 0 trains a fresh LoRA adapter per stage (peft) and merges it into the fp32 weights
+   afterwards, so M_t stays a plain model. Memory: generation in calls of --generation-batch-size sequences, no-grad
+   scoring in chunks of --score-batch-size sequences (one frozen model at a time [code rewarding.py]), SFT and DPO
+   forward + backward per --micro-batch-size with gradient accumulation, the loss normalised by the step batch.
+   Resident on the device: while sampling and evaluating, the policy; while scoring, the policy and the one frozen
+   model being scored; while training, the policy, its gradients and AdamW state. On the CPU: M0, M1 (fp32, every
+   arm's start), the snapshots M_{t-1} and M_t, and the finished arms' policies (compute dtype).
 
 Metrics (<tag> = <arm>_s<seed>; per iteration at step t): charts/consistency/<tag> (C_avg over kept prompts),
 charts/consistency_std/<tag>, charts/self_tau/<tag> (Kendall tau-b of self-reward vs true quality, mean over prompts
 where both vary), charts/pair_accuracy/<tag> (self-reward pairs: q(chosen) > q(rejected), ties excluded),
-charts/length_gap/<tag> (trained pairs: chosen minus rejected tokens), charts/kept_pairs/<tag>, losses/first_loss/<tag>,
-eval/quality/<tag>, eval/exact_match/<tag>, eval/length/<tag> (greedy, held out; m0_s<seed>, m1_s<seed> at step 0);
-per DPO step: losses/loss/<tag>, rewards/margins/<tag>, rewards/accuracies/<tag>; losses/sft_loss/s<seed>. The run
-folder also holds rows.json (every row of every seed) and samples.txt (pairs with their C_j).
+charts/length_gap/<tag> (trained pairs: chosen minus rejected tokens), charts/kept_pairs/<tag>,
+charts/first_loss/<tag>, eval/quality/<tag>, eval/exact_match/<tag>, eval/length/<tag> (greedy, held out; m0_s<seed>,
+m1_s<seed> at step 0); per DPO step: losses/loss/<tag>, rewards/margins/<tag>, rewards/accuracies/<tag>; per SFT
+step: losses/sft_loss/s<seed>. The run folder also holds rows.json (every row of every seed) and samples.txt (pairs
+with their C_j).
 
 Commands:
     python algos/cream.py                                        # offline toy: seeds 1-3, srlm / cream / oracle
@@ -68,7 +77,8 @@ Commands:
     python algos/cream.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name prompts_folder \\
         --sft-dataset-name seed_sft_folder --num-seeds 1 --arms srlm cream --prompts-per-iter 2000 --num-eval 0 \\
         --max-new-tokens 512 --learning-rate 1e-6 --sft-learning-rate 5e-6 --sft-steps 0 --sft-epochs 5 \\
-        --dpo-batch-size 8 --score-batch-size 16          # add --lora-r 32 when full fine-tuning does not fit
+        --dpo-batch-size 32 --sft-batch-size 32 --micro-batch-size 4 --generation-batch-size 160 \\
+        --score-batch-size 16 --gradient-checkpointing   # add --lora-r 32 when full fine-tuning does not fit
 
 Measured on 2 CPU cores, one torch thread (no GPU run yet): the default run (seeds 1-3) took
 58 s with cold warm starts (113 s under load), `--seed 4` (seeds 4-6) 93 s under load.
@@ -84,10 +94,12 @@ correctness. Unlike the card's GPT-2 the self-reward starts aligned (pair accura
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -98,10 +110,11 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.data import load_data  # noqa: E402
-from shared.lm import load_causal_lm, position_ids_from_mask, sample  # noqa: E402
-from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa: E402
+from shared.lm import completion_logprobs, load_causal_lm, sample, trained_parameters  # noqa: E402
+from shared.precision import Precision, setup_precision  # noqa: E402
+from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything  # noqa: E402
 from shared.tasks import levenshtein  # noqa: E402
-from shared.warmstart import sft_batch, sft_loss, warm_start  # noqa: E402
+from shared.warmstart import sft_parts, warm_start  # noqa: E402
 
 Arm = Literal["srlm", "cream", "oracle", "fixed"]
 STEP_METRICS = {"loss": "losses/loss", "margins": "rewards/margins", "accuracies": "rewards/accuracies"}
@@ -112,7 +125,7 @@ ITERATION_METRICS = {
     "pair_acc": "charts/pair_accuracy",
     "len_gap": "charts/length_gap",
     "kept_pairs": "charts/kept_pairs",
-    "first_loss": "losses/first_loss",
+    "first_loss": "charts/first_loss",
     "greedy_quality": "eval/quality",
     "greedy_exact_match": "eval/exact_match",
     "greedy_length": "eval/length",
@@ -130,13 +143,17 @@ class Args:
     cuda: bool = True
     """use the GPU when one is visible"""
     dtype: str = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16"""
+    """compute dtype: auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16 (autocast, also on the CPU) or fp16 (GPU)"""
+    fp32_master: bool = True
+    """keep fp32 master weights of the trained models (M1, the policies) under bf16/fp16 autocast (off: --dtype)"""
+    gradient_checkpointing: bool = False
+    """recompute activations in backward (less memory, ~1/3 more compute)"""
     num_threads: int = 1
     """torch CPU threads (1 is fastest for the tiny model)"""
     track: bool = False
     """also log to Weights & Biases"""
     save_model: bool = False
-    """save each arm's final model to the run folder"""
+    """save each arm's final model (trained dtype) to runs/<run_name>/model_<arm>_s<seed>/"""
 
     model_name: str = "tiny:sort_digits"
     """M0: tiny:<task> (the tiny LM warm-started on the task's corrupted corpus), a folder or a hub chat model"""
@@ -201,8 +218,13 @@ class Args:
     """AdamW weight decay [code: 0.01]"""
     max_grad_norm: float = 1.0
     """gradient clipping [code: 1.0]"""
+    micro_batch_size: int = 32
+    """DPO pairs (2 sequences each) or SFT examples per forward + backward (gradient accumulation): sets memory, not
+    the gradient"""
+    generation_batch_size: int = 1280
+    """sequences per generate call (N samples per prompt, greedy evaluation): bounds the KV cache"""
     score_batch_size: int = 512
-    """sequences per no-grad scoring forward pass"""
+    """sequences per no-grad scoring forward pass (self-rewards, the DPO reference)"""
 
 
 # ---------------------------------------------------------------- the maths
@@ -277,13 +299,11 @@ def cream_loss(
 
 
 def response_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
-    """s(x, y) = sum_t log pi(y_t | x, y_<t) over the response tokens [B]; prompt and padding are masked out."""
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T] left-padded prompt, right-padded response
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
-    position_ids = position_ids_from_mask(attention_mask)  # [B, P+T] positions skip the left padding, as in generate
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logits = logits[:, prompt_ids.shape[1] - 1 : -1].float()  # [B, T, V] the positions that predict y_1..y_T
-    token_logps = logits.log_softmax(-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
+    """s(x, y) = sum_t log pi(y_t | x, y_<t) over the response tokens [B]; prompt and padding are masked out.
+
+    The LM head runs on the response positions only and the log-softmax is taken in fp32 one chunk of positions at a
+    time (shared.lm.completion_logprobs): no full-vocabulary fp32 copy of the batch's logits."""
+    token_logps = completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)[0]  # [B, T]
     return (token_logps * completion_mask).sum(-1)  # [B] summed, no length normalisation
 
 
@@ -297,14 +317,48 @@ def rows_of(samples, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return prompt_ids[:, first:], prompt_mask[:, first:], completion_ids[:, :last], completion_mask[:, :last]
 
 
+def micro_batches(num_rows: int, micro_batch_size: int) -> list[torch.Tensor]:
+    """Row indices of consecutive micro-batches of at most `micro_batch_size` rows."""
+    return list(torch.arange(num_rows).split(micro_batch_size))
+
+
+@contextmanager
+def on_device(model, device):
+    """`model` on `device` inside the block, back on the CPU after it: frozen models wait off the device."""
+    model.to(device)
+    try:
+        yield model
+    finally:
+        model.to("cpu")
+
+
+def frozen_copy(model, dtype: torch.dtype):
+    """A frozen copy of `model` on the CPU in `dtype` (the compute dtype): M0's reference copy, the snapshots M_t.
+    It is copied where the model is, at a moment with no gradients or optimizer state on the device."""
+    return copy.deepcopy(model).to(device="cpu", dtype=dtype).eval().requires_grad_(False)
+
+
+def trainable_copy(model, args, precision: Precision):
+    """A copy of `model` to train: on the device in the trained dtype (fp32 master weights), optionally with
+    gradient checkpointing (activations recomputed in backward)."""
+    copied = copy.deepcopy(model).to(device=precision.device, dtype=precision.trained_dtype).requires_grad_(True)
+    if args.gradient_checkpointing:
+        copied.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return copied
+
+
 @torch.no_grad()
-def score_all(model, samples, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Summed response log-probs of `rows` under a frozen model, in batches -> [len(rows)] (fp64 on the CPU)."""
+def score_all(model, samples, rows: torch.Tensor, batch_size: int, precision: Precision | None = None) -> torch.Tensor:
+    """Summed response log-probs of `rows` under a model that is not being updated, `batch_size` sequences per
+    forward pass, without gradients -> [len(rows)] (fp64 on the CPU)."""
     was_training = model.training
     model.eval()
-    out = [response_logps(model, *rows_of(samples, rows[i : i + batch_size])) for i in range(0, len(rows), batch_size)]
+    scores = []
+    with precision.autocast() if precision is not None else nullcontext():
+        for chunk in rows.split(batch_size):
+            scores.append(response_logps(model, *rows_of(samples, chunk)).double().cpu())  # [c]
     model.train(was_training)
-    return torch.cat(out).double().cpu()
+    return torch.cat(scores)
 
 
 def quality(completion: str, reference: str) -> float:
@@ -314,13 +368,20 @@ def quality(completion: str, reference: str) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, prompts, references, args) -> dict[str, float]:
+def evaluate(model, tokenizer, prompts, references, args, precision: Precision) -> dict[str, float]:
     """Greedy true quality, exact match and length (words) on the held-out prompts ({} without references)."""
     if not references:
         return {}
-    texts, bs = [], args.score_batch_size
-    for i in range(0, len(prompts), bs):
-        texts += sample(model, tokenizer, prompts[i : i + bs], max_new_tokens=args.max_new_tokens, greedy=True).texts
+    with precision.autocast():
+        texts = sample(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=args.max_new_tokens,
+            greedy=True,
+            chat=args.chat,
+            batch_size=args.generation_batch_size,
+        ).texts
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     return {
         "quality": mean([quality(text, ref) for text, ref in zip(texts, references)]),
@@ -341,63 +402,121 @@ def add_lora(model, args):
 
 
 def merge_lora(model, args):
+    """The adapter merged into the (fp32 master) weights: M_t stays a plain model."""
     return model.merge_and_unload() if args.lora_r > 0 else model
 
 
-def make_optimizer(model, lr: float, args) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
+def make_optimizer(model, lr: float, args, precision: Precision | None = None) -> torch.optim.Optimizer:
+    """AdamW (--weight-decay) over the trained parameters (every weight, or the LoRA adapters)."""
+    optimizer = torch.optim.AdamW(trained_parameters(model), lr=lr, weight_decay=args.weight_decay)
+    return precision.prepare_optimizer(optimizer) if precision is not None else optimizer
 
 
-def supervised_fine_tune(model, tokenizer, prompts, completions, args, seed: int, device):
-    """M1 = M0 + completion-only SFT on the seed data (shared.warmstart's batch and loss: prompt tokens masked)."""
+def accumulate_sft_gradients(model, inputs, args, precision: Precision) -> float:
+    """Forward and backward of the completion-only cross-entropy per micro-batch of --micro-batch-size examples;
+    each adds its summed token NLL over the step batch's target tokens, so the gradients add up to those of the
+    step's mean token cross-entropy. Returns the step loss."""
+    prompt_ids, prompt_mask, target_ids, target_mask = inputs  # [B, P], [B, P], [B, T], [B, T]
+    batch_tokens = target_mask.sum()
+    total_loss = 0.0
+    for mb in micro_batches(len(target_ids), args.micro_batch_size):
+        with precision.autocast():
+            micro_inputs = (prompt_ids[mb], prompt_mask[mb], target_ids[mb], target_mask[mb])
+            token_logps = completion_logprobs(model, *micro_inputs)[0]  # [M, T]
+        loss = -(token_logps * target_mask[mb]).sum() / batch_tokens  # this micro-batch's share of the step loss
+        precision.backward(loss)
+        total_loss += loss.item()
+    return total_loss
+
+
+def supervised_fine_tune(model, tokenizer, prompts, completions, args, seed: int, precision: Precision, log):
+    """M1 = M0 + completion-only SFT on the seed data (prompt tokens masked), micro-batched -> (M1, last loss)."""
     model = add_lora(model, args)
-    optimizer = make_optimizer(model, args.sft_learning_rate, args)
+    parameters = trained_parameters(model)
+    optimizer = make_optimizer(model, args.sft_learning_rate, args, precision)
     generator = torch.Generator().manual_seed(seed)
     steps = args.sft_steps or args.sft_epochs * math.ceil(len(prompts) / args.sft_batch_size)
     model.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         idx = torch.randint(len(prompts), (args.sft_batch_size,), generator=generator).tolist()
-        batch = sft_batch(tokenizer, [prompts[i] for i in idx], [completions[i] for i in idx], device=device)
-        loss = sft_loss(model, *batch)
+        inputs = sft_parts(
+            tokenizer,
+            [prompts[i] for i in idx],
+            [completions[i] for i in idx],
+            device=precision.device,
+            chat=args.chat,
+        )  # prompt ids and mask [B, P], target ids (completion + end of turn) and mask [B, T]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        loss = accumulate_sft_gradients(model, inputs, args, precision)
+        precision.clip_grad_norm_(parameters, args.max_grad_norm)
         optimizer.step()
-    return merge_lora(model, args), loss.item()
+        log(step, loss)
+    optimizer.zero_grad(set_to_none=True)  # no gradients left on the device
+    precision.release()  # the optimizer state can be freed
+    return merge_lora(model, args), loss
 
 
-def dpo_iteration(policy, samples, chosen_rows, rejected_rows, pair_c, args, seed, log) -> tuple[object, float, float]:
+def accumulate_dpo_gradients(
+    policy, samples, chosen_rows, rejected_rows, ref_chosen_logps, ref_rejected_logps, pair_c, args, precision
+) -> tuple[float, torch.Tensor]:
+    """Forward and backward of the soft-label loss per micro-batch of --micro-batch-size pairs (chosen and rejected
+    in one forward); each micro-batch adds sum(losses) / step pairs, so the gradients add up to those of the step
+    batch's mean loss. Returns the step loss and the margins beta h ([B], detached)."""
+    num_pairs, device = len(chosen_rows), precision.device
+    total_loss, margins = 0.0, []
+    for mb in micro_batches(num_pairs, args.micro_batch_size):
+        batch = rows_of(samples, torch.cat([chosen_rows[mb], rejected_rows[mb]]))  # [2M, ...] chosen, then rejected
+        with precision.autocast():
+            policy_chosen_logps, policy_rejected_logps = response_logps(policy, *batch).chunk(2)  # [M], [M]
+        ref_chosen, ref_rejected = ref_chosen_logps[mb].to(device), ref_rejected_logps[mb].to(device)  # [M], [M]
+        losses = cream_loss(
+            policy_chosen_logps, policy_rejected_logps, ref_chosen, ref_rejected, pair_c[mb].to(device), args.beta
+        )  # [M]
+        loss = losses.sum() / num_pairs  # this micro-batch's share of the step batch's mean
+        precision.backward(loss)
+        total_loss += loss.item()
+        margin = args.beta * ((policy_chosen_logps - ref_chosen) - (policy_rejected_logps - ref_rejected))  # [M]
+        margins.append(margin.detach())
+    return total_loss, torch.cat(margins)
+
+
+def dpo_iteration(
+    policy, samples, chosen_rows, rejected_rows, pair_c, args, seed, log, precision: Precision | None = None
+) -> tuple[object, float, float]:
     """Steps 6-7: M_{t+1} = M_t + one epoch of the soft-label loss, ref = M_t -> (M_{t+1}, first loss, steps/s)."""
-    device = next(policy.parameters()).device
+    precision = precision or setup_precision(args.dtype, args.cuda, args.fp32_master)
     policy = add_lora(policy, args)  # with --lora-r: a fresh adapter (B = 0), merged again at the end
 
     # 6. the reference is M_t, the weights at the start of the iteration: its log-probs, once, before any update
-    ref_chosen_logps = score_all(policy, samples, chosen_rows, args.score_batch_size).float()  # [B] no gradient
-    ref_rejected_logps = score_all(policy, samples, rejected_rows, args.score_batch_size).float()  # [B]
+    ref_chosen_logps = score_all(policy, samples, chosen_rows, args.score_batch_size, precision).float()  # [B]
+    ref_rejected_logps = score_all(policy, samples, rejected_rows, args.score_batch_size, precision).float()  # [B]
 
-    # 7. one epoch of the soft-label DPO loss on the pairs
-    optimizer = make_optimizer(policy, args.learning_rate, args)
+    # 7. one epoch of the soft-label DPO loss on the pairs, forward and backward per micro-batch
+    parameters = trained_parameters(policy)
+    optimizer = make_optimizer(policy, args.learning_rate, args, precision)
     generator = torch.Generator().manual_seed(seed)
     losses_seen, start = [], time.time()
     policy.train()
     for _ in range(args.dpo_epochs):
         for idx in torch.randperm(len(chosen_rows), generator=generator).split(args.dpo_batch_size):
-            batch = rows_of(samples, torch.cat([chosen_rows[idx], rejected_rows[idx]]))  # [2b, ...] chosen, rejected
-            policy_chosen_logps, policy_rejected_logps = response_logps(policy, *batch).chunk(2)  # [b], [b]
-            ref_chosen, ref_rejected = ref_chosen_logps[idx].to(device), ref_rejected_logps[idx].to(device)  # [b], [b]
-            c = pair_c[idx].to(device)  # [b]
-            losses = cream_loss(
-                policy_chosen_logps, policy_rejected_logps, ref_chosen, ref_rejected, c, args.beta
-            )  # [b]
-            loss = losses.mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+            loss, margins = accumulate_dpo_gradients(
+                policy,
+                samples,
+                chosen_rows[idx],
+                rejected_rows[idx],
+                ref_chosen_logps[idx],
+                ref_rejected_logps[idx],
+                pair_c[idx],
+                args,
+                precision,
+            )
+            precision.clip_grad_norm_(parameters, args.max_grad_norm)
             optimizer.step()
-            margins = args.beta * ((policy_chosen_logps - ref_chosen) - (policy_rejected_logps - ref_rejected))  # [b]
-            losses_seen.append(loss.item())
-            log(loss=loss.item(), margins=margins.mean().item(), accuracies=(margins > 0).float().mean().item())
+            losses_seen.append(loss)
+            log(loss=loss, margins=margins.mean().item(), accuracies=(margins > 0).float().mean().item())
+    optimizer.zero_grad(set_to_none=True)  # no gradients left on the device while the next iteration samples
+    precision.release()  # the optimizer state can be freed
     return merge_lora(policy, args).eval(), losses_seen[0], len(losses_seen) / max(time.time() - start, 1e-9)
 
 
@@ -410,11 +529,27 @@ def check_args(args: Args) -> None:
     if not 0 <= args.fixed_c <= 1:
         fail(f"--fixed-c {args.fixed_c} must lie in [0, 1] (it is the probability that chosen beats rejected)")
     positive = "iterations prompts_per_iter dpo_epochs dpo_batch_size sft_batch_size score_batch_size max_new_tokens"
-    for name in positive.split() + ["num_threads", "num_seeds"]:
+    sizes = "micro_batch_size generation_batch_size num_threads num_seeds"
+    for name in positive.split() + sizes.split():
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if min(args.num_eval, args.lora_r, args.sft_steps, args.sft_epochs) < 0:
-        fail("--num-eval, --lora-r, --sft-steps and --sft-epochs must be >= 0")
+    if min(args.num_eval, args.lora_r, args.lora_alpha, args.sft_steps, args.sft_epochs) < 0:
+        fail("--num-eval, --lora-r, --lora-alpha, --sft-steps and --sft-epochs must be >= 0")
+    for name in ("learning_rate", "sft_learning_rate", "m0_learning_rate"):
+        rate = getattr(args, name)
+        if not (math.isfinite(rate) and rate > 0):
+            fail(f"--{name.replace('_', '-')} {rate}: a learning rate must be a positive finite number")
+    if not (args.max_grad_norm > 0 and args.weight_decay >= 0):
+        fail(f"--max-grad-norm {args.max_grad_norm} must be > 0 and --weight-decay {args.weight_decay} >= 0")
+    if not 0 <= args.m0_corrupt_rate <= 1:
+        fail(f"--m0-corrupt-rate {args.m0_corrupt_rate} must lie in [0, 1] (the share of corrupted M0 references)")
+    if args.sft_dataset_name is None or args.num_sft_examples < 1 or args.sft_steps == args.sft_epochs == 0:
+        fail(
+            "without SFT (--sft-dataset-name None, --num-sft-examples 0, or --sft-steps 0 with --sft-epochs 0) "
+            "M1 = M0, so every t = 1 self-reward s_M1 - s_M0 is 0 (with --rank-ref m0 and prev alike: at t = 1 both "
+            "subtract M0), no prompt keeps a pair and the run stops. Pass --sft-dataset-name with prompt/completion "
+            "columns and --sft-steps or --sft-epochs > 0"
+        )
     if not args.temperature > 0 or not 0 < args.top_p <= 1:
         fail(f"--temperature {args.temperature} must be > 0 and --top-p {args.top_p} in (0, 1]")
     if not args.arms or len(set(args.arms)) != len(args.arms):
@@ -453,43 +588,48 @@ def load_prompt_data(args: Args, seed: int):
 
 def load_sft_data(args: Args, seed: int):
     """Seed SFT data D_S as (prompts, completions); the tiny task's clean answers play the human answers."""
-    if args.sft_dataset_name is None:
-        return [], []
     column = "clean" if args.sft_dataset_name.startswith("tiny:") else "completion"
     data = load_data(args.sft_dataset_name, "train", ["prompt", column], args.num_sft_examples, seed=seed + 1)
+    if len(data) == 0:
+        fail(f"--sft-dataset-name {args.sft_dataset_name!r} has no rows: M1 needs seed SFT data")
     return data["prompt"], data[column]
 
 
-def load_m0(args: Args, seed: int, device, dtype):
-    """M0: the toy's tiny LM warm-started on a corrupted corpus (cached, one per seed), or any causal LM by name."""
+def load_m0(args: Args, seed: int, precision: Precision):
+    """M0 on the CPU in the trained dtype (M1 starts from these weights, not from a rounded copy): the toy's tiny LM
+    warm-started on a corrupted corpus (cached, one per seed), or any causal LM by name."""
     if not args.model_name.startswith("tiny:"):
-        return load_causal_lm(args.model_name, device=device, dtype=dtype, seed=seed)
+        return load_causal_lm(args.model_name, device="cpu", dtype=precision.trained_dtype, seed=seed)
     task = args.model_name.split(":", 1)[1]
     kwargs = {"corrupt_rate": args.m0_corrupt_rate} if task == "sort_digits" else {}
     folder = warm_start(task, seed, steps=args.m0_steps, batch_size=32, lr=args.m0_learning_rate, task_kwargs=kwargs)
-    return load_causal_lm(str(folder), device=device, dtype=dtype)
+    return load_causal_lm(str(folder), device="cpu", dtype=precision.trained_dtype)
 
 
-def run_seed(args: Args, seed: int, run: RunLogger, device, dtype, named_m0=None) -> tuple[list[dict], dict]:
+def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_m0=None) -> tuple[list[dict], dict]:
     """The self-rewarding loop for one seed: M0, M1, then every arm from M1 over the same prompt subsets."""
     seed_everything(seed)
     prompts, references, eval_prompts, eval_references = load_prompt_data(args, seed)
     sft_prompts, sft_completions = load_sft_data(args, seed)
-    start = time.time()
+    start, device = time.time(), precision.device
 
-    # 1. M0: the start model, frozen (the self-reward's reference and the t = 1 "previous model")
-    m0, tokenizer = named_m0 or load_m0(args, seed, device, dtype)
-    m0.eval().requires_grad_(False)
+    # 1. M0: the start model on the CPU in the trained dtype; frozen in the compute dtype it is the self-reward's
+    #    reference and the t = 1 "previous model"
+    m0_start, tokenizer = named_m0 or load_m0(args, seed, precision)
+    same_dtype = precision.frozen_dtype == precision.trained_dtype
+    m0 = m0_start.eval().requires_grad_(False) if same_dtype else frozen_copy(m0_start, precision.frozen_dtype)
 
-    # 2. M1 = SFT of M0 on the seed data D_S
-    m1 = copy.deepcopy(m0).requires_grad_(True)
-    if sft_prompts:
-        m1, sft_loss_last = supervised_fine_tune(m1, tokenizer, sft_prompts, sft_completions, args, seed, device)
-        run.log(0, {f"losses/sft_loss/s{seed}": sft_loss_last}, echo=False)
+    # 2. M1 = SFT of M0 on the seed data D_S, trained on the device, then kept on the CPU: every arm starts from it
+    def log_sft(sft_step: int, loss: float) -> None:
+        run.log(sft_step, {f"losses/sft_loss/s{seed}": loss}, echo=False)
+
+    m1 = trainable_copy(m0_start, args, precision)
+    m1, _ = supervised_fine_tune(m1, tokenizer, sft_prompts, sft_completions, args, seed, precision, log_sft)
     m1.eval().requires_grad_(False)
     rows = []
     for name, model in (("m0", m0), ("m1", m1)):
-        evaluation = evaluate(model, tokenizer, eval_prompts, eval_references, args)
+        with on_device(model, device):  # afterwards both wait on the CPU
+            evaluation = evaluate(model, tokenizer, eval_prompts, eval_references, args, precision)
         run.log(0, {f"eval/{k}/{name}_s{seed}": v for k, v in evaluation.items()}, echo=False)
         rows.append({"seed": seed, "arm": name, "t": 0, **{f"greedy_{k}": v for k, v in evaluation.items()}})
     shown = " ".join(f"{r['arm']} quality {r.get('greedy_quality', math.nan):.3f}" for r in rows)
@@ -501,31 +641,38 @@ def run_seed(args: Args, seed: int, run: RunLogger, device, dtype, named_m0=None
     policies, samples_text = {}, []
     for arm in args.arms:
         arm_start, tag, step = time.time(), f"{arm}_s{seed}", 0
-        policy = copy.deepcopy(m1).requires_grad_(True)
+        policy = trainable_copy(m1, args, precision)  # on the device, fp32 master weights
 
         def log_step(**values: float) -> None:  # one DPO step, on this arm's own step axis
             nonlocal step
             step += 1
             run.log(step, {f"{name}/{tag}": values[k] for k, name in STEP_METRICS.items()}, echo=False)
 
-        frozen = {0: m0}  # frozen snapshots M_k that the self-rewards still need
+        frozen = {0: m0}  # frozen snapshots M_k (on the CPU, compute dtype) that the self-rewards still need
         for t in range(1, args.iterations + 1):
             iter_start, n = time.time(), args.num_samples
             offset = (t - 1) * args.prompts_per_iter
             subset = prompts[offset : offset + args.prompts_per_iter]
             num_prompts = len(subset)
 
-            # 3. sample N responses per prompt from M_t (the same seed in every arm: the same responses at t = 1)
+            # 3. sample N responses per prompt from M_t (the same seed in every arm: the same responses at t = 1), in
+            #    generate calls of at most --generation-batch-size sequences
             torch.manual_seed(seed * 1000 + t)
             sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
-            samples = sample(policy, tokenizer, subset, num_samples=n, chat=args.chat, **sampling)
+            sampling.update(chat=args.chat, batch_size=args.generation_batch_size)
+            with precision.autocast():
+                samples = sample(policy, tokenizer, subset, num_samples=n, **sampling)
             lengths = samples.completion_mask.sum(1).double().cpu()  # [P*N] response tokens incl. end of turn
 
-            # 4. score them: summed log-probs under every model that the two self-rewards need
-            frozen[t] = copy.deepcopy(policy).eval().requires_grad_(False)  # M_t, next iteration's M_{t-1}
+            # 4. score them: summed log-probs under every model that the two self-rewards need, without gradients,
+            #    one frozen model on the device at a time [code rewarding.py loads one model at a time]
+            frozen[t] = frozen_copy(policy, precision.frozen_dtype)  # M_t, next iteration's M_{t-1}
             needed = {t, reward_ref(t), t - 1} | ({reward_ref(t - 1)} if t >= 2 else set())
             all_rows = torch.arange(num_prompts * n)
-            logps = {k: score_all(frozen[k], samples, all_rows, args.score_batch_size) for k in sorted(needed)}
+            logps = {}
+            for k in sorted(needed):
+                with on_device(frozen[k], device):
+                    logps[k] = score_all(frozen[k], samples, all_rows, args.score_batch_size, precision)  # [P*N]
             current = (logps[t] - logps[reward_ref(t)]).view(num_prompts, n)  # [P, N] r_{M_t}, the DPO reward
             if t == 1:
                 previous = (logps[0] / lengths).view(num_prompts, n)  # [P, N] M0: mean token log-likelihood
@@ -559,11 +706,11 @@ def run_seed(args: Args, seed: int, run: RunLogger, device, dtype, named_m0=None
 
             # 6-7. M_{t+1} = M_t + one DPO epoch on the soft-label loss, ref = M_t with precomputed log-probs
             policy, row["first_loss"], steps_per_sec = dpo_iteration(
-                policy, samples, chosen_rows, rejected_rows, pair_c, args, seed * 1000 + t, log_step
+                policy, samples, chosen_rows, rejected_rows, pair_c, args, seed * 1000 + t, log_step, precision
             )
 
             # 8. evaluate M_{t+1} greedily on the held-out prompts
-            evaluation = evaluate(policy, tokenizer, eval_prompts, eval_references, args)
+            evaluation = evaluate(policy, tokenizer, eval_prompts, eval_references, args, precision)
             row.update({f"greedy_{k}": v for k, v in evaluation.items()})
             run.log(t, {f"{name}/{tag}": row[k] for k, name in ITERATION_METRICS.items() if k in row}, echo=False)
             rows.append(row)
@@ -577,10 +724,12 @@ def run_seed(args: Args, seed: int, run: RunLogger, device, dtype, named_m0=None
                 for i in kept[:3].tolist()
             ]
         rows[-1]["arm_seconds"] = time.time() - arm_start
-        policies[arm] = policy
-        if args.save_model:
+        if args.save_model:  # the trained dtype: fp32 master weights
             policy.save_pretrained(run.dir / f"model_{tag}")
             tokenizer.save_pretrained(run.dir / f"model_{tag}")
+        policies[arm] = policy.to(device="cpu", dtype=precision.frozen_dtype)  # the next arm's policy takes its place
+        del policy, frozen
+        gc.collect()  # a dropped model's reference cycles hold its weights until collected
     with open(run.dir / "samples.txt", "a") as f:
         f.write("\n".join(samples_text) + "\n")
     return rows, {"m1": m1, **policies}
@@ -635,17 +784,16 @@ def summarise(rows: list[dict], args: Args) -> str:
 def main(args: Args) -> dict:
     check_args(args)
     torch.set_num_threads(args.num_threads)
-    device = pick_device(args.cuda)
-    dtype = pick_dtype(args.dtype, device)
+    precision = setup_precision(args.dtype, args.cuda, args.fp32_master)
     load_prompt_data(args, args.seed)  # fail on the data before any model is built
     load_sft_data(args, args.seed)
     # a named model is the same M0 for every seed: load it (or fail on it) before the run folder exists
-    named_m0 = None if args.model_name.startswith("tiny:") else load_m0(args, args.seed, device, dtype)
+    named_m0 = None if args.model_name.startswith("tiny:") else load_m0(args, args.seed, precision)
     task = args.dataset_name.split(":", 1)[1] if args.dataset_name.startswith("tiny:") else "custom"
     run = RunLogger(make_run_name(task, args.exp_name, args.seed), args, track=args.track)
     rows, models = [], {}
     for seed in range(args.seed, args.seed + args.num_seeds):
-        seed_rows, models = run_seed(args, seed, run, device, dtype, named_m0)
+        seed_rows, models = run_seed(args, seed, run, precision, named_m0)
         rows += seed_rows
     (run.dir / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
     run.finish(summarise(rows, args))

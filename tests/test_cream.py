@@ -147,6 +147,8 @@ def test_smoke_main_bug_signals(runs_in_tmp):
     assert "CREAM - SRLM" in (run_dir / "summary.md").read_text()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("losses/loss/cream_s1" in m for m in metrics)
+    assert [m["step"] for m in metrics if "losses/sft_loss/s1" in m] == [1, 2, 3, 4, 5]  # one row per SFT step
+    assert [m["step"] for m in metrics if "charts/first_loss/cream_s1" in m] == [1, 2]  # one row per iteration
     rows = {(r["arm"], r["t"]): r for r in result["rows"]}
     for arm in ("srlm", "cream", "oracle"):
         assert params_differ(result["models"][arm], result["models"]["m1"])
@@ -207,9 +209,21 @@ def real_args(tmp_path, **overrides):
     return tiny_args(**{**real, **overrides})
 
 
-def test_real_path_through_saved_folders(tmp_path, runs_in_tmp):
+def test_real_path_through_saved_folders(tmp_path, runs_in_tmp, monkeypatch):
+    from transformers.generation.utils import GenerationMixin
+
+    sequences_per_call = []
+    generate = GenerationMixin.generate
+
+    def spy(model, *args, **kwargs):  # every generate call: prompts x samples per prompt
+        sequences_per_call.append(len(kwargs["input_ids"]) * kwargs["generation_config"].num_return_sequences)
+        return generate(model, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
     start = save_real_world(tmp_path)
-    result = cream.main(real_args(tmp_path))
+    result = cream.main(real_args(tmp_path, generation_batch_size=6))
+    # 8 prompts x N = 3 per iteration in calls of 2 prompts (6 sequences): 4 calls, 2 iterations, 2 arms
+    assert sequences_per_call == [6] * 16, sequences_per_call
     assert (result["run_dir"] / "summary.md").exists()
     assert params_differ(result["models"]["m1"], start)  # SFT on the prompt/completion folder ran
     assert params_differ(result["models"]["cream"], result["models"]["m1"])
@@ -237,6 +251,15 @@ def expect_failure(args, *words):
 
 
 def test_bad_options_fail_early(tmp_path):
+    for flag in ("learning_rate", "sft_learning_rate", "m0_learning_rate"):
+        for rate in (0.0, -1e-6, float("nan")):
+            expect_failure(tiny_args(**{flag: rate}), flag.replace("_", "-"), "positive finite")
+    expect_failure(tiny_args(m0_corrupt_rate=1.5), "m0-corrupt-rate", "[0, 1]")
+    for rank_ref in ("m0", "prev"):  # M1 = M0: every t = 1 self-reward is 0 under both readings
+        expect_failure(tiny_args(sft_dataset_name=None, rank_ref=rank_ref), "m1 = m0", "--sft-dataset-name")
+    expect_failure(tiny_args(sft_steps=0, sft_epochs=0), "m1 = m0")
+    expect_failure(tiny_args(micro_batch_size=0), "micro-batch-size")
+    expect_failure(tiny_args(generation_batch_size=0), "generation-batch-size")
     expect_failure(tiny_args(num_samples=1), "num-samples", "at least 2")
     expect_failure(tiny_args(beta=0.0), "beta")
     expect_failure(tiny_args(fixed_c=1.5), "fixed-c", "[0, 1]")
@@ -268,3 +291,95 @@ def test_bad_maths_inputs_fail():
         cream.consistency([1.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(SystemExit, match="finite"):
         cream.select_pair([1.0, float("nan")])
+
+
+# ---------------------------------------------------------------- real models: micro-batches, precision
+def dpo_pairs():
+    """8 pairs (16 sampled responses of 4 prompts, of different lengths), a reference away from the policy and a
+    different C per pair, so that every pair has its own weight in the gradient."""
+    from shared.precision import setup_precision
+
+    model, tokenizer = build_tiny_lm(seed=8)
+    reference, _ = build_tiny_lm(seed=9)
+    torch.manual_seed(0)
+    samples = sample(model, tokenizer, ["sort 3 1", "sort 9 8 7 6 5 4 3", "sort 5 2", "sort 1 0 2"], 4, 6)
+    for row, stop in enumerate([6, 2, 4, 1, 5, 3, 6, 2, 1, 4, 6, 5, 2, 2, 3, 6]):
+        samples.completion_mask[row, stop:] = 0
+        samples.completion_ids[row, stop:] = tokenizer.pad_token_id
+    chosen_rows, rejected_rows = torch.arange(0, 16, 2), torch.arange(1, 16, 2)  # [8], [8]
+    precision = setup_precision("fp32", cuda=False)
+    ref_chosen = cream.score_all(reference, samples, chosen_rows, 5, precision).float()  # [8] no gradient
+    ref_rejected = cream.score_all(reference, samples, rejected_rows, 5, precision).float()  # [8]
+    assert not ref_chosen.requires_grad and all(p.grad is None for p in reference.parameters())
+    c = torch.linspace(0.2, 1.0, 8)
+    return model, samples, chosen_rows, rejected_rows, ref_chosen, ref_rejected, c, precision
+
+
+def gradients(model):
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_micro_batches_give_the_full_batch_dpo_gradient():
+    """1 x 8, 4 x 2 and 3 + 3 + 2 pairs per forward give the loss and gradient of one full-batch mean (1e-5)."""
+    model, samples, chosen_rows, rejected_rows, ref_chosen, ref_rejected, c, precision = dpo_pairs()
+    batch = cream.rows_of(samples, torch.cat([chosen_rows, rejected_rows]))
+    policy_chosen, policy_rejected = cream.response_logps(model, *batch).chunk(2)  # [8], [8]
+    per_pair = cream.cream_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, c, beta=1.0)  # [8]
+    full = per_pair.mean()
+    full.backward()
+    expected = gradients(model)
+    for micro_batch_size in (8, 2, 3):
+        args = cream.Args(micro_batch_size=micro_batch_size, beta=1.0)  # beta 1: losses far from ln 2
+        loss, margins = cream.accumulate_dpo_gradients(
+            model, samples, chosen_rows, rejected_rows, ref_chosen, ref_rejected, c, args, precision
+        )
+        assert loss == pytest.approx(full.item(), abs=1e-6)
+        want_margins = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+        assert torch.allclose(margins, want_margins.detach(), atol=1e-5)
+        for ours, theirs in zip(gradients(model), expected):
+            assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5), micro_batch_size
+    # the control: a mean within each micro-batch of 3 + 3 + 2 pairs, averaged, is another loss
+    per_micro = sum(per_pair[mb].mean() for mb in torch.arange(8).split(3)) / 3
+    assert abs(per_micro.item() - full.item()) > 1e-3, (per_micro.item(), full.item())
+
+
+def weight_distance(folder_a, folder_b) -> float:
+    from shared.lm import load_causal_lm
+
+    a = load_causal_lm(str(folder_a))[0].state_dict()
+    b = load_causal_lm(str(folder_b))[0].state_dict()
+    return math.sqrt(sum((a[k].float() - b[k].float()).pow(2).sum().item() for k in a))
+
+
+def test_bf16_autocast_moves_the_weights_like_fp32(tmp_path, runs_in_tmp):
+    """512-wide random Qwen2 at CREAM's lr 1e-6 (1 SFT and 2 soft-label DPO steps): fp32 master weights
+    under bf16 autocast move 0.7-1.4x as far as fp32 training does; bf16 weights without master copies do not
+    (their distance is the rounding of the start)."""
+    from safetensors.torch import load_file
+
+    save_real_world(tmp_path)
+    model, tokenizer = build_tiny_lm(seed=11, hidden_size=512)
+    model.save_pretrained(tmp_path / "start")
+    tokenizer.save_pretrained(tmp_path / "start")
+    # the fixed arm (C = 0.9): fp32 and bf16 runs sample different responses, so their consistency C differs, and
+    # C = 0.5 would make the first DPO gradient 0; a fixed C trains both on the same label weight
+    options = dict(model_name=str(tmp_path / "start"), arms=("fixed",), iterations=1, prompts_per_iter=4)
+    options.update(num_samples=2, max_new_tokens=4, num_sft_examples=8, sft_steps=1, sft_batch_size=2)
+    options.update(dpo_batch_size=2, micro_batch_size=2, learning_rate=1e-6, sft_learning_rate=1e-6, save_model=True)
+    distances = {}
+    for name, extra in (
+        ("fp32", dict(dtype="fp32")),
+        ("bf16", dict(dtype="bf16")),
+        ("pure", dict(dtype="bf16", fp32_master=False)),
+    ):
+        result = cream.main(real_args(tmp_path, **options, **extra, exp_name=name))
+        assert result["rows"][-1]["kept_pairs"] == 4
+        saved = result["run_dir"] / "model_fixed_s1"
+        weights = load_file(str(saved / "model.safetensors"))
+        assert {w.dtype for w in weights.values()} == {torch.bfloat16 if name == "pure" else torch.float32}
+        distances[name] = weight_distance(tmp_path / "start", saved)
+    assert distances["fp32"] > 0
+    assert 0.7 <= distances["bf16"] / distances["fp32"] <= 1.4, distances
+    assert distances["pure"] / distances["fp32"] > 3, distances
