@@ -45,6 +45,15 @@ def test_grpo_benchmark_runs_and_checks_the_first_loss(capsys):
         assert r["generation"] > 0 and r["scoring"] > 0 and r["update"] > 0
     # first-step loss = -sum(A mask) / sum(mask) of the batch: the same number on both sides
     assert result["first_loss"] == pytest.approx(float(SAME_BATCH.search(out).group(2)), abs=1e-7)
+    # the gradients agree too, on the perturbed policy (asserted inside; printed here)
+    moved_grad = float(re.search(r"perturbed policy: .*\(grad (\S+)\)", out).group(1))
+    assert moved_grad <= grpo_vs_trl.GRADIENT_TOLERANCE
+    # each side's peak memory, measured in a process of its own, and the FLOP/s fractions of the matmul rate
+    memory = re.search(r"^peak memory ours/TRL: (\d+\.\d{3})$", out, re.MULTILINE)
+    assert memory and float(memory.group(1)) == pytest.approx(result["memory_ratios"][0], abs=1e-3)
+    for side in ("ours", "trl"):
+        r = result["results"][side][0]
+        assert r["peak"] > 2**20 and 0 < r["update_fraction"] and 0 < r["generation_fraction"]
 
 
 def test_dpo_benchmark_runs_and_checks_the_first_loss(capsys):
