@@ -1,10 +1,13 @@
-# arXiv:2505.11080 | README: #bleuberi
-"""BLEUBERI: BLEU is a surprisingly effective reward for instruction following
-(Chang et al., NeurIPS 2025, https://arxiv.org/abs/2505.11080; code https://github.com/lilakk/BLEUBERI).
+# arXiv:2505.11080 (BLEUBERI) | docs: docs/bleuberi.md (details, deviations, metrics, results, reproducing the paper)
+"""BLEUBERI: BLEU is a surprisingly effective reward for instruction following (Chang et al., NeurIPS 2025,
+https://arxiv.org/abs/2505.11080; code https://github.com/lilakk/BLEUBERI). GRPO with sentence BLEU against
+reference answers as the reward instead of a reward model, trained only on the "hard" prompts where the start
+model's own answer scores the lowest BLEU. The offline toy (BLEUBERI against three baselines from one tiny warm
+start, a few minutes on 2 CPU cores): python algos/bleuberi.py
 
 Idea: instruction datasets come with good reference answers, and sentence BLEU against them agrees with human
-preferences almost as well as an 8B reward model. So skip the reward model: keep the prompts where the base model's
-own answer has the lowest BLEU ("hard" prompts), then run GRPO with BLEU against the references as the reward.
+preferences almost as well as an 8B reward model. So skip the reward model: score one start-model sample per pool
+prompt, keep the lowest-BLEU prompts, and run GRPO (as TRL 0.17 ran it for the paper) with BLEU as the reward.
 
     BLEU(y, R) = BP * exp(1/4 sum_{n=1..4} log p_n),   p_n = (m_n + 1) / (d_n + 1)        (+1 on EVERY order)
     m_n = sum_g min(cnt_y(g), max_{r in R} cnt_r(g)),   d_n = max(|y| - n + 1, 0),   BP = min(1, exp(1 - r_min / |y|))
@@ -13,89 +16,28 @@ own answer has the lowest BLEU ("hard" prompts), then run GRPO with BLEU against
     bnpo: sum(mask l) / sum(mask);  grpo: mean_i sum_t(mask l) / sum_t mask;  dr_grpo: sum(mask l) / (B T_max)
     (sums and means over the whole step batch of B completions, accumulated over micro-batches)
 
-Implementation details ([code] = lilakk/BLEUBERI @ 70a66e4; [TRL] = trl v0.17.0 trl/trainer/grpo_trainer.py, the
-version the paper pinned; [card] = rewardlab's method notes):
-1. Reward = smoothed NMT-BLEU of `evaluate.load("bleu").compute(..., smooth=True)` [code training/utils.py
-   bleu_reward; evaluate metrics/bleu = tensorflow/nmt bleu.py], written out by hand in `bleu_reward`: sacrebleu's
-   13a tokeniser (evaluate's tokenizer_13a.py is a copy of it), case-sensitive, clipped n-gram matches against the
-   per-n-gram MAX count over references, +1 on numerator and denominator of all four orders (an order longer than
-   the output has p_n = 1), brevity penalty from the SHORTEST reference, 0-1 scale, empty/whitespace output -> 0.
-   Relation to sacrebleu (checked in the tests): `sentence_bleu(y, R, smooth_method="add-k", smooth_value=1) / 100`
-   gives the same number only when (a) every output unigram is matched (sacrebleu's add-k skips unigrams) and (b) the
-   brevity penalties coincide (sacrebleu takes the reference length CLOSEST to |y|; equal for one reference or when
-   |y| >= every reference length). In general ours = sacrebleu's `BLEU.compute_bleu` on the counts+1 of every order
-   with ref_len = shortest reference. A fully wrong 6-token answer against a 6-token reference scores
-   (1/7 1/6 1/5 1/4)^(1/4) = (1/840)^(1/4) = 0.186; `c b a` against `a b c` scores 0.639 [card 5].
-   An empty reference list or reference raises ValueError (evaluate divides by zero there).
-2. In GRPO the answer is extracted as the official code does [code training/dataset.py extract_answer]: with an
-   `<answer>` tag, the text after the first one, cut at `</answer>` when the completion has one, stripped (a lone
-   `<answer>` also scores the text after it); without the tag, the stripped completion. Selection scores the raw
-   text [code create_training_data.py].
-3. Selection [code create_training_data.py]: a pool prompt is eligible only if all its references are non-empty;
-   one base-model sample per prompt (T 0.7, top_p 0.9 as the code's vLLM call); hard = lowest BLEU, easy = highest,
-   medium = the slice from (N - num) // 2 of the ascending order, random = np.random.seed(seed) choice without
-   replacement; stable sorts keep pool order among ties; num >= N keeps all.
-4. GRPO as TRL 0.17 ran it for the paper [TRL _generate_and_score_completions, _compute_loss]: contiguous groups of G,
-   advantages z-scored with the unbiased std + 1e-4 (`--no-scale-rewards` = Dr. GRPO centring), token ratio against
-   the sampling policy clipped at 1 +- 0.2 (with --num-iterations 1, the default, old = logp.detach(), so rho = 1 and
-   the clip never binds), k3 KL to the frozen start with beta 0.04, log-probs of logits / sampling temperature, mask
-   up to and including the first stop token (truncated completions stay in), `--loss-type` grpo/bnpo/dr_grpo.
-   AdamW (wd 0), grad-norm clip 0.2, constant LR after 5% linear warmup [code grpo.sh].
-   DIFFERENCE: every aggregation is normalised over the whole step batch, so forward and backward run per
-   micro-batch of `--micro-batch-size` completions with gradient accumulation and the gradient does not depend
-   on the micro-batch size (tested: 1 x 8 = 4 x 2). TRL normalises bnpo within each micro-batch (the per-device
-   batch 8 of the paper); ours is TRL's `dapo` normalisation, equal to TRL's bnpo when one micro-batch = the batch.
-5. DIFFERENCE: training forward passes use position ids from the attention mask, so left-padded prompts get the same
-   positions as in `generate`; TRL 0.17 passes none (positions shift by the padding in short prompts).
-6. DIFFERENCE: sampling stops on end-of-turn tokens as well as EOS (TRL 0.17 stops only on the tokenizer EOS, so
-   `<|endoftext|>` base-Qwen runs could score text after `<|im_end|>` [card 5]); temperature 1.0 in the toy (paper
-   0.9), top_k 50, top_p 1.0 (TRL defaults). One process, no vLLM, no DeepSpeed.
-   Real models (shared/precision.py, shared/lm.py): the policy keeps fp32 master weights under `--dtype` bf16
-   autocast (the paper's DeepSpeed bf16 does the same), the frozen start is held in bf16; log-probs come from a
-   chunked fp32 log-softmax that never copies the micro-batch's logits to fp32; generation runs in calls of at most
-   `--generation-batch-size` sequences. `--lora-r` trains fp32 adapters over a frozen base (the paper: full FT).
-7. Arms, all from the same start and seed: `bleuberi` (GRPO-BLEU on the BLEU-hard set), `grpo-bleu-random`
-   (random set), `sft-hard` (completion-only SFT on the hard set's references, one example per reference, the same
-   number of optimizer steps and prompts per step [code sft.py]; a reference longer than --max-completion-length
-   tokens is cut there) and `grpo-em` (GRPO with an exact-match reward on
-   its own hard set, ranked by that reward as the paper ranked by RM score: the stand-in for GRPO-RM).
-8. Toy (card 6, SCALED): the tiny Qwen2 (~0.1M params) SFT-warm-started for 450 steps on string_ops (copy, reverse,
-   sort, dedup, rotate-left-1; greedy EM 0.59-0.67, so there is headroom); pool 2000, 500 selected, G = 8, 8 prompts
-   per step, 150 steps (~0.15 s per GRPO step on 2 cores, so the card's G / batch / steps fit and are kept), lr 3e-5
-   for every arm (lr 2e-4, the card's range, moved every arm off the start: -0.14 to -0.43 EM), 500 held-out prompts
-   scored by greedy exact match and BLEU per operation. No `<answer>` tags in the toy.
-
-Logged metrics (each arm a TensorBoard run of its own, arms/<arm>/, the same tags): TRL 0.17 names `reward`,
-`reward_std` (mean per-group std), `rewards/<fn>/mean`, `rewards/<fn>/std`, `kl`, `clip_ratio/low_mean`,
-`clip_ratio/high_mean`, `clip_ratio/region_mean`, `completions/mean_length`, `completions/min_length`,
-`completions/max_length`, `completions/clipped_ratio`, `completions/mean_terminated_length`, `num_tokens`, plus
-`entropy` (mean token entropy, later TRL), `losses/loss`, `losses/sft_loss`, `charts/learning_rate`,
-`charts/grad_norm`, and at the end `eval/exact_match`, `eval/bleu`.
+Source tags on the lines that implement a detail: [code <file>] = lilakk/BLEUBERI@70a66e4 training/<file>;
+[TRL] = trl v0.17.0 trl/trainer/grpo_trainer.py (the version the paper pinned); [evaluate] = Hugging Face evaluate's
+metrics/bleu (a copy of tensorflow/nmt bleu.py); "reconstruction" where neither says. Arms: bleuberi (GRPO-BLEU on
+the BLEU-hard set), grpo-bleu-random, sft-hard (SFT on the hard set's references) and grpo-em (an exact-match reward,
+the stand-in for the paper's reward-model arm).
 
 Commands:
-    python algos/bleuberi.py                                   # offline toy, 4 arms + the start, 60 s on 2 cores
+    python algos/bleuberi.py                                   # offline toy: the start and 4 arms, seed 1
     python algos/bleuberi.py --arms bleuberi sft-hard --loss-type dr_grpo --seed 2
     python algos/bleuberi.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name yapeichang/BLEUBERI-Tulu3-50k \
         --reference-columns ref_output_gold --group-column source --pool-size 2000 --num-examples 500 \
         --num-eval 200 --max-completion-length 512 --temperature 0.9 --lr 1e-6 --steps 250 --arms bleuberi sft-hard \
         --micro-batch-size 8 --generation-batch-size 64 --gradient-checkpointing   # add --lora-r 16 for 7B on one GPU
-Measured (toy defaults, seeds 1 / 2, transformers 5.24; 2 cores at load 1.5-2): 172 s with a cold warm-start cache,
-134 s warm. Start EM 0.598 / 0.656 (pass@1 0.331 / 0.364, pass@8 0.656 / 0.720 at T = 1); dEM bleuberi -0.136 /
--0.222, grpo-bleu-random -0.030 / -0.016, sft-hard -0.006 / +0.006, grpo-em -0.016 / -0.002 (SE ~0.02). The BLEU-hard
-set is ~97% dedup / reverse / sort and GRPO-BLEU on it makes the tiny model forget copy (EM 0.99 -> 0.54); no arm
-beats the start, not even GRPO on the exact-match reward. Real shapes: see benchmarks/real_shape.py and the README's
-"Real models"; no GPU run has been made yet.
 """
 
 from __future__ import annotations
 
 import gc
 import math
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
@@ -103,9 +45,8 @@ import torch
 import tyro
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shared.data import load_data  # noqa: E402
-from shared.lm import (  # noqa: E402
+from shared.data import load_data
+from shared.lm import (
     completion_logprobs,
     load_causal_lm,
     load_policy,
@@ -113,9 +54,9 @@ from shared.lm import (  # noqa: E402
     stop_token_ids,
     trained_parameters,
 )
-from shared.precision import Precision, setup_precision  # noqa: E402
-from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything  # noqa: E402
-from shared.warmstart import sft_parts, warm_start  # noqa: E402
+from shared.precision import Precision, setup_precision
+from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything
+from shared.warmstart import sft_parts, warm_start
 
 Arm = Literal["bleuberi", "grpo-bleu-random", "sft-hard", "grpo-em"]
 ARM_SETUP = {  # arm -> (trainer, reward, selection mode, reward that ranks the selection)
@@ -169,52 +110,52 @@ class Args:
     arms: tuple[Arm, ...] = ("bleuberi", "grpo-bleu-random", "sft-hard", "grpo-em")
     """arms to run, each from the same start"""
     pool_size: int = 2000
-    """pool prompts scored for selection [paper: 50K]"""
+    """pool prompts scored for selection [code grpo.sh: the 50K prompts of BLEUBERI-Tulu3-50k]"""
     num_examples: int = 500
-    """prompts kept by selection [paper: 5000]"""
+    """prompts kept by selection [code grpo.sh: 5000]"""
     selection_temperature: float = 0.7
-    """sampling temperature of the selection sample [code: 0.7]"""
+    """sampling temperature of the selection sample [code create_training_data.py: 0.7]"""
     selection_top_p: float = 0.9
-    """top-p of the selection sample [code: 0.9]"""
+    """top-p of the selection sample [code create_training_data.py: 0.9]"""
     num_eval: int = 500
     """held-out prompts for greedy evaluation"""
     steps: int = 150
-    """optimizer steps per arm [paper: 1250]"""
+    """optimizer steps per arm [code grpo.sh: 1 epoch of 5000 prompts = 1250 steps]"""
     batch_size: int = 64
     """completions per optimizer step (= prompts per step x --num-generations)"""
     num_generations: int = 8
     """G, completions per prompt [code grpo.sh: 8]"""
     micro_batch_size: int = 8
-    """completions per forward/backward (gradient accumulation): sets memory, not the gradient [paper: 8/device]"""
+    """completions per forward/backward (gradient accumulation): sets memory, not the gradient [code grpo.sh: 8]"""
     lr: float = 3e-5
-    """AdamW learning rate of every arm [paper: 1e-6 for 7B]"""
+    """AdamW learning rate of every arm [code grpo.sh: 1e-6 for 7B]"""
     warmup_ratio: float = 0.05
     """linear warmup share of the steps, then constant [code grpo.sh]"""
     max_grad_norm: float = 0.2
     """gradient-norm clip [code grpo.sh]"""
     beta: float = 0.04
-    """k3 KL coefficient to the frozen start [TRL 0.17 default]"""
+    """k3 KL coefficient to the frozen start [TRL: default 0.04]"""
     epsilon: float = 0.2
-    """ratio clip range [TRL 0.17 default]"""
+    """ratio clip range [TRL: default 0.2]"""
     num_iterations: int = 1
-    """policy updates per sampled batch (1 = on-policy, the ratio clip never binds) [TRL default 1]"""
+    """policy updates per sampled batch (1 = on-policy, the ratio clip never binds) [code grpo.sh: 1]"""
     loss_type: Literal["grpo", "bnpo", "dr_grpo"] = "bnpo"
-    """token-loss aggregation, as TRL defines it [TRL 0.17 default bnpo]"""
+    """token-loss aggregation, as TRL defines it [TRL: default bnpo]"""
     scale_rewards: bool = True
     """divide advantages by the group std (off = Dr. GRPO)"""
     temperature: float = 1.0
-    """sampling temperature of GRPO; log-probs use logits / temperature [paper 0.9, card toy 1.0]"""
+    """sampling temperature of GRPO; log-probs use logits / temperature [code grpo.sh: 0.9; the toy: 1.0]"""
     top_k: int = 50
-    """top-k of GRPO sampling [TRL default 50]"""
+    """top-k of GRPO sampling [TRL: default 50]"""
     max_prompt_length: int = 512
-    """prompt tokens kept (left-truncated) [code: 512]"""
+    """prompt tokens kept (left-truncated) [code grpo.sh: 512]"""
     max_completion_length: int = 16
-    """new tokens per completion [code: 512]"""
+    """new tokens per completion [code grpo.sh: 512]"""
     generation_batch_size: int = 500
     """sequences per batched generate call (selection, GRPO sampling, evaluation): bounds the KV cache"""
 
 
-# ALGO LOGIC: the reward ------------------------------------------------------------------------------------------
+# ALGO LOGIC: the reward, smoothed NMT-BLEU [evaluate] -----------------------------------------------------------------
 TOKENIZE_13A = Tokenizer13a()  # sacrebleu's 13a tokeniser; evaluate's tokenizer_13a.py is a copy of it
 MAX_ORDER = 4
 
@@ -230,11 +171,12 @@ def ngram_counts(tokens: list[str], max_order: int = MAX_ORDER) -> Counter:
 
 
 def bleu_reward(completion: str, references: list[str]) -> float:
-    """Smoothed sentence NMT-BLEU in [0, 1] (`evaluate` BLEU with smooth=True); empty completion -> 0."""
+    """Smoothed sentence NMT-BLEU in [0, 1] (`evaluate` BLEU with smooth=True); empty completion -> 0
+    [code utils.py bleu_reward; evaluate]. sacrebleu agrees only in special cases: see docs/bleuberi.md."""
     if not references or any(not isinstance(r, str) or not tokenize_13a(r) for r in references):
         raise ValueError(f"bleu_reward needs at least one reference and no empty ones, got {references!r}")
     hypothesis = tokenize_13a(completion) if isinstance(completion, str) else []
-    if not hypothesis:  # [code utils.py]: empty or whitespace-only prediction scores 0
+    if not hypothesis:  # [code utils.py bleu_reward]: empty or whitespace-only prediction scores 0
         return 0.0
     refs = [tokenize_13a(r) for r in references]
     max_ref_counts = Counter()
@@ -253,7 +195,7 @@ def bleu_reward(completion: str, references: list[str]) -> float:
 
 
 def answer_text(completion: str) -> str:
-    """The scored text [code training/dataset.py extract_answer]: after the first `<answer>`, up to `</answer>`
+    """The scored text [code dataset.py extract_answer]: after the first `<answer>`, up to `</answer>`
     when the completion has one (a lone `<answer>` scores all that follows it); no tag: the whole completion."""
     if "<answer>" not in completion:
         return completion.strip()
@@ -277,15 +219,16 @@ def compute_rewards(name: str, texts: list[str], references: list[list[str]], ex
     return torch.tensor([reward(answer_text(t) if extract else t, refs) for t, refs in zip(texts, references)])
 
 
-# ALGO LOGIC: selection and GRPO ------------------------------------------------------------------------------------
+# ALGO LOGIC: selection and the GRPO loss ------------------------------------------------------------------------------
 def select_prompts(scores: Sequence[float], num_examples: int, mode: str, seed: int = 42) -> list[int]:
-    """Indices of the kept pool prompts: hard (lowest score), easy (highest), medium (middle slice) or random."""
+    """Indices of the kept pool prompts: hard (lowest score), easy (highest), medium (middle slice) or random
+    [code create_training_data.py make_grpo_data]."""
     n = len(scores)
     if mode not in ("hard", "easy", "medium", "random"):
         raise ValueError(f"selection mode {mode!r} is not one of hard, easy, medium, random")
-    if num_examples >= n:  # [code]: keep everything
+    if num_examples >= n:  # [code create_training_data.py]: keep everything
         return list(range(n))
-    if mode == "random":  # [code]: np.random.seed(seed); np.random.choice(N, num, replace=False)
+    if mode == "random":  # [code create_training_data.py]: np.random.seed(seed), then choice(N, num, replace=False)
         return np.random.RandomState(seed).choice(n, num_examples, replace=False).tolist()
     ascending = sorted(range(n), key=lambda i: scores[i])  # stable: ties keep pool order
     if mode == "hard":
@@ -297,7 +240,7 @@ def select_prompts(scores: Sequence[float], num_examples: int, mode: str, seed: 
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: bool = True) -> torch.Tensor:
-    """A_i = (r_i - mean_G r) / (std_G r + 1e-4) over contiguous groups of `group_size` (unbiased std)."""
+    """A_i = (r_i - mean_G r) / (std_G r + 1e-4) over contiguous groups of `group_size` (unbiased std) [TRL]."""
     if group_size < 2 or rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size} >= 2")
     grouped = rewards.view(-1, group_size)  # [B/G, G]
@@ -321,7 +264,7 @@ def grpo_loss(
     batch_sequences=None,
     batch_tokens=None,
 ):
-    """Clipped-ratio policy loss plus beta * k3 KL per token, aggregated as grpo / bnpo / dr_grpo.
+    """Clipped-ratio policy loss plus beta * k3 KL per token, aggregated as grpo / bnpo / dr_grpo [TRL _compute_loss].
 
     `batch_sequences` and `batch_tokens` are the completions and completion tokens of the whole step batch (default:
     these rows alone): the loss of a micro-batch is then its share of the step batch's loss, and the micro-batch
@@ -365,7 +308,7 @@ def ratio_and_kl_metrics(logp, old_logp, ref_logp, advantages, completion_mask, 
     return {k: v.item() for k, v in out.items()}
 
 
-# Training loops --------------------------------------------------------------------------------------------------
+# ALGO LOGIC: the training loops (GRPO, SFT on references) -------------------------------------------------------------
 def make_optimizer(parameters, args: Args, precision: Precision):
     """AdamW (weight decay 0) over the trained parameters, constant LR after a linear warmup [code grpo.sh]."""
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
@@ -399,7 +342,8 @@ def frozen_logprobs(model, inputs, args: Args, precision: Precision) -> torch.Te
 
 
 def accumulate_grpo_gradients(model, inputs, old_logp, ref_logp, advantages, args: Args, precision: Precision):
-    """Forward and backward of the GRPO loss per micro-batch; the gradients add up to the full batch's.
+    """Forward and backward of the GRPO loss per micro-batch; the gradients add up to the full batch's (a deliberate
+    difference: TRL normalises bnpo per micro-batch; ours is TRL's `dapo` normalisation, see docs/bleuberi.md).
 
     Returns the policy's log-probs and token entropies ([B, T] each, detached) and the step batch's loss."""
     prompt_ids, prompt_mask, completion_ids, completion_mask = inputs
@@ -408,6 +352,8 @@ def accumulate_grpo_gradients(model, inputs, old_logp, ref_logp, advantages, arg
     loss_args = (args.beta, args.epsilon, args.loss_type, args.max_completion_length, batch_sequences, batch_tokens)
     logps, entropies, total_loss = [], [], 0.0
     for mb in micro_batches(batch_sequences, args.micro_batch_size, advantages.device):
+        # position ids come from the attention mask (shared/lm.py), as in generate: a deliberate difference from
+        # TRL 0.17, which passes none, so left-padded prompts shift (docs/bleuberi.md)
         with precision.autocast():
             logp, entropy = completion_logprobs(
                 model, prompt_ids[mb], prompt_mask[mb], completion_ids[mb], completion_mask[mb], args.temperature, True
@@ -423,38 +369,41 @@ def accumulate_grpo_gradients(model, inputs, old_logp, ref_logp, advantages, arg
 
 
 def train_grpo(arm, model, ref_model, tokenizer, rows, reward_name, args: Args, run: RunLogger, precision) -> None:
-    """GRPO [TRL 0.17 GRPOTrainer] on `rows` (dicts with prompt and references) with `reward_name`."""
+    """GRPO [TRL GRPOTrainer] on `rows` (dicts with prompt and references) with `reward_name`."""
     parameters = trained_parameters(model)
     optimizer, scheduler = make_optimizer(parameters, args, precision)
     num_prompts, num_tokens = args.batch_size // args.num_generations, 0
     stop_ids = torch.tensor(stop_token_ids(tokenizer, model), device=precision.device)
     sampling = dict(temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_completion_length)
     sampling.update(chat=args.chat, max_prompt_length=args.max_prompt_length, batch_size=args.generation_batch_size)
+    # 3. each step: the step's prompts, from shuffled epochs over the training set (the same order for every arm)
     for step, batch in enumerate(prompt_batches(len(rows), num_prompts, args.steps, args.seed)):
         prompts = [rows[i]["prompt"] for i in batch]
-        # 1. sample G completions per prompt (rows prompt-major: each group of G is contiguous)
+        # 4. sample G completions per prompt (rows prompt-major: each group of G is contiguous); sampling stops on
+        #    end-of-turn tokens as well as EOS, a deliberate difference from TRL 0.17 (docs/bleuberi.md)
         with precision.autocast():
             out = sample(model, tokenizer, prompts, num_samples=args.num_generations, **sampling)
         references = [rows[i]["references"] for i in batch for _ in range(args.num_generations)]
-        # 2. reward each completion against its prompt's references, then z-score within each group
+        # 5. reward each completion against its prompt's references (the <answer> text when tagged)
         rewards = compute_rewards(reward_name, out.texts, references).to(precision.device)  # [B]
+        # 6. the GRPO update [TRL]: advantages z-scored within each group, then the clipped-ratio + k3-KL loss
         advantages = group_advantages(rewards, args.num_generations, args.scale_rewards)  # [B]
-        mask = out.completion_mask  # [B, T] 1 up to and including the first stop token
+        mask = out.completion_mask  # [B, T] 1 up to and including the first stop token [TRL]
         inputs = (out.prompt_ids, out.prompt_mask, out.completion_ids, mask)
-        # 3. log-probs of the frozen reference (and of the sampling policy when it is reused for several updates)
+        # log-probs of the frozen reference (and of the sampling policy when it is reused for several updates)
         ref_logp = frozen_logprobs(ref_model, inputs, args, precision) if args.beta != 0 else None  # [B, T]
         old_logp = frozen_logprobs(model, inputs, args, precision) if args.num_iterations > 1 else None  # [B, T]
         for _ in range(args.num_iterations):
-            # 4. clipped-ratio + k3-KL loss: forward and backward per micro-batch, gradients accumulated
+            # forward and backward per micro-batch, gradients accumulated over the step batch
             optimizer.zero_grad(set_to_none=True)
             logp, entropy, loss = accumulate_grpo_gradients(
                 model, inputs, old_logp, ref_logp, advantages, args, precision
             )
-            # 5. AdamW step on the trained parameters (fp32 master weights)
+            # AdamW step on the trained parameters (fp32 master weights)
             grad_norm = precision.clip_grad_norm_(parameters, args.max_grad_norm)
             optimizer.step()
         scheduler.step()
-        # 6. log TRL's metrics
+        # TRY NOT TO MODIFY: log TRL's metrics
         old = logp if old_logp is None else old_logp  # [B, T]
         lengths = mask.sum(1).float()  # [B]
         terminated = lengths[torch.isin(out.completion_ids, stop_ids).any(dim=1)]  # rows that emitted a stop token
@@ -520,9 +469,10 @@ def train_sft(arm, model, tokenizer, rows, args: Args, run: RunLogger, precision
         run.log(step, {"losses/sft_loss": loss, "charts/grad_norm": grad_norm.item()}, arm=arm)
 
 
-# Data, evaluation and the run ------------------------------------------------------------------------------------
+# TRY NOT TO MODIFY: data, evaluation and option checks ----------------------------------------------------------------
 def to_rows(data, args: Args) -> tuple[list[dict], int]:
-    """Rows {prompt, references, group}; a row with a missing or empty reference is excluded [code]."""
+    """Rows {prompt, references, group}; a row with a missing or empty reference is excluded
+    [code create_training_data.py has_all_references]."""
     has_group = args.group_column is not None and args.group_column in data.column_names
     rows, excluded = [], 0
     for example in data:
@@ -641,13 +591,14 @@ def check_args(args: Args) -> None:
 
 
 def main(args: Args) -> dict:
+    # TRY NOT TO MODIFY: option checks, seeding, precision, data
     check_args(args)
     torch.set_num_threads(args.num_threads)
     seed_everything(args.seed)
     precision = setup_precision(args.dtype, args.cuda, args.fp32_master)
     start_time = time.time()
     pool, heldout = load_rows(args)
-    # 1. pi_0 = the start policy, frozen (also the KL reference of every GRPO arm), held in the frozen dtype
+    # 1. pi_0 = the start policy; ref = pi_0 frozen (the KL reference of every GRPO arm), held in the frozen dtype
     model_path = args.model_name
     if args.model_name.startswith("tiny:"):
         task_name = args.model_name.split(":", 1)[1]
@@ -664,7 +615,8 @@ def main(args: Args) -> dict:
         total_steps=args.steps,
     )
 
-    # 2. selection: one pi_0 sample per pool prompt, scored on its raw text; keep the lowest-scoring prompts
+    # 2. selection [code create_training_data.py]: one pi_0 sample per pool prompt, scored on its raw text; keep the
+    #    lowest-scoring prompts
     sampling = dict(temperature=args.selection_temperature, top_p=args.selection_top_p)
     texts = generate(start_model, tokenizer, pool, args, precision, greedy=False, **sampling)
     pool_refs = [r["references"] for r in pool]
@@ -682,8 +634,9 @@ def main(args: Args) -> dict:
         print(notes[-1], flush=True)
     print(f"setup (data, start, selection): {time.time() - start_time:.1f} s", flush=True)
 
-    # 3. each arm trains pi_0, loaded afresh in fp32 master weights (or with LoRA adapters), on its set from the
-    #    same seed; then greedy evaluation on held-out prompts
+    # 3-6. each arm trains pi_0, loaded afresh in fp32 master weights (or with LoRA adapters), on its set from the
+    #      same seed (train_grpo runs steps 3-6, train_sft its SFT counterpart); 7. greedy evaluation of the last
+    #      policy on held-out prompts (the paper evaluates its last checkpoint on MT-Bench, ArenaHard, WildBench)
     start_eval = evaluate(start_model, tokenizer, heldout, args, precision)
     pass_at_1, pass_at_g = headroom(start_model, tokenizer, heldout, args, precision)
     headroom_note = (
@@ -725,7 +678,7 @@ def main(args: Args) -> dict:
         del model  # the next arm's policy takes its place on the device
         gc.collect()
 
-    # 4. the table: greedy exact match and BLEU on held-out prompts, per arm and per group
+    # TRY NOT TO MODIFY: the table: greedy exact match and BLEU on held-out prompts, per arm and per group
     rows = [
         {
             "arm": arm,
@@ -766,4 +719,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))  # --help opens with the first paragraph

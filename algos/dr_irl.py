@@ -1,10 +1,14 @@
-# arXiv:2503.18991 | README: #dr-irl
-"""DR-IRL: Inverse Reinforcement Learning with Dynamic Reward Scaling for LLM Alignment
-(Cheng et al., ICLR 2026, https://arxiv.org/abs/2503.18991; no official code is public).
+# arXiv:2503.18991 (DR-IRL) | docs: docs/dr_irl.md (details, deviations, metrics, results, reproducing the paper)
+"""DR-IRL: Inverse Reinforcement Learning with Dynamic Reward Scaling for LLM Alignment (Cheng et al., ICLR 2026,
+https://arxiv.org/abs/2503.18991; no official code is public). One reward model (RM) per category, fitted by one
+round of inverse RL on balanced demonstrations, then GRPO-S: GRPO with each prompt scored by its own category's RM
+and its group-normalised advantage scaled by how hard the prompt is, for the data and for the model. The offline
+toy (GRPO against GRPO-S on an imbalanced four-rule task, a few minutes on 2 CPU cores): python algos/dr_irl.py
 
-Idea: one reward model (RM) per category, fitted by one round of IRL (the balanced demonstration must beat the initial
-policy's own sample); GRPO routes each prompt to its category's RM and multiplies the group-normalised advantage by
-alpha = alpha^D (answer-demonstration distance in a text encoder) x alpha^M (an outlier-trimmed RM gap): GRPO-S.
+Idea: safety data over-represents common harms, and a static RM pushes easy and hard prompts alike. IRL makes the
+demonstration outscore the initial policy's own sample; GRPO-S multiplies the advantage by alpha = alpha^D (the
+answer's distance from the demonstration in a text encoder) x alpha^M (an outlier-trimmed RM gap between the
+demonstration and the sample), each relative to its category's mean.
 
     IRL (Bradley-Terry):  L_j = -mean log sigmoid(r_j(x, y_demo) - r_j(x, y~)),   y~ ~ pi_0(.|x),  y~ != y_demo
     hardness:  s_kl = cos(Phi(S^k), Phi(S~^l)),  W_ji = 1/K sum_k max_l s_kl,  delta_ji = 1 - W_ji
@@ -14,62 +18,15 @@ alpha = alpha^D (answer-demonstration distance in a text encoder) x alpha^M (an 
     GRPO-S:    A_i = alpha^D_ji alpha^M_j (r_i - mean_G r) / (std_G r + 1e-4)        (alpha under no_grad)
     loss:      l_t = -min(rho_t A_i, clip(rho_t, 1-eps, 1+eps) A_i) + beta (e^x_t - x_t - 1),  x_t = log ref/pi
 
-Details ([card] = rewardlab's method notes, reconstructed from the v1/v2/v3/v5 abstracts, the OpenReview reviews and two
-notes; [Li] = Li et al. 2024, code JasonJiaxiangLi/Reward_learning_SFT; [DAMA] = Lu et al. ICML 2025; [TRL]):
-1. Data [card 3.1]: a balanced demonstration set (<= --num-demos-per-category per category); GRPO prompts are the
-   imbalanced training mix. Columns prompt / category / demonstration (tiny `op` / `reference` renamed).
-2. IRL [card 3.1, Li]: --irl-samples pi_0 samples per demo prompt at T=1 as the card, identical pairs dropped, BT loss
-   (`--irl-loss linear`: -(r_d - r_s)/beta, with weight decay); one round (v5). --irl-rounds > 1 = Li's alternation:
-   before each later round one policy takes --irl-policy-steps GRPO steps on the RMs (arm irl<k>) and its samples refit
-   them; arms start from pi_0. DIFFERENCE: one sequence score, not Li's per-token rewards from the first divergence.
-3. RMs [card 6]: `--rm-arch linear` (toy default, tiny data only): weights per category on 1[y_t = x_s] (t, s from
-   either end), length / multiset match, sortedness, fitted together; `transformer`: fully fine-tuned
-   AutoModelForSequenceClassification (a new score head on --rm-model-name's body), fitted ONE AT A TIME on its own
-   category's pairs, --rm-batch-size pairs per step in micro-batches of --rm-micro-batch-size (gradient accumulation,
-   tested equal to one batch), fp32 master weights under --dtype autocast; once fitted it is frozen in the frozen dtype
-   and put away (--rm-offload cpu: CPU memory; disk: runs/<run>/reward_models/<category>), so at most one RM is on the
-   device, and scoring swaps them in one by one (each once per GRPO step: samples and demonstrations in one call;
-   with several RMs none stays there during the policy's update).
-   `--rm-model-paths` (one folder per --categories entry, e.g. a disk run's reward_models/) skips IRL: ready RMs with a
-   score head and the policy's tokenizer; a folder without the head fails with the loader's message.
-4. Routing [card 3.3, v1]: each prompt is scored by its category's RM; `--shared-rm` = Table 2's one-RM ablation.
-5. GRPO as algos/bleuberi.py [TRL]: groups of G, unbiased std + 1e-4, ratio clip 1 +- eps, k3 KL to frozen pi_0,
-   logits / T, position ids from the mask, `--loss-type grpo` [card 3.3], AdamW, grad clip. Every aggregation is over
-   the whole step batch: forward and backward run per --micro-batch-size completions with gradient accumulation and
-   the gradient does not depend on the micro-batch size (tested: 1 x 8 = 4 x 2).
-   Real models (shared/precision.py, shared/lm.py): the policy keeps fp32 master weights under `--dtype` bf16 autocast,
-   pi_0 (KL reference, lm_hidden encoder) is held frozen in bf16; log-probs come from a chunked fp32 log-softmax per
-   micro-batch; generation runs in calls of at most `--generation-batch-size` sequences; `--lora-r` trains fp32
-   adapters over a frozen base, `--gradient-checkpointing` recomputes activations.
-6. alpha^D [card 3.2; v3 CLIP, v5 "a text encoder", unverified]: max-mean cosine of sub-sentence embeddings from
-   `--similarity`: ngram (card's stand-in: unigram + hashed bigram counts of --chunk-size-token chunks, exact on the toy
-   vocabulary; tiny data only, it is vocabulary-wide per chunk), lm_hidden (frozen pi_0's body, mean hidden state per
-   chunk; the real-data default) or encoder (--encoder-name, mean-pooled, normalised; split at . ! ? ; newline, the
-   paper uses an LLM). An answer without sub-sentences has W = 0 (ours). The demonstration is the same for the encoder
-   and the RM gap: truncated to --max-completion-length tokens (the encoder embeds its decoded text), because the
-   policy's answers are cut there and the RMs were fitted on truncated demonstrations against them.
-7. alpha^M [card 3.2]: gap demo minus policy (`--gap-sign`, unverified), mask (R - Rbar)^2 <= --tau (no source value),
-   mean over the M - T kept gaps; all masked -> 1. Ours (batch scope): a category's lone prompt -> alpha = 1.
-8. Flags [card 3.2]: --alpha-granularity, --stat-scope (ema: DAMA-style running means), --hardness-ref (global: arm
-   grpo-s-global), --scaling (none = plain GRPO, exactly). DAMA's resampling unused.
-9. Success measure (ours; the paper reports GPT-4 judged win rates): `grpo-true`, the positive control, trains on it
-   and the table reports it, never the learned RMs' score. Toy: exact match to the demonstration (`--true-reward
-   exact_match`). Real data: `--judge-model-name`, a ready sequence-classification reward model (e.g. a Skywork
-   reward model) scoring the chat-formatted prompt and answer text with its own tokenizer; exact match (~0 on free
-   text) only when asked for. The toy-only parts (linear RM features, ngram encoder) refuse real data.
-10. Toy [card 6, SCALED]: tiny Qwen2 (~0.11M, not GPT-2 d=96) warm-started 400 x 64 at lr 2e-3 on rule_categories
-   (copy 45 / reverse 30 / rotate2 15 / sort 10 %); 200 demos x 4 samples per category; 16 prompts x G=8, 80 steps,
-   lr 1e-4, beta 0.04, T=1; greedy exact match on 150 held-out prompts per category, never the RM score; the summary
-   also gives the start's headroom (best of G samples against greedy, per category).
-
-Logged (each arm its own TensorBoard run, arms/<arm>/, the same tags): TRL's reward, reward_std,
-rewards/<rm|exact_match|judge>/mean|std, kl, entropy, clip_ratio/*, completions/*, num_tokens, losses/loss,
-charts/grad_norm|learning_rate; rewards/true_<exact_match|judge>, alpha/mean|std|min|max, alpha_data/mean,
-alpha_model/mean, alpha/<c>, kept_fraction/<c>, alpha/corr_true_success; once: losses/irl_loss, irl/pairs/<c>,
-rewards/accuracies|margins/<c> (held-out); at the end eval/<exact_match|judge>/<c>.
+Source tags on the lines that implement a detail: [paper] = the paper's equations, tables and figures, as the
+OpenReview reviews and two third-party notes give them (the paper body was not retrievable); [Li] = Li et al. 2024,
+"Getting More Juice Out of the SFT Data" (code JasonJiaxiangLi/Reward_learning_SFT); [DAMA] = Lu et al., ICML 2025
+(code injadlu/DAMA); [TRL] = trl v0.17.0 trl/trainer/grpo_trainer.py; "reconstruction" where none of them says
+(each such reading is a flag). Arms: grpo (learned RMs), grpo-s, grpo-s-global (alpha's means over all categories)
+and grpo-true (the success measure itself as the reward: the positive control).
 
 Commands:
-    python algos/dr_irl.py                           # offline toy: 4 arms, 166-173 s on 2 cores under load; --seed 2
+    python algos/dr_irl.py                           # offline toy: the start and 4 arms, seed 1 (--seed 2, 3)
     python algos/dr_irl.py --scaling data --alpha-granularity response --similarity lm_hidden --rm-arch transformer
     python algos/dr_irl.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name PATH_WITH_prompt_category_demo \
         --judge-model-name Skywork/Skywork-Reward-V2-Llama-3.1-8B --similarity encoder \
@@ -77,19 +34,6 @@ Commands:
         --batch-size 64 --micro-batch-size 4 --generation-batch-size 64 --lr 1e-6 --rm-lr 1e-5 --rm-epochs 1 \
         --rm-batch-size 64 --rm-micro-batch-size 4 --rm-offload disk --gradient-checkpointing --steps 200
     # reuse those RMs: the same command with --categories A B --rm-model-paths runs/<run>/reward_models/A ...B
-Measured (toy defaults, seeds 1 / 2 / 3, each run sharing 2 cores with two other processes: 166-173 s): mean EM of
-the start 0.478 / 0.470 / 0.487; dEM grpo -0.023 / 0.000 / -0.009, grpo-s -0.001 / -0.018 / -0.002, grpo-s-global
--0.008 / -0.005 / +0.003, grpo-true +0.019 / +0.038 / +0.011 (SE of a mean ~0.02); held-out RM accuracy 0.98-1.00.
-The positive control is NOT there: grpo-true gains on reverse (+0.13 to +0.20), loses on rotate2 and sort.
-Start headroom (seed 1, best of 8 vs greedy): reverse 0.86 vs 0.69, rotate2 0.20 vs 0.07, sort 0.15 vs 0.15.
-grpo-true alone, seed 1, did not reach +0.10 either with lr 3e-4 (+0.009) or 1e-3 (-0.050), nor with shorter or
-longer warm starts (250, 300, 350, 450, 550 steps; 100 steps at lr 3e-4: -0.003 to -0.097): its sampled reward rises
-slowly (+0.03 to +0.05 over 80-100 steps) while greedy EM on copy or reverse falls. Real path, `benchmarks/
-real_shape.py --shape test --scripts dr_irl --batch-size 8 --micro-batch-size 4 --generation-batch-size 8
---completion-length 16 --num-threads 1` (151,936 vocabulary, CPU, loaded machine): 2.50 s/step, peak RSS B 1.17 GB,
-4B 1.11 GB (ratio 0.95), bf16/fp32 update ratio 1.00: bounded; `--shape vocab --scripts dr_irl` (defaults: B 16,
-micro-batch 8, 32 tokens): 48.75 s/step, peak RSS B 2.48 GB, 4B 2.81 GB (ratio 1.14), update ratio 1.00: bounded.
-No GPU run has been made yet.
 """
 
 from __future__ import annotations
@@ -97,7 +41,6 @@ from __future__ import annotations
 import gc
 import math
 import re
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -110,9 +53,8 @@ import tyro
 from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModel, AutoModelForSequenceClassification
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shared.data import load_data  # noqa: E402
-from shared.lm import (  # noqa: E402
+from shared.data import load_data
+from shared.lm import (
     completion_logprobs,
     encode_prompts,
     load_causal_lm,
@@ -123,9 +65,9 @@ from shared.lm import (  # noqa: E402
     stop_token_ids,
     trained_parameters,
 )
-from shared.precision import Precision, setup_precision  # noqa: E402
-from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything  # noqa: E402
-from shared.warmstart import warm_start  # noqa: E402
+from shared.precision import Precision, setup_precision
+from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything
+from shared.warmstart import warm_start
 
 Arm = Literal["grpo", "grpo-s", "grpo-s-global", "grpo-true"]
 ARM_SETUP = {  # arm -> (reward, applies --scaling, hardness reference or None = --hardness-ref)
@@ -134,7 +76,7 @@ ARM_SETUP = {  # arm -> (reward, applies --scaling, hardness reference or None =
     "grpo-s-global": ("rm", True, "global"),
     "grpo-true": ("true", False, None),  # the positive control: the success measure itself as the reward
 }
-WARM_START_LR = 2e-3  # learning rate of the tiny warm start [card 6]
+WARM_START_LR = 2e-3  # learning rate of the tiny warm start (the toy's value, reconstruction)
 NGRAM_BUCKETS = 4096  # hashed bigram buckets of the ngram encoder
 ENCODER_BATCH_SIZE = 256  # sentences per forward of the --similarity encoder text encoder
 
@@ -166,7 +108,7 @@ class Args:
     model_name: str = "tiny:rule_categories"
     """policy start pi_0: tiny:<task> (warm-started tiny LM), a save_pretrained folder, or a hub id (a chat model)"""
     warm_start_steps: int = 400
-    """SFT steps of the tiny warm start [card 6: 400 x 64]"""
+    """SFT steps of the tiny warm start (the toy's value: 400 x 64)"""
     warm_start_seed: int = 0
     """seed of the tiny warm start (fixed, so seeds share one cached start)"""
     dataset_name: str = "tiny:rule_categories"
@@ -182,11 +124,11 @@ class Args:
     pool_size: int = 3000
     """training prompts read (tiny: drawn from the train split)"""
     num_eval: int = 150
-    """held-out prompts per category for the success measure and RM accuracy [card 6: 150]"""
+    """held-out prompts per category for the success measure and RM accuracy (the toy's value: 150)"""
     num_demos_per_category: int = 200
-    """balanced demonstration set: prompts per category for IRL [card 6: 200]"""
+    """balanced demonstration set: prompts per category for IRL [paper: balanced; the toy's count: 200]"""
     irl_samples: int = 4
-    """pi_0 samples per demonstration prompt (the non-preferred side) [card 6: 4]"""
+    """pi_0 samples per demonstration prompt (the non-preferred side) (the toy's value: 4)"""
     irl_rounds: int = 1
     """IRL rounds: 1 = the paper; > 1 = Li et al.'s alternation with a policy updated in between"""
     irl_policy_steps: int = 20
@@ -206,7 +148,7 @@ class Args:
     rm_offload: Literal["cpu", "disk"] = "cpu"
     """where the transformer RMs not in use wait: CPU memory, or saved folders runs/<run>/reward_models/<c>"""
     shared_rm: bool = False
-    """one RM for all categories (Table 2 ablation) instead of one per category"""
+    """one RM for all categories (the paper's Table 2 ablation) instead of one per category"""
     rm_lr: float = 3e-2
     """AdamW learning rate of the RMs (transformer RMs need less, e.g. 1e-3 tiny, 1e-5 real)"""
     rm_epochs: int = 30
@@ -219,34 +161,34 @@ class Args:
     """IRL pairs per RM forward/backward (gradient accumulation), and rows per RM / judge scoring forward (None =
     --rm-batch-size; set it on a real model, e.g. 4)"""
     steps: int = 80
-    """GRPO steps per arm [card 6: 80]"""
+    """GRPO steps per arm (the toy's value: 80; the paper's Table 6 was not retrieved)"""
     batch_size: int = 128
-    """completions per step (= prompts per step x --num-generations) [card 6: 16 x 8]"""
+    """completions per step (= prompts per step x --num-generations) (the toy's value: 16 x 8)"""
     num_generations: int = 8
-    """G, completions per prompt [card 6: 8]"""
+    """G, completions per prompt (reconstruction: 8; the paper's Table 6 was not retrieved)"""
     micro_batch_size: Optional[int] = None
     """completions per forward/backward (gradient accumulation): sets memory, not the gradient (None = the whole step
     batch, fastest for the tiny model; set it on a real model, e.g. 4)"""
     generation_batch_size: int = 2400
     """sequences per batched generate call (IRL samples, GRPO sampling, evaluation): bounds the KV cache"""
     lr: float = 1e-4
-    """AdamW learning rate of the policy [card 6: 1e-4]"""
+    """AdamW learning rate of the policy (the toy's value: 1e-4)"""
     warmup_ratio: float = 0.05
     """linear warmup share of the steps, then constant"""
     max_grad_norm: float = 1.0
     """gradient-norm clip"""
     beta: float = 0.04
-    """k3 KL coefficient to the frozen pi_0 [card 3.3]"""
+    """k3 KL coefficient to the frozen pi_0 (reconstruction: TRL's default 0.04)"""
     epsilon: float = 0.2
-    """ratio clip range [card 3.3]"""
+    """ratio clip range (reconstruction: TRL's default 0.2)"""
     num_iterations: int = 1
     """policy updates per sampled batch (1 = on-policy, the ratio clip never binds)"""
     loss_type: Literal["grpo", "bnpo", "dr_grpo"] = "grpo"
-    """token-loss aggregation as TRL defines it, over the whole step batch [card 3.3: grpo]"""
+    """token-loss aggregation as TRL defines it, over the whole step batch [paper: DeepSeekMath GRPO = grpo]"""
     scale_rewards: bool = True
     """divide advantages by the group std (off = Dr. GRPO)"""
     temperature: float = 1.0
-    """sampling temperature of GRPO; log-probs use logits / temperature [card 6: 1]"""
+    """sampling temperature of GRPO; log-probs use logits / temperature (reconstruction: 1)"""
     max_prompt_length: int = 512
     """prompt tokens kept (left-truncated)"""
     max_completion_length: int = 10
@@ -259,7 +201,7 @@ class Args:
     """judge of --true-reward judge: a sequence-classification reward model with its score head (folder or hub id),
     scoring the chat-formatted prompt and answer with its own tokenizer (e.g. Skywork/Skywork-Reward-V2-Llama-3.1-8B)"""
     scaling: Literal["none", "data", "model", "both"] = "both"
-    """alpha of the GRPO-S arms: alpha^D x alpha^M (both), one of them, or none (= plain GRPO) [Figure 4]"""
+    """alpha of the GRPO-S arms: alpha^D x alpha^M (both), one of them, or none (= plain GRPO) [paper Figure 4]"""
     similarity: Optional[Literal["ngram", "lm_hidden", "encoder"]] = None
     """Phi of alpha^D: n-gram counts of chunks (tiny data only; None = this there), frozen-LM mean hidden state
     (None = this on real data) or the --encoder-name text encoder"""
@@ -268,19 +210,19 @@ class Args:
     encoder_dim: Optional[int] = None
     """expected embedding width; checked at start-up (None = no check)"""
     chunk_size: int = 3
-    """tokens per sub-sentence for the ngram / lm_hidden encoders [card 6: 3]"""
+    """tokens per sub-sentence for the ngram / lm_hidden encoders (reconstruction: 3)"""
     alpha_granularity: Literal["prompt", "response"] = "prompt"
-    """alpha per prompt (means over its G samples) or per response [card 3.2]"""
+    """alpha per prompt (means over its G samples, as the paper's alpha_j(q)) or per response (reconstruction)"""
     stat_scope: Literal["batch", "ema"] = "batch"
-    """means over the category's prompts in the batch, or running means [card 3.2]"""
+    """means over the category's prompts in the batch, or running means as DAMA's (reconstruction)"""
     ema_gamma: float = 0.9
     """decay of the running means of --stat-scope ema [DAMA]"""
     hardness_ref: Literal["category", "global"] = "category"
     """means per category (as written) or over all prompts in scope"""
     tau: float = 1.0
-    """gap mask threshold on (R - Rbar)^2, RM-logit scale (unverified)"""
+    """gap mask threshold on (R - Rbar)^2, RM-logit scale (reconstruction: the paper gives no value)"""
     gap_sign: Literal["demo_minus_policy", "policy_minus_demo"] = "demo_minus_policy"
-    """sign of the RM gap R (unverified; DAMA: chosen minus rejected)"""
+    """sign of the RM gap R (reconstruction; DAMA: chosen minus rejected)"""
 
 
 def resolved_options(args: Args) -> tuple[str, str, str]:
@@ -292,9 +234,9 @@ def resolved_options(args: Args) -> tuple[str, str, str]:
     return rm_arch, similarity, success
 
 
-# ALGO LOGIC: IRL reward models -------------------------------------------------------------------------------------
+# ALGO LOGIC: the per-category reward models, fitted by IRL [Li; paper] ------------------------------------------------
 def irl_loss(demo_rewards: torch.Tensor, sample_rewards: torch.Tensor) -> torch.Tensor:
-    """Per-pair Bradley-Terry loss -log sigmoid(r(x, y_demo) - r(x, y~)) ([P]) [Li et al., card 3.1]."""
+    """Per-pair Bradley-Terry loss -log sigmoid(r(x, y_demo) - r(x, y~)) ([P]) [Li; paper]."""
     return F.softplus(sample_rewards - demo_rewards)  # [P], = -logsigmoid(demo - sample), stable
 
 
@@ -305,12 +247,14 @@ def content_mask(ids: torch.Tensor, mask: torch.Tensor, stop_ids: torch.Tensor) 
 
 def rule_features(inputs, ids, mask, stop_ids, max_len: int) -> torch.Tensor:
     """Linear-RM features of answers to `op : x1 .. xn` ([N, F]): 1[y_t = x_s] with t, s from start and end,
-    length match, multiset match, sortedness [card 6]. inputs: [N, S] token ids of x, -1 padded."""
+    length match, multiset match, sortedness (the toy's RM, reconstruction). inputs: [N, S] ids of x, -1 padded."""
     content = content_mask(ids, mask, stop_ids)[:, :max_len]  # [N, <=T]
     y = torch.where(content, ids[:, :max_len], -2)  # [N, <=T] -2 never equals an input
     y = F.pad(y, (0, max_len - y.size(1)), value=-2)  # [N, Tm]
-    n, m = (inputs >= 0).sum(1, keepdim=True), (y >= 0).sum(1, keepdim=True)  # [N, 1] input / answer lengths
-    s_idx, t_idx = torch.arange(inputs.size(1), device=ids.device), torch.arange(max_len, device=ids.device)
+    n = (inputs >= 0).sum(1, keepdim=True)  # [N, 1] input lengths
+    m = (y >= 0).sum(1, keepdim=True)  # [N, 1] answer lengths
+    s_idx = torch.arange(inputs.size(1), device=ids.device)  # [S]
+    t_idx = torch.arange(max_len, device=ids.device)  # [Tm]
     x_end = torch.where(s_idx < n, inputs.gather(1, (n - 1 - s_idx).clamp(min=0)), -1)  # [N, S] x from the end
     y_end = torch.where(t_idx < m, y.gather(1, (m - 1 - t_idx).clamp(min=0)), -2)  # [N, Tm] y from the end
     matches = [(a[:, :, None] == b[:, None, :]).flatten(1) for a in (y, y_end) for b in (inputs, x_end)]  # 4x[N,Tm*S]
@@ -326,7 +270,8 @@ def rule_features(inputs, ids, mask, stop_ids, max_len: int) -> torch.Tensor:
 
 def sequence_scores(model, prompt_ids, prompt_mask, answer_ids, answer_mask, pad_token_id: int) -> torch.Tensor:
     """A sequence-classification RM's scalar score of each prompt + answer ([N], fp32), pooled at the last non-pad
-    token (the answer's stop token); position ids from the mask, as in generation."""
+    token (the answer's stop token); position ids from the mask, as in generation. One score per sequence: a
+    deliberate difference from Li et al.'s per-token rewards from the first diverging token."""
     answer = torch.where(answer_mask.bool(), answer_ids, pad_token_id)  # [N, T] pads after the stop token
     input_ids = torch.cat([prompt_ids, answer], dim=1)  # [N, P+T]
     attention_mask = torch.cat([prompt_mask, answer_mask.long()], dim=1)  # [N, P+T]
@@ -345,8 +290,12 @@ class CategoryRewardModels(torch.nn.Module):
 
     def __init__(self, kind, num_rms, info, precision: Precision, sources=(), offload="cpu"):
         super().__init__()
-        self.kind, self.num_rms, self.info, self.precision = kind, num_rms, info, precision
-        self.sources, self.offload_mode = list(sources), offload
+        self.kind = kind  # linear or transformer
+        self.num_rms = num_rms
+        self.info = info  # what scoring needs: tokenizer, stop ids, lengths, micro-batch size, names, seed
+        self.precision = precision
+        self.sources = list(sources)
+        self.offload_mode = offload
         self.offload_dir = None  # disk: the run folder's reward_models/, set once the run exists
         self.cpu_models = {}  # j -> RM waiting on the CPU (--rm-offload cpu)
         self.active = None  # (j, RM) on the device, or None
@@ -356,7 +305,7 @@ class CategoryRewardModels(torch.nn.Module):
             self.weight = torch.nn.Parameter(torch.zeros(num_rms, num_features))  # [C, F]
 
     def route(self, table, rows) -> torch.Tensor:
-        """The RM index of each row ([N]): its category's (all 0 when shared)."""
+        """The RM index of each row ([N]): its category's (all 0 when shared) [paper; v1 and Table 2]."""
         return table["category"][rows] * (self.num_rms > 1)
 
     def activate(self, j: int, dtype: Optional[torch.dtype] = None):
@@ -525,9 +474,10 @@ class Judge:
         return torch.cat(scores)  # [N]
 
 
-# ALGO LOGIC: dynamic scaling (GRPO-S) --------------------------------------------------------------------------------
+# ALGO LOGIC: dynamic scaling, alpha^D x alpha^M (GRPO-S) [paper] ------------------------------------------------------
 def max_mean_cosine(policy_emb, policy_mask, demo_emb, demo_mask) -> torch.Tensor:
-    """W = 1/K sum_k max_l cos(Phi(S^k), Phi(S~^l)) per answer ([N]); no sub-sentence on either side -> 0."""
+    """W = 1/K sum_k max_l cos(Phi(S^k), Phi(S~^l)) per answer ([N]) [paper]; no sub-sentence on either side -> 0
+    (reconstruction)."""
     if policy_emb.size(-1) != demo_emb.size(-1):
         raise ValueError(f"embedding widths differ: policy {policy_emb.size(-1)} vs demonstration {demo_emb.size(-1)}")
     cos = F.normalize(policy_emb.float(), dim=-1) @ F.normalize(demo_emb.float(), dim=-1).transpose(1, 2)  # [N, K, L]
@@ -541,19 +491,21 @@ def hardness_delta(policy_embeddings: torch.Tensor, demo_embeddings: torch.Tenso
     """delta = 1 - W for one answer from its [K, d] and the demonstration's [L, d] sub-sentence embeddings."""
     if policy_embeddings.dim() != 2 or demo_embeddings.dim() != 2:
         raise ValueError("hardness_delta takes [K, d] and [L, d] sub-sentence embeddings")
-    ones = lambda e: torch.ones(1, e.size(0), dtype=torch.bool)  # noqa: E731
-    w = max_mean_cosine(policy_embeddings[None], ones(policy_embeddings), demo_embeddings[None], ones(demo_embeddings))
+    policy_mask = torch.ones(1, policy_embeddings.size(0), dtype=torch.bool)  # [1, K]
+    demo_mask = torch.ones(1, demo_embeddings.size(0), dtype=torch.bool)  # [1, L]
+    w = max_mean_cosine(policy_embeddings[None], policy_mask, demo_embeddings[None], demo_mask)  # [1]
     return 1.0 - w.item()
 
 
 def alpha_data(deltas: torch.Tensor, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """alpha^D_i = sigmoid(delta_i) / sigmoid(mean_i delta) per category ([M]); `reference`: a running/global mean."""
+    """alpha^D_i = sigmoid(delta_i) / sigmoid(mean_i delta) per category ([M]) [paper]; `reference`: a running or
+    global mean (reconstruction, --stat-scope / --hardness-ref)."""
     mean = deltas.mean() if reference is None else reference
     return torch.sigmoid(deltas) / torch.sigmoid(mean)  # [M]
 
 
 def responsive_mask(gaps: torch.Tensor, tau: float, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """M_i = 1[(R_i - Rbar)^2 <= tau] ([M], bool)."""
+    """M_i = 1[(R_i - Rbar)^2 <= tau] ([M], bool) [paper]."""
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     mean = gaps.mean() if reference is None else reference
@@ -561,7 +513,8 @@ def responsive_mask(gaps: torch.Tensor, tau: float, reference: Optional[torch.Te
 
 
 def alpha_model(gaps: torch.Tensor, tau: float, reference: Optional[torch.Tensor] = None) -> float:
-    """alpha^M = sigmoid(sum_i M_i R_i / (M - T)) / sigmoid(Rbar) for one category; all gaps masked -> 1."""
+    """alpha^M = sigmoid(sum_i M_i R_i / (M - T)) / sigmoid(Rbar) for one category [paper]; all gaps masked -> 1
+    (reconstruction)."""
     mean = gaps.mean() if reference is None else reference
     keep = responsive_mask(gaps, tau, mean)  # [M]
     if not keep.any():
@@ -580,7 +533,9 @@ def scaling_factors(deltas, gaps, categories, args: Args, hardness_ref: str, run
     else:  # each response is its own unit
         unit_prompt = unit_prompt.repeat_interleave(group)  # [B]
     unit_cat = categories[unit_prompt]  # [U]
-    a_data, a_model, kept = torch.ones_like(deltas), torch.ones_like(deltas), torch.ones_like(deltas, dtype=torch.bool)
+    a_data = torch.ones_like(deltas)  # [U] alpha^D, 1 where no scope sets it
+    a_model = torch.ones_like(deltas)  # [U] alpha^M
+    kept = torch.ones_like(deltas, dtype=torch.bool)  # [U] inside the gap mask
     scopes = {c: unit_cat == c for c in unit_cat.unique().tolist()} if hardness_ref == "category" else {}
     scopes = scopes or {"all": torch.ones_like(unit_cat, dtype=torch.bool)}  # --hardness-ref global: one scope
     for key, sel in scopes.items():
@@ -590,7 +545,7 @@ def scaling_factors(deltas, gaps, categories, args: Args, hardness_ref: str, run
                 old, mean = running.get((name, key)), values.mean()
                 running[name, key] = mean if old is None else args.ema_gamma * old + (1 - args.ema_gamma) * mean
             ref_d, ref_g = running["delta", key], running["gap", key]
-        elif unit_prompt[sel].unique().numel() == 1:  # edge rule: one prompt in scope -> alpha = 1
+        elif unit_prompt[sel].unique().numel() == 1:  # edge rule (reconstruction): one prompt in scope -> alpha = 1
             continue
         a_data[sel] = alpha_data(deltas[sel], ref_d)
         a_model[sel] = alpha_model(gaps[sel], args.tau, ref_g)
@@ -600,7 +555,7 @@ def scaling_factors(deltas, gaps, categories, args: Args, hardness_ref: str, run
     return a_data, a_model, kept
 
 
-# ALGO LOGIC: GRPO (as algos/bleuberi.py) ------------------------------------------------------------------------------
+# ALGO LOGIC: the GRPO loss [TRL], as in algos/bleuberi.py -------------------------------------------------------------
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: bool = True) -> torch.Tensor:
     """A_i = (r_i - mean_G r) / (std_G r + 1e-4) over contiguous groups of `group_size` (unbiased std)."""
     if group_size < 2 or rewards.numel() % group_size:
@@ -700,17 +655,22 @@ def make_optimizer(parameters, args: Args, precision: Precision, steps: int):
 def ratio_and_kl_metrics(logp, old_logp, ref_logp, advantages, completion_mask, epsilon) -> dict[str, float]:
     """TRL's `kl` and `clip_ratio/*`: token shares with rho < 1-eps and A < 0 (low) or rho > 1+eps and A > 0."""
     mask = completion_mask.float()  # [B, T]
-    ratio, adv = torch.exp(logp - old_logp), advantages.unsqueeze(1)  # [B, T], [B, 1]
-    low, high = ((ratio < 1 - epsilon) & (adv < 0)).float(), ((ratio > 1 + epsilon) & (adv > 0)).float()  # [B, T]
-    shares = {"low": low, "high": high, "region": torch.maximum(low, high)}  # [B, T] each
-    out = {f"clip_ratio/{k}_mean": (v * mask).sum() / mask.sum() for k, v in shares.items()}
+    ratio = torch.exp(logp - old_logp)  # [B, T]
+    adv = advantages.unsqueeze(1)  # [B, 1]
+    low = ((ratio < 1 - epsilon) & (adv < 0)).float()  # [B, T]
+    high = ((ratio > 1 + epsilon) & (adv > 0)).float()  # [B, T]
+    out = {
+        "clip_ratio/low_mean": (low * mask).sum() / mask.sum(),
+        "clip_ratio/high_mean": (high * mask).sum() / mask.sum(),
+        "clip_ratio/region_mean": (torch.maximum(low, high) * mask).sum() / mask.sum(),
+    }
     if ref_logp is not None:
         x = ref_logp - logp  # [B, T]
         out["kl"] = ((torch.exp(x) - x - 1) * mask).sum() / mask.sum()
     return {k: v.item() for k, v in out.items()}
 
 
-# Encoders for alpha^D (the pluggable Phi) ----------------------------------------------------------------------------
+# ALGO LOGIC: the encoders Phi of alpha^D (pluggable) and the toy's exact match ----------------------------------------
 def make_encoder(args: Args, similarity: str, start_model, tokenizer, stop_ids, precision: Precision):
     """embed(ids [N, T], mask [N, T], texts) -> (sub-sentence embeddings [N, K, d], sub-sentence mask [N, K])."""
     if similarity == "encoder":
@@ -719,7 +679,7 @@ def make_encoder(args: Args, similarity: str, start_model, tokenizer, stop_ids, 
 
     @torch.no_grad()
     def embed(ids, mask, texts):
-        if similarity == "encoder":  # sub-sentences split at . ! ? ; newline (the paper splits with an LLM)
+        if similarity == "encoder":  # sub-sentences split at . ! ? ; newline (reconstruction: the paper uses an LLM)
             pieces = [[s for s in re.split(r"(?<=[.!?;\n])\s+", t.strip()) if s.strip()][:16] for t in texts]
             k, flat = max(1, max(len(p) for p in pieces)), [s for p in pieces for s in p]
             emb = encode_sentences(encoder, enc_tokenizer, flat) if flat else torch.zeros(0, encoder.config.hidden_size)
@@ -774,7 +734,7 @@ def exact_match_tensor(ids, mask, demo_ids, demo_mask, stop_ids) -> torch.Tensor
     return (F.pad(a, (0, width - a.size(1)), value=-1) == F.pad(b, (0, width - b.size(1)), value=-1)).all(1).float()
 
 
-# Training loop ------------------------------------------------------------------------------------------------------
+# ALGO LOGIC: the training loop (GRPO and GRPO-S) ----------------------------------------------------------------------
 def prompt_batches(num_rows: int, per_step: int, steps: int, seed: int):
     """Row indices per step: shuffled epochs over the training set (the same order for every arm of a run)."""
     generator, order = torch.Generator().manual_seed(seed), []
@@ -792,22 +752,27 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, success, setu
     success_name, success_fn = success
     parameters = trained_parameters(model)
     optimizer, scheduler = make_optimizer(parameters, args, precision, steps)
-    group, num_tokens, names, running, alpha_log = args.num_generations, 0, table["names"], {}, defaultdict(list)
+    group = args.num_generations
+    names = table["names"]
+    num_tokens = 0
+    running = {}  # --stat-scope ema: the running means of delta and gap per scope
+    alpha_log = defaultdict(list)  # category -> per-step [alpha mean, min, max, kept fraction]
     stop_ids = torch.tensor(stop_token_ids(tokenizer, model), device=precision.device)
     sampling = dict(temperature=args.temperature, max_new_tokens=args.max_completion_length, chat=args.chat)
     sampling.update(max_prompt_length=args.max_prompt_length, batch_size=args.generation_batch_size)
     reward_label = success_name if reward_name == "true" else "rm"
+    # 3. each step: the step's prompts, from shuffled epochs over the training mix (the same order for every arm)
     for step, batch in enumerate(prompt_batches(len(table["prompts"]), args.batch_size // group, steps, args.seed)):
         prompt_rows = torch.tensor(batch, device=precision.device)  # [P]
         rows = prompt_rows.repeat_interleave(group)  # [B]
-        # 1. sample G completions per prompt (rows prompt-major: each group of G is contiguous)
+        # 3a. sample G completions per prompt (rows prompt-major: each group of G is contiguous)
         with precision.autocast():
             out = sample(model, tokenizer, [table["prompts"][i] for i in batch], num_samples=group, **sampling)
         ids, mask = out.completion_ids, out.completion_mask  # [B, T]
         demo_ids, demo_mask = table["demo_ids"][prompt_rows], table["demo_mask"][prompt_rows]  # [P, L]
         with torch.no_grad():
-            # 2. reward each completion with its own category's RM (or the success measure for grpo-true), and score
-            #    the prompt's demonstration in the same call (each RM comes to the device once per step)
+            # 3b. reward each completion with its own category's RM [paper] (or the success measure for grpo-true),
+            #     and score the prompt's demonstration in the same call (each RM comes to the device once per step)
             true = success_fn(table, rows, ids, mask, out.texts).to(precision.device)  # [B]
             width = max(ids.size(1), demo_ids.size(1))
             both_ids = torch.cat(
@@ -819,28 +784,30 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, success, setu
             if rm.num_rms > 1:  # the next step starts with another RM anyway: free the device for the policy now
                 rm.put_away()
             rewards = true if reward_name == "true" else rm_rewards  # [B]
-            advantages = group_advantages(rewards, group, args.scale_rewards)  # [B]
-            # 3. hardness delta = 1 - W against the prompt's demonstration (truncated as the RMs see it), RM gaps
+            advantages = group_advantages(rewards, group, args.scale_rewards)  # [B] z-scored in each group [TRL]
+            # 4a. hardness delta = 1 - W against the prompt's demonstration (truncated as the RMs see it), RM gaps
             policy_emb, policy_sub = embed(ids, mask, out.texts)  # [B, K, d], [B, K]
             demo_texts = [table["demo_texts"][i] for i in batch]
             demo_emb, demo_sub = embed(demo_ids, demo_mask, demo_texts)  # [P, L, d], [P, L]
-            demo_emb, demo_sub = demo_emb.repeat_interleave(group, 0), demo_sub.repeat_interleave(group, 0)  # [B, ..]
+            demo_emb = demo_emb.repeat_interleave(group, 0)  # [B, L, d]
+            demo_sub = demo_sub.repeat_interleave(group, 0)  # [B, L]
             deltas = 1.0 - max_mean_cosine(policy_emb, policy_sub, demo_emb, demo_sub)  # [B]
-            gaps = demo_rewards.repeat_interleave(group) - rm_rewards  # [B]
-            gaps = gaps if args.gap_sign == "demo_minus_policy" else -gaps
-            # 4. alpha^D, alpha^M per category; alpha (their product, one of them, or 1) multiplies the advantage
-            categories, reference = table["category"][prompt_rows], hardness_ref or args.hardness_ref  # [P]
+            gaps = demo_rewards.repeat_interleave(group) - rm_rewards  # [B] R = r(demo) - r(sample) [paper]
+            gaps = gaps if args.gap_sign == "demo_minus_policy" else -gaps  # the sign: reconstruction, a flag
+            # 4b. alpha^D, alpha^M per category; alpha (their product, one of them, or 1) multiplies the advantage
+            categories = table["category"][prompt_rows]  # [P]
+            reference = hardness_ref or args.hardness_ref
             a_data, a_model, kept = scaling_factors(deltas, gaps, categories, args, reference, running)  # [B] each
             factors = {"both": a_data * a_model, "data": a_data, "model": a_model, "none": torch.ones_like(a_data)}
             alpha = factors[args.scaling].to(advantages.device)  # [B] what GRPO-S applies (logged for every arm)
             if scaled and args.scaling != "none":  # `none` leaves the advantages untouched: exactly plain GRPO
-                advantages = alpha * advantages  # [B], the normalised advantage, never the raw reward
+                advantages = alpha * advantages  # [B], the normalised advantage, never the raw reward [paper]
         inputs = (out.prompt_ids, out.prompt_mask, ids, mask)
-        # 5. log-probs of the frozen pi_0 (and of the sampling policy when it is reused), per micro-batch
+        # 5a. log-probs of the frozen pi_0 (and of the sampling policy when it is reused), per micro-batch
         ref_logp = frozen_logprobs(ref_model, inputs, args, precision) if args.beta != 0 else None  # [B, T]
         old_logp = frozen_logprobs(model, inputs, args, precision) if args.num_iterations > 1 else None  # [B, T]
         for _ in range(args.num_iterations):
-            # 6. clipped-ratio + k3-KL loss over the step batch: forward and backward per micro-batch, AdamW step
+            # 5b. clipped-ratio + k3-KL loss over the step batch [TRL]: forward and backward per micro-batch, AdamW step
             optimizer.zero_grad(set_to_none=True)
             logp, entropy, loss = accumulate_grpo_gradients(
                 model, inputs, old_logp, ref_logp, advantages, args, precision
@@ -848,7 +815,7 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, success, setu
             grad_norm = precision.clip_grad_norm_(parameters, args.max_grad_norm)
             optimizer.step()
         scheduler.step()
-        # 7. log TRL's metrics, alpha per category, kept fraction, alpha against true success
+        # TRY NOT TO MODIFY: log TRL's metrics, alpha per category, kept fraction, alpha against true success
         old = logp if old_logp is None else old_logp  # [B, T]
         lengths = mask.sum(1).float()  # [B]
         terminated = lengths[torch.isin(ids, stop_ids).any(dim=1)]  # rows that emitted a stop token
@@ -857,35 +824,45 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, success, setu
         metrics = {
             "reward": rewards.mean().item(),
             "reward_std": rewards.view(-1, group).std(1).mean().item(),
-            **{f"rewards/{reward_label}/{k}": getattr(rewards, k)().item() for k in ("mean", "std")},
+            f"rewards/{reward_label}/mean": rewards.mean().item(),
+            f"rewards/{reward_label}/std": rewards.std().item(),
             f"rewards/true_{success_name}": true.mean().item(),
             **ratio_and_kl_metrics(logp, old, ref_logp, advantages, mask, args.epsilon),
             "entropy": ((entropy * mask).sum() / mask.sum()).item(),
-            **{f"completions/{k}_length": getattr(lengths, k)().item() for k in ("mean", "min", "max")},
+            "completions/mean_length": lengths.mean().item(),
+            "completions/min_length": lengths.min().item(),
+            "completions/max_length": lengths.max().item(),
             "completions/clipped_ratio": 1 - len(terminated) / len(lengths),
             "completions/mean_terminated_length": terminated.mean().item() if len(terminated) else 0.0,
             "num_tokens": num_tokens,
             "losses/loss": loss,
             "charts/grad_norm": grad_norm.item(),
             "charts/learning_rate": scheduler.get_last_lr()[0],
-            **{f"alpha/{k}": getattr(alpha, k)().item() for k in ("mean", "std", "min", "max")},
-            **{f"alpha_{k}/mean": v.mean().item() for k, v in (("data", a_data), ("model", a_model))},
+            "alpha/mean": alpha.mean().item(),
+            "alpha/std": alpha.std().item(),
+            "alpha/min": alpha.min().item(),
+            "alpha/max": alpha.max().item(),
+            "alpha_data/mean": a_data.mean().item(),
+            "alpha_model/mean": a_model.mean().item(),
             "alpha/corr_true_success": ((centred[0] * centred[1]).sum() / (centred.norm(dim=1).prod() + 1e-12)).item(),
         }
         row_cat = table["category"][rows]  # [B]
         for c in row_cat.unique().tolist():
-            a, k = alpha[row_cat == c], kept[row_cat == c].float()  # [B_c]
-            metrics[f"alpha/{names[c]}"], metrics[f"kept_fraction/{names[c]}"] = a.mean().item(), k.mean().item()
+            a = alpha[row_cat == c]  # [B_c]
+            k = kept[row_cat == c].float()  # [B_c]
+            metrics[f"alpha/{names[c]}"] = a.mean().item()
+            metrics[f"kept_fraction/{names[c]}"] = k.mean().item()
             alpha_log[c].append(torch.stack([a.mean(), a.min(), a.max(), k.mean()]))
         run.log(step, metrics, arm=arm)
     del optimizer
     precision.release()  # the arm's optimizer (and through it its model) can be freed
     stats = {names[c]: torch.stack(v) for c, v in sorted(alpha_log.items())}  # [steps, 4]: mean, min, max, kept
-    keys, reduce = ("alpha mean", "alpha min", "alpha max", "kept"), (torch.mean, torch.min, torch.max, torch.mean)
+    keys = ("alpha mean", "alpha min", "alpha max", "kept")
+    reduce = (torch.mean, torch.min, torch.max, torch.mean)
     return {n: {k: f(s[:, i]).item() for i, (k, f) in enumerate(zip(keys, reduce))} for n, s in stats.items()}
 
 
-# Data, IRL, evaluation and the run ------------------------------------------------------------------------------------
+# TRY NOT TO MODIFY: data, IRL pairs and option checks -----------------------------------------------------------------
 def load_tables(args: Args, tokenizer, device):
     """Training and held-out tables: prompts, category ids, demonstrations as tokens (+ x tokens on tiny data)."""
     tiny = args.dataset_name.startswith("tiny:")
@@ -904,7 +881,10 @@ def load_tables(args: Args, tokenizer, device):
     categories = list(args.categories) or sorted(present)
     if missing := sorted(present - set(categories)):
         fail(f"prompts of category {missing} have no reward model (--categories {categories}): add or drop them")
-    has_demo = lambda r: isinstance(r["demonstration"], str) and bool(r["demonstration"].strip())  # noqa: E731
+
+    def has_demo(row) -> bool:
+        return isinstance(row["demonstration"], str) and bool(row["demonstration"].strip())
+
     if empty := [c for c in categories if not any(has_demo(r) for r in train + test if r["category"] == c)]:
         fail(f"category {empty} has no demonstrations (every demonstration is empty): write some or drop its rows")
     train, test = [r for r in train if has_demo(r)], [r for r in test if has_demo(r)]
@@ -959,7 +939,7 @@ def sample_rows(model, tokenizer, table, rows: list[int], args: Args, num: int, 
 
 
 def irl_pairs(model, tokenizer, table, rows, args, stop_ids, precision):
-    """pi_0 samples (T=1) on the demonstration prompts, pairs whose sample equals the demonstration dropped."""
+    """pi_0 samples (T=1) on the demonstration prompts, pairs whose sample equals the demonstration dropped [Li]."""
     ids, mask, _ = sample_rows(model, tokenizer, table, rows, args, args.irl_samples, False, precision)
     pair_rows = torch.tensor(rows, device=ids.device).repeat_interleave(args.irl_samples)  # [N*S]
     same = exact_match_tensor(ids, mask, table["demo_ids"][pair_rows], table["demo_mask"][pair_rows], stop_ids).bool()
@@ -1027,23 +1007,26 @@ def check_args(args: Args) -> None:
 
 
 def main(args: Args) -> dict:
+    # TRY NOT TO MODIFY: option checks, seeding, precision
     check_args(args)
     torch.set_num_threads(args.num_threads)
     seed_everything(args.seed)
     precision = setup_precision(args.dtype, args.cuda, args.fp32_master)
     device = precision.device
-    start_time, tiny = time.time(), args.dataset_name.startswith("tiny:")
+    start_time = time.time()
+    tiny = args.dataset_name.startswith("tiny:")
     rm_arch, similarity, success_name = resolved_options(args)
-    # 0. pi_0 (frozen, in the frozen dtype: the first IRL sampler, every arm's start and KL reference), the data,
-    #    Phi, the success measure and the RMs
+    # setup: pi_0 (frozen, in the frozen dtype: the first IRL sampler, every arm's start and KL reference), the data,
+    # Phi, the success measure and the RMs
     policy_path = args.model_name
-    if policy_path.startswith("tiny:"):  # the tiny LM SFT-warm-started on the task [card 6], cached
+    if policy_path.startswith("tiny:"):  # the tiny LM SFT-warm-started on the task, cached
         policy_path = str(warm_start(policy_path[5:], args.warm_start_seed, args.warm_start_steps, lr=WARM_START_LR))
     start_model, tokenizer = load_causal_lm(policy_path, device, precision.frozen_dtype, seed=args.seed)
     start_model.eval().requires_grad_(False)
     stop_ids = torch.tensor(stop_token_ids(tokenizer, start_model), device=device)
     train, heldout = load_tables(args, tokenizer, device)
-    names, everything = train["names"], list(range(len(heldout["prompts"])))
+    names = train["names"]  # the categories
+    everything = list(range(len(heldout["prompts"])))  # every held-out row
     embed = make_encoder(args, similarity, start_model, tokenizer, stop_ids, precision)
     width = embed(train["demo_ids"][:2], train["demo_mask"][:2], train["demo_texts"][:2])[0].size(-1)
     if args.encoder_dim is not None and width != args.encoder_dim:
@@ -1090,9 +1073,12 @@ def main(args: Args) -> dict:
     # 1. D: a balanced demonstration set, up to --num-demos-per-category prompts per category
     first = [(train["category"] == c).nonzero()[: args.num_demos_per_category, 0] for c in range(len(names))]
     demo_rows = torch.cat(first).tolist()
-    # 2. IRL: pi_0 samples are the non-preferred side; fit r_j by the IRL loss, one RM at a time, freeze
+    # 2. IRL [paper; Li]: pi_0 samples are the non-preferred side; fit r_j by the IRL loss, one RM at a time, freeze
     #    (rounds > 1: Li's alternation; ready RMs from --rm-model-paths skip this)
-    generator, policy, notes, counts = torch.Generator().manual_seed(args.seed), start_model, [], ["-"] * len(names)
+    generator = torch.Generator().manual_seed(args.seed)  # the order of the IRL pairs
+    policy = start_model  # the IRL sampler: pi_0, then (rounds > 1) a policy updated between rounds
+    notes = []
+    counts = ["-"] * len(names)  # IRL pairs per category
     for irl_round in range(0 if args.rm_model_paths else args.irl_rounds):
         if irl_round > 0:  # Li et al.: GRPO steps of the (persistent) policy on the current RMs, then resample y~
             if policy is start_model:
@@ -1198,7 +1184,8 @@ def main(args: Args) -> dict:
         del model  # the next arm's policy takes its place on the device
         gc.collect()
     rm.put_away()
-    # 6. the tables: the success measure per category (never the learned RMs' score), RM accuracy, alpha
+    # TRY NOT TO MODIFY: the tables: the success measure per category (never the learned RMs' score), RM accuracy,
+    # alpha
     label = {"exact_match": "EM", "judge": "judge score"}[success_name]
     n_eval = {n: int((heldout["category"] == c).sum()) for c, n in enumerate(names)}
     em_rows = [
@@ -1233,4 +1220,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))  # --help opens with the first paragraph
