@@ -500,11 +500,11 @@ def one_side(args: Args) -> None:
     Path(args.report).write_text(json.dumps(result))
 
 
-def run_side(args: Args, side: str, model_name: str, work: Path, repeat: int) -> dict:
-    """One repeat of one side in a fresh process (so that its peak memory is its own)."""
+def run_side(args, side: str, model_name: str, work: Path, repeat: int, script: Path = Path(__file__)) -> dict:
+    """One repeat of one side (`script --side ours|trl`) in a fresh process, so that its peak memory is its own."""
     report = work / f"{side}-{repeat}.json"
     flags = []
-    for field in dataclasses.fields(Args):
+    for field in dataclasses.fields(args):
         value = {"side": side, "report": str(report), "model_name": model_name, "shape": "tiny"}.get(
             field.name, getattr(args, field.name)
         )
@@ -514,7 +514,7 @@ def run_side(args: Args, side: str, model_name: str, work: Path, repeat: int) ->
         elif value is not None:
             flags.append(f"--{name}={value}")
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    finished = subprocess.run([sys.executable, str(Path(__file__).resolve()), *flags], env=env, capture_output=True)
+    finished = subprocess.run([sys.executable, str(script.resolve()), *flags], env=env, capture_output=True)
     if finished.returncode != 0 or not report.exists():
         tail = finished.stdout.decode()[-2000:] + finished.stderr.decode()[-2000:]
         fail(f"the {side} side failed (exit {finished.returncode}):\n{tail}")

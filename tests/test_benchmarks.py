@@ -57,7 +57,7 @@ def test_grpo_benchmark_runs_and_checks_the_first_loss(capsys):
 
 
 def test_dpo_benchmark_runs_and_checks_the_first_loss(capsys):
-    result = dpo_vs_trl.main(dpo_vs_trl.Args(batch_size=8, **TINY))
+    result = dpo_vs_trl.main(dpo_vs_trl.Args(batch_size=8, micro_batch_size=4, **TINY))
     out = capsys.readouterr().out
     check_output(out, result)
     assert result["first_loss"] == pytest.approx(0.6931472, abs=1e-6)  # policy = reference: ln 2
@@ -81,7 +81,7 @@ def test_dpo_check_fails_when_the_losses_differ(monkeypatch):
     cream_loss = cream.cream_loss
     monkeypatch.setattr(cream, "cream_loss", lambda *a, **k: cream_loss(*a, **k) * 1.01)
     with pytest.raises(SystemExit, match="losses differ"):
-        dpo_vs_trl.main(dpo_vs_trl.Args(batch_size=8, **TINY))
+        dpo_vs_trl.main(dpo_vs_trl.Args(batch_size=8, micro_batch_size=4, **TINY))
 
 
 @pytest.mark.parametrize(
