@@ -478,10 +478,8 @@ def grpo_update(velocity, params, old: OldPolicy, optimizer, trajectory, cond, a
         optimizer.zero_grad(set_to_none=True)
         for mb in order[update * per_update : (update + 1) * per_update].split(training_micro_batch(args)):
             for i, (x_t, x_next, _) in trajectory.items():
-                x_mb, x_next_mb = (
-                    x_t[mb].to(device),
-                    x_next[mb].to(device),
-                )  # [M, ...] (the trajectory may wait on the CPU)
+                x_mb = x_t[mb].to(device)  # [M, ...] (the trajectory may wait on the CPU)
+                x_next_mb = x_next[mb].to(device)  # [M, ...]
                 cond_mb, advantages_mb = cond[mb].to(device), advantages[mb].to(device)
                 sigma, sigma_next = sigmas[i].expand(len(mb)), sigmas[i + 1]
                 step = (sigma, sigma_next, cond_mb, args.noise_level, x_next_mb)
