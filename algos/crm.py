@@ -11,24 +11,27 @@ other (Co-teaching, Han et al. 2018, adapted to BT reward models). The same exch
     m_k(i) = r_k(x, y_w) - r_k(x, y_l),   l_k(i) = -log sigmoid(m_k(i)) = softplus(-m_k(i))        k in {1, 2}
     k_keep = max(1, floor(rho * n + 1e-6)),   S_k = the k_keep pairs of the batch with the smallest l_k
     RM1 steps on mean_{i in S_2} l_1(i),   RM2 steps on mean_{i in S_1} l_2(i)                      (peer review)
-    rho(t) = 1 - eta * min(t / T_k, 1)  (ramp)  or  1 - eta  (const),   t = epoch (0-based)
+    rho(t) = 1 - eta * min(t / T_k, 1)  (ramp)  or  1 - eta  (const),   t = epochs done, at each optimizer step
     curriculum, once per epoch: d(i) = (m_1(i) + m_2(i)) / 2, pairs visited easy -> hard
     CRM-DPO: m_k = beta * [(log pi_k(y_w) - log pi_ref(y_w)) - (log pi_k(y_l) - log pi_ref(y_l))]
 
 Implementation details (sources: [abs] arXiv abstract, [rev] the four ICLR 2026 reviews, [ct] Co-teaching,
 bhanML/Co-teaching; [card] = rewardlab's method notes, whose unverified items are flags here):
 1. BT loss softplus(-m), per pair [abs, rev]. Small loss == large SIGNED margin; never |m| [card 3.1].
-2. Peer review per mini-batch, online [rev]: each RM scores the batch, keeps k_keep pairs (stable sort: ties keep
-   batch order), and the other RM steps on them; separate AdamW optimizers. Both RMs see the same batch
-   (--shared-batch, reconstructed [ct]); with it, the scoring forward is also the training forward (the gradient only
-   flows through the peer's pick), so peer review costs no extra pass. The loss is a plain mean over the k_keep pairs
-   ([ct]'s code divides by k twice; we do not).
+2. Peer review per mini-batch, online [rev]: each RM scores the batch WITHOUT gradients, keeps k_keep pairs (stable
+   sort: ties keep batch order), and the other RM steps on them; separate AdamW optimizers. Both RMs see the same
+   batch (--shared-batch, reconstructed [ct]). The training forward and backward run only on the picked pairs, one
+   --micro-batch-size at a time with gradient accumulation (tested: 1 x 8 = 4 x 2); [ct] reuses one forward of the
+   whole batch, whose gradient is the same. The loss is a plain mean over the k_keep pairs ([ct]'s code divides by k
+   twice; we do not). Arms without selection (single, oracle) train on the whole batch and skip the scoring.
 3. Two RMs = same recipe, seeds `seed` and `seed+1` [card 3.2]. Real models: one pretrained backbone, different
    (seeded) heads; a checkpoint that already has a head gets RM2's head redrawn (identical twins would make peer
    review = self review [card 5]); the tiny world: two random tiny Qwen2 RMs.
 4. Keep rate rho = 1 - eta_assumed with --keep-schedule ramp (T_k = --ramp-epochs) or const (reconstructed [ct]).
-   The paper takes eta as given [rev]; --eta-assumed defaults to the injected --noise-rate. [ct]'s code reaches
-   eta one epoch earlier (linspace); we follow the card's min(t / T_k, 1).
+   The paper takes eta as given [rev]; --eta-assumed defaults to the injected --noise-rate. The ramp moves at every
+   optimizer step, t = epoch + batch / batches per epoch (the card's "or a step fraction"), so a 1-2 epoch real run
+   can ramp over part of an epoch (--ramp-epochs 0.5); [ct] steps it once per epoch and reaches eta one epoch
+   earlier (linspace); we follow the card's min(t / T_k, 1).
 5. Curriculum [rev 1: "Curriculum Sort", how unspecified]: at each epoch start both RMs score every training pair
    (no grad); `sort` = descending d, `buckets` = that order cut into --n-buckets stages shuffled inside, `abs` =
    descending |d|, `none` = a random shuffle; ties go in random order (reconstructed, all four). DEFAULT `abs`: the
@@ -51,17 +54,24 @@ bhanML/Co-teaching; [card] = rewardlab's method notes, whose unverified items ar
 10. Metric: held-out accuracy against TRUE labels (RewardBench-style; a tie m = 0 counts as wrong) for RM1, RM2,
    their mean and their ensemble (mean margin), at the final epoch and at the best evaluated epoch.
 11. CRM-DPO (--implicit, reconstructed, smoke-tested on the toy only): two copies of the same policy share one frozen
-   reference (whose log-probs are computed once); sequence log-probs are summed over response tokens + EOS. At init
+   reference (whose log-probs are computed once per data set; it visits the device only then); sequence log-probs
+   are summed over response tokens + EOS (a chunked fp32 log-softmax, shared/lm.py). The implicit rewards
+   beta (log pi - log ref) of chosen and rejected go into the same bt_loss. At init
    every margin is 0 and every loss ties, so with a shared batch the twins would stay identical: --implicit needs
    --no-shared-batch (each policy its own batch order; with a curriculum, its own order of tied pairs) [card 5].
    Toy, 500 pairs x 10 epochs, eta 0.4, seed 1: single 0.736, coteach 0.757, self-review 0.661, crm 0.661.
 12. Data regimes [card 6]: few pairs / many epochs (500 x 40, T_k = 10: the single RM memorises the flips) and more
    pairs / few epochs (2000 x 10, T_k = 3). No downstream RLHF / win-rate evaluation.
+13. Real models (shared/precision.py): the trained models keep fp32 master weights under --dtype bf16 autocast (auto =
+   bf16 on a GPU), the frozen reference is held in bf16; scoring, curriculum and evaluation passes run in chunks of
+   --micro-batch-size pairs without gradients; --gradient-checkpointing recomputes activations. Only the arm being
+   trained is on the device: the start models wait on the CPU, each finished arm goes back there.
 
-Metrics (<tag> = <pairs>x<epochs>_<arm>): losses/bt_rm1/<tag>, losses/bt_rm2/<tag> (mean loss on the pairs each RM
-stepped on), charts/keep_rate/<tag>, charts/purity_pick1/<tag>, charts/purity_pick2/<tag>, charts/pick_overlap/<tag>
-(|S_1 n S_2| / k_keep), rewards/accuracies/<tag> (training pairs, observed labels), rewards/margins/<tag>,
-eval/accuracy_rm1|rm2|mean|ensemble/<tag> (true labels). runs/<run>/summary.md holds the final table.
+Metrics, at every optimizer step (<tag> = <pairs>x<epochs>_<arm>): losses/bt_rm1/<tag>, losses/bt_rm2/<tag> (mean
+loss on the pairs each RM stepped on), charts/keep_rate/<tag>, charts/purity_pick1/<tag>, charts/purity_pick2/<tag>,
+charts/pick_overlap/<tag> (|S_1 n S_2| / k_keep), rewards/accuracies/<tag> (training pairs, observed labels),
+rewards/margins/<tag>; at each evaluation eval/accuracy_rm1|rm2|mean|ensemble/<tag> (true labels). runs/<run>/summary.md
+holds the final table; --save-model writes runs/<run>/regime<r>_<arm>_model<1|2>/ (model and tokenizer).
 
 Commands:
     python algos/crm.py                                   # offline toy: 5 arms x 2 regimes, eta 0.4, 2-3 min on CPU
@@ -69,9 +79,11 @@ Commands:
     python algos/crm.py --curriculum sort --arms coteach crm self-review   # see the signed sort collapse
     python algos/crm.py --implicit --no-shared-batch --arms single crm    # CRM-DPO smoke run on the toy
     python algos/crm.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name trl-lib/ultrafeedback_binarized \
-        --eval-split test --num-pairs 20000 --epochs 1 --ramp-epochs 0 --batch-size 32 --lr 1e-5 --arms single crm
+        --eval-split test --num-pairs 20000 --epochs 1 --ramp-epochs 0.5 --batch-size 32 --micro-batch-size 8 \
+        --lr 1e-5 --arms single crm
     python algos/crm.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name Anthropic/hh-rlhf --eval-split test \
-        --num-pairs 20000 --epochs 2 --ramp-epochs 1 --batch-size 32 --lr 1e-5 --drop-identical-pairs
+        --num-pairs 20000 --epochs 2 --ramp-epochs 0.5 --batch-size 32 --micro-batch-size 8 --lr 1e-5 \
+        --gradient-checkpointing --drop-identical-pairs
 
 Measured on the toy (seeds 1-3, one seed per invocation; mean over seeds of the final-epoch accuracy, mean of RM1 and
 RM2, against true labels; in brackets the best evaluated epoch). CPU, 2 cores shared with other jobs: the default run
@@ -104,8 +116,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.data import load_data  # noqa: E402
-from shared.lm import load_causal_lm  # noqa: E402
-from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa: E402
+from shared.lm import load_causal_lm, selective_log_softmax  # noqa: E402
+from shared.precision import Precision, setup_precision  # noqa: E402
+from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything  # noqa: E402
 from shared.warmstart import sft_batch  # noqa: E402
 
 Arm = Literal["single", "oracle", "coteach", "self-review", "crm", "crm-abs", "crm-sort", "crm-buckets"]
@@ -124,7 +137,11 @@ class ModelArgs:
     weight_decay: float = 0.0
     """AdamW weight decay"""
     batch_size: int = 64
-    """pairs per mini-batch, the n that the keep rate selects from (>= 2)"""
+    """pairs per mini-batch (one optimizer step), the n that the keep rate selects from (>= 2)"""
+    micro_batch_size: int = 64
+    """pairs per forward (x2 sequences) in training, scoring and evaluation: sets memory, not the gradient"""
+    gradient_checkpointing: bool = False
+    """recompute activations in backward (less memory, ~1/3 more compute)"""
     max_length: int = 512
     """max tokens per (prompt, response) sequence; longer ones lose their beginning"""
     chat: Literal["auto", "on", "off"] = "auto"
@@ -164,8 +181,8 @@ class CrmArgs:
     """noise rate the keep rate assumes, rho = 1 - eta_assumed; None = --noise-rate (reconstructed)"""
     keep_schedule: Literal["ramp", "const"] = "ramp"
     """keep rate over epochs: ramp 1 -> 1 - eta over --ramp-epochs, or const 1 - eta (reconstructed)"""
-    ramp_epochs: tuple[int, ...] = (10, 3)
-    """T_k of the ramp, one entry per regime (reconstructed: Co-teaching style)"""
+    ramp_epochs: tuple[float, ...] = (10, 3)
+    """T_k of the ramp in epochs (fractions allowed; the rate moves every step), one entry per regime (reconstructed)"""
     curriculum: Curriculum = "abs"
     """epoch order of the crm arm by d = mean margin: abs (|d| desc), sort (d desc), buckets, none (reconstructed)"""
     n_buckets: int = 4
@@ -193,7 +210,9 @@ class Args:
     cuda: bool = True
     """use the GPU when one is visible"""
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16"""
+    """compute dtype: auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16 (autocast, also on the CPU) or fp16 (GPU)"""
+    fp32_master: bool = True
+    """keep fp32 master weights of the trained models under bf16/fp16 autocast (off: weights in --dtype, warned)"""
     threads: int = 1
     """torch CPU threads (1 is fastest for the tiny models)"""
     eval_every: int = 0
@@ -201,7 +220,7 @@ class Args:
     track: bool = False
     """also log to Weights & Biases"""
     save_model: bool = False
-    """save both models of every arm (save_pretrained) under the run folder"""
+    """save both models of every arm (save_pretrained, with the tokenizer) as runs/<run>/regime<r>_<arm>_model<k>/"""
     model: tyro.conf.OmitArgPrefixes[ModelArgs] = field(default_factory=ModelArgs)
     data: tyro.conf.OmitArgPrefixes[DataArgs] = field(default_factory=DataArgs)
     crm: tyro.conf.OmitArgPrefixes[CrmArgs] = field(default_factory=CrmArgs)
@@ -231,15 +250,18 @@ def select_small_loss(losses: torch.Tensor, keep_rate: float) -> torch.Tensor:
     return order[: keep_count(keep_rate, losses.numel())]  # [k]
 
 
-def keep_rate_schedule(epoch: int, noise_rate: float, ramp_epochs: int, schedule: str = "ramp") -> float:
-    """rho(t) = 1 - eta * min(t / T_k, 1) (ramp, t = 0-based epoch) or 1 - eta (const); ramp_epochs 0 = const."""
+def keep_rate_schedule(progress: float, noise_rate: float, ramp_epochs: float, schedule: str = "ramp") -> float:
+    """rho(t) = 1 - eta * min(t / T_k, 1) (ramp) or 1 - eta (const); ramp_epochs 0 = const.
+
+    t = `progress`, the epochs done before this optimizer step (epoch + batch / batches per epoch: the ramp moves at
+    every step; an integer t gives the per-epoch ramp of Co-teaching)."""
     if not 0.0 <= noise_rate < 1.0:
         fail(f"assumed noise rate {noise_rate} gives a keep rate outside (0, 1]: use a value in [0, 1)")
     if schedule == "const" or ramp_epochs <= 0:
         return 1.0 - noise_rate
     if schedule != "ramp":
         fail(f"keep schedule {schedule!r} is not one of ramp, const")
-    return 1.0 - noise_rate * min(epoch / ramp_epochs, 1.0)
+    return 1.0 - noise_rate * min(progress / ramp_epochs, 1.0)
 
 
 def curriculum_order(margins_1: torch.Tensor, margins_2: torch.Tensor, mode: str) -> list[int]:
@@ -262,7 +284,43 @@ def bucket_order(order: list[int], n_buckets: int, generator: torch.Generator) -
 
 def dpo_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
     """Implicit reward margin beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))], shape [B]."""
-    return beta * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps))  # [B]
+    chosen_rewards, rejected_rewards = implicit_rewards(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
+    )  # [B], [B]
+    return chosen_rewards - rejected_rewards  # [B]
+
+
+def implicit_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
+    """DPO's implicit rewards beta * (log pi(y) - log ref(y)) of chosen and rejected, shapes [B], [B]."""
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)  # [B]
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)  # [B]
+    return chosen_rewards, rejected_rewards
+
+
+def score_margins(pairs, model, pair_ids: torch.Tensor, clean: bool, micro_batch_size: int) -> torch.Tensor:
+    """m(i) = r(y_w) - r(y_l) of the pairs `pair_ids` under `model`, WITHOUT gradients (the small-loss selection
+    only reads them), one micro-batch of pairs at a time; [n] fp32 on the CPU."""
+    margins = []
+    with torch.no_grad():
+        for part in pair_ids.split(micro_batch_size):
+            chosen_rewards, rejected_rewards = pairs(model, part, clean)  # [m], [m]
+            margins.append((chosen_rewards - rejected_rewards).float().cpu())  # [m]
+    return torch.cat(margins)  # [n]
+
+
+def accumulate_bt_gradients(pairs, model, pair_ids: torch.Tensor, clean: bool, micro_batch_size: int, precision):
+    """Forward and backward of mean_{i in pair_ids} bt_loss(i), one micro-batch of pairs at a time: each micro-batch
+    adds its summed loss / n, so the accumulated gradient is the gradient of the mean over all n pairs.
+
+    Returns the mean loss (a float) and the margins of the training forward ([n], detached, on the CPU)."""
+    total_loss, margins = 0.0, []
+    for part in pair_ids.split(micro_batch_size):
+        chosen_rewards, rejected_rewards = pairs(model, part, clean)  # [m], [m]
+        loss = bt_loss(chosen_rewards, rejected_rewards).sum() / len(pair_ids)  # this micro-batch's share
+        precision.backward(loss)
+        total_loss += loss.item()
+        margins.append((chosen_rewards - rejected_rewards).detach().float().cpu())  # [m]
+    return total_loss, torch.cat(margins)  # float, [n]
 
 
 # Data: pairs -> tensors [N, 2, T] (index 1 of dim 1: 0 = observed chosen, 1 = observed rejected)
@@ -339,53 +397,56 @@ def gather_batch(enc: dict, idx: torch.Tensor, swap: torch.Tensor, device) -> di
 
 
 def sequence_logps(model, batch: dict) -> torch.Tensor:
-    """Summed log-prob of the response tokens (labels != -100) per row, [2n]."""
-    logits = (
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
-        .logits[:, :-1]
-        .float()
-    )  # [2n, T-1, V]
+    """Summed log-prob of the response tokens (labels != -100) per row, [2n]; the log-softmax is taken in fp32 one
+    chunk of positions at a time (shared/lm.py), never as a full-vocabulary fp32 copy of the logits."""
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+    ).logits[:, :-1]  # [2n, T-1, V] in the compute dtype
     labels = batch["labels"][:, 1:]  # [2n, T-1]
-    logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [2n, T-1]
+    logps = selective_log_softmax(logits, labels.clamp(min=0))  # [2n, T-1] fp32
     return (logps * (labels != -100)).sum(-1)  # [2n]
 
 
 class Margins:
-    """m(i) for a batch of pair indices: RM reward difference, or (--implicit) the DPO margin vs a frozen ref."""
+    """The rewards of chosen and rejected for a batch of pair indices: a reward model's scalar outputs, or (with a
+    frozen `reference`, --implicit) DPO's implicit rewards beta (log pi - log ref). Every forward runs under the
+    precision's autocast; `chunk` pairs at a time in the no-grad passes."""
 
-    def __init__(self, enc: dict, flipped: torch.Tensor, device, reference=None, beta: float = 0.1, chunk: int = 128):
-        self.enc, self.flipped, self.device, self.beta, self.chunk = enc, flipped, device, beta, chunk
+    def __init__(self, enc: dict, flipped: torch.Tensor, precision: Precision, reference=None, beta=0.1, chunk=64):
+        self.enc, self.flipped, self.precision, self.beta, self.chunk = enc, flipped, precision, beta, chunk
+        self.device = precision.device
         self.ref_logps = None
         if reference is not None:  # frozen reference: its log-probs once, [N, 2] in observed label order
-            with torch.no_grad():
-                chunks = [
-                    self._logps(reference, torch.arange(s, min(s + chunk, len(flipped))), torch.zeros_like(flipped))
-                    for s in range(0, len(flipped), chunk)
-                ]
+            reference.to(self.device)  # on the device only for this pass
+            no_swap = torch.zeros_like(flipped)
+            with torch.no_grad(), precision.autocast():
+                chunks = [self._logps(reference, part, no_swap) for part in torch.arange(len(flipped)).split(chunk)]
+            reference.to("cpu")
             self.ref_logps = torch.cat(chunks)
 
     def _logps(self, model, idx, swap):
-        out = sequence_logps(model, gather_batch(self.enc, idx, swap, self.device))  # [2n]
+        out = sequence_logps(model, gather_batch(self.enc, idx, swap, self.device)).float()  # [2n]
         return torch.stack(out.chunk(2), dim=1).cpu()  # [n, 2]
 
-    def __call__(self, model, idx: torch.Tensor, clean: bool = False) -> torch.Tensor:
+    def __call__(self, model, idx: torch.Tensor, clean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         swap = self.flipped if clean else torch.zeros_like(self.flipped)  # clean: undo the injected flips
         batch = gather_batch(self.enc, idx, swap, self.device)
         if self.ref_logps is None:
-            rewards = model(**batch).logits[:, 0].float()  # [2n] one forward for chosen and rejected
+            with self.precision.autocast():
+                rewards = model(**batch).logits[:, 0].float()  # [2n] one forward for chosen and rejected
             chosen_rewards, rejected_rewards = rewards.chunk(2)  # [n], [n]
-            return chosen_rewards - rejected_rewards  # [n]
-        policy = sequence_logps(model, batch)  # [2n]
+            return chosen_rewards, rejected_rewards
+        with self.precision.autocast():
+            policy = sequence_logps(model, batch).float()  # [2n]
         ref = torch.where(swap[idx, None], self.ref_logps[idx].flip(1), self.ref_logps[idx]).to(policy.device)
-        return dpo_margin(*policy.chunk(2), ref[:, 0], ref[:, 1], self.beta)  # [n]
+        return implicit_rewards(*policy.chunk(2), ref[:, 0], ref[:, 1], self.beta)  # [n], [n]
 
-    @torch.no_grad()
     def all(self, model, clean: bool = False) -> torch.Tensor:
+        """m(i) of every pair, no gradients, in eval mode, `chunk` pairs at a time; [N] on the CPU."""
         model.eval()
-        n, chunk = len(self.flipped), self.chunk
-        out = torch.cat([self(model, torch.arange(s, min(s + chunk, n)), clean).cpu() for s in range(0, n, chunk)])
+        margins = score_margins(self, model, torch.arange(len(self.flipped)), clean, self.chunk)  # [N]
         model.train()
-        return out
+        return margins
 
 
 def evaluate(models, test: Margins) -> dict:
@@ -401,14 +462,18 @@ def run_arm(
     train: Margins,
     test: Margins,
     epochs: int,
-    ramp_epochs: int,
+    ramp_epochs: float,
     args: Args,
     run: RunLogger,
     tag: str,
     step: int,
+    precision: Precision,
 ):
-    """Train two models from `start_models` under one arm; returns (table row, last global step)."""
+    """Train two models from `start_models` under one arm; returns (table row, last global step, trained models).
+
+    The two copies are on `precision.device` while the arm trains and go back to the CPU at its end."""
     c = args.crm
+    micro_batch_size = args.model.micro_batch_size
     exchange = {"single": "all", "oracle": "all", "self-review": "self"}.get(arm, "peer")
     curriculum = (
         "none"
@@ -417,17 +482,22 @@ def run_arm(
         if arm in ("crm", "self-review")
         else arm.split("-", 1)[1]
     )
+    clean = arm == "oracle"
     eta = c.eta_assumed if c.eta_assumed is not None else args.data.noise_rate
-    models = [copy.deepcopy(m).train() for m in start_models]
+    models = [copy.deepcopy(m).to(precision.device).train() for m in start_models]
     optimizers = [
-        torch.optim.AdamW(m.parameters(), lr=args.model.lr, weight_decay=args.model.weight_decay) for m in models
+        precision.prepare_optimizer(
+            torch.optim.AdamW(m.parameters(), lr=args.model.lr, weight_decay=args.model.weight_decay)
+        )
+        for m in models
     ]
     generators = [torch.Generator().manual_seed(args.seed + 1000 * k) for k in (0, 1)]
     n, bs = len(train.flipped), args.model.batch_size
+    batch_starts = range(0, n - 1, bs)  # a trailing batch of one pair is dropped
     eval_every = args.eval_every or max(1, epochs // 8)
     history, start = [], time.time()
     for epoch in range(epochs):
-        # 2. epoch order: curriculum by the mean margin of both models, or a shuffle; then the keep rate
+        # 2. epoch order: curriculum by the mean margin of both models, or a shuffle
         if curriculum == "none":
             orders = [torch.randperm(n, generator=g) for g in generators]
         else:  # ties (e.g. every DPO margin is 0 at init) are broken by each model's own shuffle
@@ -445,64 +515,67 @@ def run_arm(
                 )
         if c.shared_batch:
             orders[1] = orders[0]
-        rho = 1.0 if exchange == "all" else keep_rate_schedule(epoch, eta, ramp_epochs, c.keep_schedule)
-        sums = torch.zeros(8)  # loss1, loss2, purity1, purity2, overlap, train acc, margin, batches
-        for lo in range(0, n - 1, bs):  # a trailing batch of one pair is dropped
+        epoch_sums = torch.zeros(6)  # purity1, purity2, overlap, loss1, loss2, batches
+        for batch_number, lo in enumerate(batch_starts):
             batch_ids = [order[lo : lo + bs] for order in orders]  # 2 x [n_b] dataset indices
-            # 3. both models score their batch; the forward keeps its graph (the peer's pick is a subset)
-            margins = [train(model, ids, clean=arm == "oracle") for model, ids in zip(models, batch_ids)]  # 2 x [n_b]
-            losses = [F.softplus(-m) for m in margins]  # 2 x [n_b] = bt_loss(r_w, r_l)
-            picks = [select_small_loss(loss, rho) for loss in losses]  # 2 x [k] positions in the own batch
-            # 4. exchange: model 1 <- S_2, model 2 <- S_1 (peer); own pick (self); every pair (all)
-            for k, (model, opt) in enumerate(zip(models, optimizers)):
+            # 3. the keep rate of this step (the ramp moves every optimizer step), then each model scores its own
+            #    batch without gradients and picks its k_keep small-loss pairs
+            progress = epoch + batch_number / len(batch_starts)  # epochs done, t of the ramp
+            rho = 1.0 if exchange == "all" else keep_rate_schedule(progress, eta, ramp_epochs, c.keep_schedule)
+            if exchange == "all":
+                picks = [torch.arange(len(ids)) for ids in batch_ids]  # every pair: no selection, no scoring
+            else:
+                margins = [
+                    score_margins(train, model, ids, clean, micro_batch_size) for model, ids in zip(models, batch_ids)
+                ]  # 2 x [n_b], no graph
+                losses = [bt_loss(m, torch.zeros_like(m)) for m in margins]  # 2 x [n_b]
+                picks = [select_small_loss(loss, rho) for loss in losses]  # 2 x [k] positions in the own batch
+            # 4. exchange: model 1 <- S_2, model 2 <- S_1 (peer); own pick (self); every pair (all). Forward and
+            #    backward only on those pairs, per micro-batch, then one AdamW step
+            step_losses, step_margins = [], []
+            for k, (model, optimizer) in enumerate(zip(models, optimizers)):
                 source = {"peer": 1 - k, "self": k, "all": k}[exchange]
-                chosen_ids = batch_ids[source][picks[source]]  # [k] dataset indices to learn from
-                if exchange == "all":
-                    loss = losses[k].mean()
-                elif source == k or c.shared_batch:
-                    loss = losses[k][picks[source]].mean()  # same batch: reuse the forward
-                else:
-                    loss = F.softplus(-train(model, chosen_ids)).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums[k] += loss.item()
-            picked = [
-                set(ids[p].tolist()) if exchange != "all" else set(ids.tolist()) for ids, p in zip(batch_ids, picks)
-            ]
-            clean_of = lambda s: 1.0 - train.flipped[list(s)].float().mean().item() if arm != "oracle" else 1.0  # noqa
-            sums[2:8] += torch.tensor(
-                [
-                    clean_of(picked[0]),
-                    clean_of(picked[1]),
-                    len(picked[0] & picked[1]) / max(len(picked[0]), 1),
-                    (margins[0] > 0).float().mean().item(),
-                    margins[0].mean().item(),
-                    1.0,
-                ]
-            )
+                learn_ids = batch_ids[source][picks[source]]  # [k] dataset indices to learn from
+                optimizer.zero_grad(set_to_none=True)
+                loss, trained_margins = accumulate_bt_gradients(
+                    train, model, learn_ids, clean, micro_batch_size, precision
+                )
+                optimizer.step()
+                step_losses.append(loss)
+                step_margins.append(trained_margins)
+            # 5. log the step: losses, keep rate, purity and overlap of the picks, training accuracy of model 1
+            seen = margins[0] if exchange != "all" else step_margins[0]  # [n_b] model 1 on its batch, pre-step
+            picked = [set(ids[p].tolist()) for ids, p in zip(batch_ids, picks)]
+            clean_of = lambda s: 1.0 - train.flipped[list(s)].float().mean().item() if not clean else 1.0  # noqa
+            purity = [clean_of(picked[0]), clean_of(picked[1])]
+            overlap = len(picked[0] & picked[1]) / max(len(picked[0]), 1)
+            step_metrics = {
+                f"losses/bt_rm1/{tag}": step_losses[0],
+                f"losses/bt_rm2/{tag}": step_losses[1],
+                f"charts/keep_rate/{tag}": rho,
+                f"charts/purity_pick1/{tag}": purity[0],
+                f"charts/purity_pick2/{tag}": purity[1],
+                f"charts/pick_overlap/{tag}": overlap,
+                f"rewards/accuracies/{tag}": (seen > 0).float().mean().item(),
+                f"rewards/margins/{tag}": seen.mean().item(),
+            }
+            epoch_sums += torch.tensor([*purity, overlap, *step_losses, 1.0])
             step += 1
-        mean = (sums / sums[7]).tolist()
-        metrics = {
-            f"losses/bt_rm1/{tag}": mean[0],
-            f"losses/bt_rm2/{tag}": mean[1],
-            f"charts/keep_rate/{tag}": rho,
-            f"charts/purity_pick1/{tag}": mean[2],
-            f"charts/purity_pick2/{tag}": mean[3],
-            f"charts/pick_overlap/{tag}": mean[4],
-            f"rewards/accuracies/{tag}": mean[5],
-            f"rewards/margins/{tag}": mean[6],
-            "charts/epoch": epoch + 1,
-        }
-        # 5. after each (--eval-every) epoch: held-out accuracy against the true labels
-        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-            acc = evaluate(models, test)
-            history.append((epoch + 1, acc))
-            metrics.update({f"eval/accuracy_{k}/{tag}": v for k, v in acc.items()})
-        run.log(step, metrics, echo=(epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
-    if args.save_model:
-        for k, model in enumerate(models):
-            model.save_pretrained(run.dir / f"{tag}_model{k + 1}")
+            last_of_epoch = batch_number + 1 == len(batch_starts)
+            evaluate_now = last_of_epoch and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
+            if evaluate_now:
+                # 6. after each (--eval-every) epoch: held-out accuracy against the true labels
+                acc = evaluate(models, test)
+                history.append((epoch + 1, acc))
+                step_metrics.update({f"eval/accuracy_{k}/{tag}": v for k, v in acc.items()})
+                step_metrics["charts/epoch"] = epoch + 1
+            run.log(step, step_metrics, echo=True if evaluate_now else None)
+        epoch_mean = (epoch_sums / epoch_sums[5]).tolist()
+    precision.release()  # the optimizers' state goes with the arm
+    del optimizers
+    models = [model.to("cpu") for model in models]  # off the device: the next arm takes its place
+    if precision.device.type == "cuda":
+        torch.cuda.empty_cache()
     best_epoch, best = max(history, key=lambda h: h[1]["mean"])
     final = history[-1][1]
     row = {
@@ -514,8 +587,8 @@ def run_arm(
         "acc mean": final["mean"],
         "ensemble": final["ensemble"],
         "best mean (epoch)": f"{best['mean']:.3f} ({best_epoch})",
-        "purity": (mean[2] + mean[3]) / 2,
-        "overlap": mean[4] if exchange != "all" else None,
+        "purity": (epoch_mean[0] + epoch_mean[1]) / 2,
+        "overlap": epoch_mean[2] if exchange != "all" else None,
         "time s": f"{time.time() - start:.0f}",
     }
     return row, step, models
@@ -523,7 +596,18 @@ def run_arm(
 
 def check_args(args: Args) -> None:
     """Every bad option fails here, before any data or model is loaded."""
-    d, c = args.data, args.crm
+    d, c, m = args.data, args.crm, args.model
+    if not (math.isfinite(m.lr) and m.lr > 0):
+        fail(f"--lr {m.lr} must be a positive number (toy: 2e-3; real reward models: ~1e-5)")
+    if not (math.isfinite(m.weight_decay) and m.weight_decay >= 0):
+        fail(f"--weight-decay {m.weight_decay} must be a number >= 0")
+    if m.micro_batch_size < 1:
+        fail(f"--micro-batch-size {m.micro_batch_size} must be at least 1 (pairs per forward)")
+    if args.dpo.implicit and not (math.isfinite(args.dpo.beta) and args.dpo.beta > 0):
+        fail(
+            f"--beta {args.dpo.beta} with --implicit: the implicit reward is beta (log pi - log ref), so beta <= 0 "
+            "flips or erases every margin; use a positive beta (e.g. 0.1)"
+        )
     if not 0.0 <= d.noise_rate < 0.5:
         fail(f"--noise-rate {d.noise_rate} must be in [0, 0.5): at 0.5 and above flipped pairs are the majority")
     eta = c.eta_assumed if c.eta_assumed is not None else d.noise_rate
@@ -536,8 +620,12 @@ def check_args(args: Args) -> None:
             f"--num-pairs {d.num_pairs}, --epochs {d.epochs} and --ramp-epochs {c.ramp_epochs} need one entry per "
             f"regime each (e.g. --num-pairs 500 --epochs 40 --ramp-epochs 10)"
         )
-    if min(d.num_pairs) < 2 or min(d.epochs) < 1 or min(c.ramp_epochs) < 0 or d.num_test_pairs < 1:
-        fail("--num-pairs needs >= 2, --epochs >= 1, --ramp-epochs >= 0, --num-test-pairs >= 1")
+    ramps_ok = all(math.isfinite(t) and t >= 0 for t in c.ramp_epochs)
+    if min(d.num_pairs) < 2 or min(d.epochs) < 1 or not ramps_ok or d.num_test_pairs < 1:
+        fail(
+            "--num-pairs needs >= 2, --epochs >= 1, --ramp-epochs >= 0 (in epochs, may be fractional), "
+            "--num-test-pairs >= 1"
+        )
     if c.n_buckets < 1:
         fail(f"--n-buckets {c.n_buckets} must be >= 1")
     if not args.crm.arms:
@@ -553,22 +641,27 @@ def main(args: Args) -> dict:
     check_args(args)
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    device = pick_device(args.cuda)
-    dtype = pick_dtype(args.dtype, device)
+    precision = setup_precision(args.dtype, args.cuda, args.fp32_master)
     d = args.data
 
-    # 1. the two models (RM heads or policies), seeds seed and seed + 1; fails fast on an unreachable model id
+    # 1. the two models (RM heads or policies), seeds seed and seed + 1; fails fast on an unreachable model id. They
+    #    wait on the CPU in fp32 (the master weights); each arm copies them to the device
     def load(seed: int, model_class=AutoModelForSequenceClassification):
         torch.manual_seed(seed)  # a pretrained backbone gets its new head from the global RNG
         # a reward model gets a new scalar head on purpose: CRM fits it from a language model
         kwargs = {"num_labels": 1, "new_head": True} if model_class is AutoModelForSequenceClassification else {}
         tiny = TINY_RM if args.model.model_name == "tiny" else {}
-        return load_causal_lm(args.model.model_name, device, dtype, seed, model_class, **kwargs, **tiny)
+        model, tokenizer = load_causal_lm(
+            args.model.model_name, "cpu", precision.trained_dtype, seed, model_class, **kwargs, **tiny
+        )
+        if args.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model, tokenizer
 
-    if args.dpo.implicit:  # two identical policies and one frozen reference (card 3.5)
+    if args.dpo.implicit:  # two identical policies and one frozen reference (card 3.5), held in the frozen dtype
         (policy, tokenizer), reference = load(args.seed, AutoModelForCausalLM), None
         start_models = [policy, copy.deepcopy(policy)]
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        reference = copy.deepcopy(policy).to(precision.frozen_dtype).eval().requires_grad_(False)
     else:
         (rm1, tokenizer), (rm2, _) = load(args.seed), load(args.seed + 1)
         start_models, reference = [rm1, rm2], None
@@ -600,18 +693,18 @@ def main(args: Args) -> dict:
         cut = lambda xs, sl: None if xs is None else xs[sl]  # noqa: E731
         test_rows = tuple(cut(xs, slice(0, d.num_test_pairs)) for xs in rows)
         pool = tuple(cut(xs, slice(d.num_test_pairs, None)) for xs in rows)
-    chunk = 2 * args.model.batch_size  # pairs per no-grad scoring pass
-    test = Margins(
-        encode(*test_rows), torch.zeros(len(test_rows[1]), dtype=torch.bool), device, reference, args.dpo.beta, chunk
-    )
+    chunk = args.model.micro_batch_size  # pairs per no-grad scoring pass
+    no_flips = torch.zeros(len(test_rows[1]), dtype=torch.bool)
+    test = Margins(encode(*test_rows), no_flips, precision, reference, args.dpo.beta, chunk)
 
     run = RunLogger(
         make_run_name(d.dataset_name.replace(":", "-").replace("/", "-"), args.exp_name, args.seed),
         args,
         track=args.track,
+        print_every=1000,  # a line at each evaluation (and every 30 s on slow real models)
     )
     table, step, trained = [], 0, {}
-    for n_pairs, epochs, ramp in zip(d.num_pairs, d.epochs, args.crm.ramp_epochs):
+    for regime, (n_pairs, epochs, ramp) in enumerate(zip(d.num_pairs, d.epochs, args.crm.ramp_epochs), start=1):
         if tiny_world:
             prompts, chosen, rejected = load_pairs(args, d.train_split, n_pairs, seed=args.seed)
         else:
@@ -624,14 +717,17 @@ def main(args: Args) -> dict:
         flipped[torch.randperm(len(chosen), generator=g)[: round(d.noise_rate * len(chosen))]] = True
         enc = encode(prompts, chosen, rejected)
         enc = {k: torch.where(flipped[:, None, None], v.flip(1), v) for k, v in enc.items()}  # observed labels
-        train = Margins(enc, flipped, device, reference, args.dpo.beta, chunk)
+        train = Margins(enc, flipped, precision, reference, args.dpo.beta, chunk)
         print(f"regime {n_pairs} pairs x {epochs} epochs: {int(flipped.sum())} flipped", flush=True)
         for arm in args.crm.arms:
-            row, step, models = run_arm(
-                arm, start_models, train, test, epochs, ramp, args, run, f"{n_pairs}x{epochs}_{arm}", step
-            )
+            tag = f"{n_pairs}x{epochs}_{arm}"
+            row, step, models = run_arm(arm, start_models, train, test, epochs, ramp, args, run, tag, step, precision)
             table.append(row)
-            trained[(n_pairs, arm)] = models
+            trained[(n_pairs, arm)] = models  # on the CPU
+            if args.save_model:
+                for k, model in enumerate(models):
+                    model.save_pretrained(run.dir / f"regime{regime}_{arm}_model{k + 1}")
+                    tokenizer.save_pretrained(run.dir / f"regime{regime}_{arm}_model{k + 1}")
     eta = args.crm.eta_assumed if args.crm.eta_assumed is not None else d.noise_rate
     run.finish(
         f"CRM on {d.dataset_name}, noise rate {d.noise_rate} (keep rate 1 - {eta}, {args.crm.keep_schedule}), "

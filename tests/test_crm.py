@@ -1,5 +1,7 @@
-"""Tests for algos/crm.py: the maths by hand, the peer exchange on a model whose margins are its parameters, smoke
-runs (RM and CRM-DPO), learning on the toy, the real path (saved folders, a pretrained MiniLM) and bad inputs."""
+"""Tests for algos/crm.py: the maths by hand, the peer exchange on a model whose margins are its parameters (which
+pairs each model learns from, the keep rate at every step, scoring without gradients), micro-batch invariance, smoke
+runs (RM and CRM-DPO), learning on the toy, the real path (saved folders, a pretrained MiniLM, bf16 autocast over fp32
+master weights at 512 wide) and bad inputs."""
 
 import json
 import math
@@ -10,6 +12,7 @@ import tyro
 
 from algos import crm
 from shared.lm import build_tokenizer
+from shared.precision import setup_precision
 from shared.runs import RunLogger
 from shared.tasks import Preferences
 
@@ -60,6 +63,8 @@ def test_keep_rate_schedule_ramp_and_const():
     assert crm.keep_rate_schedule(10, 0.4, 10) == pytest.approx(0.6) == crm.keep_rate_schedule(30, 0.4, 10)
     assert crm.keep_rate_schedule(0, 0.4, 10, "const") == pytest.approx(0.6)
     assert crm.keep_rate_schedule(0, 0.4, 0, "ramp") == pytest.approx(0.6)  # no ramp = steady state at once
+    assert crm.keep_rate_schedule(0.25, 0.4, 0.5) == pytest.approx(0.8)  # a step fraction of an epoch, T_k < 1
+    assert crm.keep_rate_schedule(2.5, 0.4, 10) == pytest.approx(0.9)
     assert crm.keep_rate_schedule(3, 0.0, 10) == 1.0  # no assumed noise: keep everything
     with pytest.raises(SystemExit):
         crm.keep_rate_schedule(0, 1.0, 10)
@@ -83,6 +88,8 @@ def test_dpo_margin_by_hand():
     pc, pr, rc, rr = torch.tensor([-3.0]), torch.tensor([-5.0]), torch.tensor([-4.0]), torch.tensor([-4.0])
     assert crm.dpo_margin(pc, pr, rc, rr, 0.1).item() == pytest.approx(0.1 * ((-3 + 4) - (-5 + 4)))
     assert crm.dpo_margin(rc, rr, rc, rr, 0.5).item() == 0.0  # policy = reference: every margin is 0
+    chosen, rejected = crm.implicit_rewards(pc, pr, rc, rr, 0.1)
+    assert (chosen.item(), rejected.item()) == pytest.approx((0.1 * (-3 + 4), 0.1 * (-5 + 4)))
 
 
 # ---- the exchange, exactly: margins are the parameters, so the entries that move are the pairs trained on -------
@@ -93,16 +100,22 @@ class ParamMargins(torch.nn.Module):
 
 
 class FakePairs:
-    """Stands in for crm.Margins: the margin of pair i under a model is model.theta[i]."""
+    """Stands in for crm.Margins: the rewards of pair i under a model are (model.theta[i], 0), so its margin is
+    theta[i]. Records every forward: (model, pair ids, whether it was built with gradients)."""
 
     def __init__(self, n):
         self.flipped = torch.zeros(n, dtype=torch.bool)
+        self.calls = []
 
     def __call__(self, model, idx, clean=False):
-        return model.theta[idx]
+        self.calls.append((model, idx.tolist(), torch.is_grad_enabled()))
+        return model.theta[idx], torch.zeros(len(idx))
 
     def all(self, model, clean=False):
         return model.theta.detach().clone()
+
+
+FP32_CPU = setup_precision("fp32", cuda=False)
 
 
 @pytest.mark.parametrize("arm", ["coteach", "self-review", "single"])
@@ -113,11 +126,118 @@ def test_each_model_learns_from_the_right_pick(arm, tmp_path):
     pairs = FakePairs(8)
     run = RunLogger("exchange", args, root=tmp_path)
     start = [ParamMargins(theta1), ParamMargins(theta2)]
-    _, _, models = crm.run_arm(arm, start, pairs, pairs, 1, 0, args, run, "t", 0)
+    _, _, models = crm.run_arm(arm, start, pairs, pairs, 1, 0, args, run, "t", 0, FP32_CPU)
     moved = [set(torch.nonzero(m.theta.detach() != s.theta.detach()).flatten().tolist()) for m, s in zip(models, start)]
     top1, top2 = {7, 0, 2, 5}, {4, 1, 3, 6}  # each model's 4 largest margins = its 4 smallest losses
     expected = {"coteach": [top2, top1], "self-review": [top1, top2], "single": [set(range(8))] * 2}[arm]
     assert moved == expected
+
+
+def split_steps(calls, models, batch_size, micro_batch_size, keep_counts):
+    """The recorded forwards of run_arm, step by step: (scored batch of each model, pairs each model trained on)."""
+    steps, i = [], 0
+    for k_keep in keep_counts:
+        scored = []
+        for model in models:  # 1. each model scores its own whole batch, without gradients, micro-batch by micro-batch
+            n_calls = math.ceil(batch_size / micro_batch_size)
+            part = calls[i : i + n_calls]
+            assert all(m is model and not grad and len(ids) <= micro_batch_size for m, ids, grad in part)
+            scored.append(sum((ids for _, ids, _ in part), []))
+            i += n_calls
+        trained = []
+        for model in models:  # 2. then forwards WITH gradients over exactly the k_keep pairs it learns from
+            n_calls = math.ceil(k_keep / micro_batch_size)
+            part = calls[i : i + n_calls]
+            assert all(m is model and grad and len(ids) <= micro_batch_size for m, ids, grad in part)
+            trained.append(sum((ids for _, ids, _ in part), []))
+            assert len(trained[-1]) == k_keep
+            i += n_calls
+        steps.append((scored, trained))
+    assert i == len(calls)  # nothing else ran a forward: no graph built and thrown away
+    return steps
+
+
+@pytest.mark.parametrize("shared_batch", [True, False])
+def test_keep_rate_moves_every_step_and_scoring_builds_no_graph(shared_batch, tmp_path):
+    """16 pairs in batches of 4 (4 steps an epoch), eta 0.4 ramped over 1 epoch: rho = 1 - 0.4 t at t = 0, 1/4, 2/4,
+    3/4, then 0.6. Each model scores its whole batch without gradients; the only forwards with gradients hold the
+    k_keep pairs of the peer's pick, in micro-batches of 2, with or without a shared batch."""
+    flags = ["--batch-size", "4", "--micro-batch-size", "2", "--eta-assumed", "0.4", "--curriculum", "none"]
+    args = cli(*flags, *([] if shared_batch else ["--no-shared-batch"]))
+    pairs = FakePairs(16)
+    run = RunLogger("ramp", args, root=tmp_path)
+    thetas = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+    start = [ParamMargins(theta.tolist()) for theta in thetas]
+    _, last_step, models = crm.run_arm("coteach", start, pairs, pairs, 2, 1.0, args, run, "t", 0, FP32_CPU)
+    run.close()
+    assert last_step == 8
+    rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [row["charts/keep_rate/t"] for row in rows]
+    assert rates == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6, 0.6, 0.6, 0.6])  # per-epoch: 1.0 x 4, then 0.6 x 4
+    keep_counts = [4, 3, 3, 2, 2, 2, 2, 2]  # floor(4 rho + 1e-6)
+    steps = split_steps(pairs.calls, models, 4, 2, keep_counts)
+    for scored, trained in steps:
+        assert set(trained[0]) <= set(scored[1]) and set(trained[1]) <= set(scored[0])  # from the peer's batch
+    batches_differ = any(scored[0] != scored[1] for scored, _ in steps)
+    assert batches_differ == (not shared_batch)
+
+
+def test_single_arm_trains_on_every_pair_without_scoring(tmp_path):
+    args = cli("--batch-size", "4", "--micro-batch-size", "3")
+    pairs = FakePairs(8)
+    run = RunLogger("single", args, root=tmp_path)
+    start = [ParamMargins([0.0] * 8), ParamMargins([1.0] * 8)]
+    crm.run_arm("single", start, pairs, pairs, 1, 0, args, run, "t", 0, FP32_CPU)
+    assert [(len(ids), grad) for _, ids, grad in pairs.calls] == [(3, True), (1, True)] * 4  # 2 steps x 2 models
+
+
+def tiny_rm_batch():
+    """A tiny Qwen2 RM and 8 pairs of different lengths (right-padded) through crm.Margins."""
+    from transformers import AutoModelForSequenceClassification
+
+    from shared.lm import load_causal_lm
+
+    model, tokenizer = load_causal_lm(
+        "tiny", model_class=AutoModelForSequenceClassification, num_labels=1, hidden_size=32, intermediate_size=96
+    )
+    words = "a b c d e f g h".split()
+    prompts = [f"topic t{i % 4}" + " a" * (i % 3) for i in range(8)]
+    chosen = [" ".join(words[: 1 + i]) for i in range(8)]
+    rejected = [" ".join(words[i % 3 :: 2]) for i in range(8)]
+    enc = crm.encode_rm(tokenizer, prompts, chosen, rejected, 512, chat=False)
+    assert (enc["attention_mask"] == 0).any()  # padding is part of the test
+    return model, crm.Margins(enc, torch.zeros(8, dtype=torch.bool), FP32_CPU, chunk=3)
+
+
+def gradients(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("picked", [list(range(8)), [5, 0, 3, 7, 1, 6, 2]])
+def test_micro_batches_give_the_full_batch_gradient(picked):
+    """The picked pairs as 1 x n, micro-batches of 2 (8 = 4 x 2; 7 = 2 + 2 + 2 + 1) and of 1: the loss and gradient of
+    one full-batch bt_loss mean (1e-6), and the margins of that forward."""
+    model, pairs = tiny_rm_batch()
+    ids = torch.tensor(picked)
+    chosen_rewards, rejected_rewards = pairs(model, ids)
+    full = crm.bt_loss(chosen_rewards, rejected_rewards).mean()
+    full.backward()
+    expected = gradients(model)
+    for micro_batch_size in (len(picked), 2, 1):
+        model.zero_grad(set_to_none=True)
+        loss, margins = crm.accumulate_bt_gradients(pairs, model, ids, False, micro_batch_size, FP32_CPU)
+        assert loss == pytest.approx(full.item(), abs=1e-6)
+        assert torch.allclose(margins, (chosen_rewards - rejected_rewards).detach(), atol=1e-6)
+        for ours, theirs in zip(gradients(model), expected):
+            assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-5), micro_batch_size
+    # the control: a mean of the micro-batch means (2 + 2 + 2 + 1) is another loss, which the test would catch
+    per_pair = crm.bt_loss(chosen_rewards, rejected_rewards).detach()
+    if len(picked) == 7:
+        mean_of_means = torch.stack([part.mean() for part in per_pair.split(2)]).mean()
+        assert mean_of_means.item() != pytest.approx(full.item(), abs=1e-4)
+    # scoring: the same margins without a graph, in chunks
+    scored = crm.score_margins(pairs, model, ids, False, 3)
+    assert not scored.requires_grad and torch.allclose(scored, (chosen_rewards - rejected_rewards).detach(), atol=1e-6)
 
 
 # ---- smoke, learning, real paths ---------------------------------------------------------------------------------
@@ -133,13 +253,13 @@ def test_smoke_run_writes_metrics_and_changes_both_models():
 
 
 def test_peer_review_learns_and_its_picks_are_cleaner_than_the_data():
-    args = cli("--num-pairs", "500", "--epochs", "6", "--ramp-epochs", "2", "--num-test-pairs", "300",
-               "--arms", "coteach", "--noise-rate", "0.2")  # fmt: skip
+    flags = ["--num-pairs", "500", "--epochs", "6", "--ramp-epochs", "2", "--num-test-pairs", "300"]
+    args = cli(*flags, "--arms", "coteach", "--noise-rate", "0.2")
     out = crm.main(args)
     data = Preferences().dataset(300, seed=0, split="test")  # the script's held-out pairs, true labels
     tokenizer = build_tokenizer()
     enc = crm.encode_rm(tokenizer, *(list(data[c]) for c in ("prompt", "chosen", "rejected")), 512, chat=False)
-    test = crm.Margins(enc, torch.zeros(300, dtype=torch.bool), "cpu")
+    test = crm.Margins(enc, torch.zeros(300, dtype=torch.bool), FP32_CPU)
     (models,) = out["models"].values()
     row = out["table"][0]
     assert crm.evaluate(models, test)["mean"] == pytest.approx(row["acc mean"])
@@ -193,6 +313,43 @@ def test_saved_model_and_dataset_folders(tmp_path):
     (models,) = out["models"].values()
     assert not torch.equal(models[0].score.weight, out["start_models"][0].score.weight)
     assert not torch.equal(out["start_models"][0].score.weight, out["start_models"][1].score.weight)  # seeded heads
+
+
+def backbone_distance(start_folder, trained_folder) -> float:
+    """||W - W_0|| over the weights the RM shares with the causal LM it started from (its new head excluded)."""
+    from safetensors.torch import load_file
+
+    start, trained = (
+        load_file(str(start_folder / "model.safetensors")),
+        load_file(str(trained_folder / "model.safetensors")),
+    )
+    shared_keys = sorted(set(start) & set(trained))
+    assert len(shared_keys) > 10 and "score.weight" in trained
+    return math.sqrt(sum((trained[k].double() - start[k].double()).pow(2).sum().item() for k in shared_keys))
+
+
+def test_bf16_autocast_moves_the_weights_like_fp32(tmp_path, runs_in_tmp):
+    """512-wide random Qwen2 backbone, lr 1e-6, 3 steps of crm: fp32 master weights under bf16 autocast move 0.7-1.4x
+    as far as fp32 training does; bf16 weights without master copies do not (their distance is the rounding)."""
+    from shared.lm import build_tiny_lm
+
+    model, tokenizer = build_tiny_lm(seed=11, hidden_size=512)
+    model.save_pretrained(tmp_path / "start")
+    tokenizer.save_pretrained(tmp_path / "start")
+    flags = ["--model-name", str(tmp_path / "start"), "--num-pairs", "24", "--epochs", "1", "--ramp-epochs", "0"]
+    flags += ["--num-test-pairs", "8", "--batch-size", "8", "--micro-batch-size", "4", "--lr", "1e-6", "--arms", "crm"]
+    distances = {}
+    for name, extra in (
+        ("fp32", ["--dtype", "fp32"]),
+        ("bf16", ["--dtype", "bf16"]),
+        ("pure", ["--dtype", "bf16", "--no-fp32-master"]),
+    ):
+        crm.main(cli(*flags, *extra, "--save-model", "--exp-name", name))
+        (folder,) = [f for f in runs_in_tmp.iterdir() if f"__{name}__" in f.name]
+        distances[name] = backbone_distance(tmp_path / "start", folder / "regime1_crm_model1")
+    assert distances["fp32"] > 0
+    assert 0.7 <= distances["bf16"] / distances["fp32"] <= 1.4, distances
+    assert distances["pure"] / distances["fp32"] > 3, distances
 
 
 def test_pretrained_minilm_backbone_offline(tmp_path):
@@ -253,6 +410,14 @@ def write_jsonl(path, rows):
         (("--batch-size", "1"), "needs >= 2 pairs"),
         (("--num-pairs", "100", "--epochs", "3"), "one entry per regime"),
         (("--implicit",), "add --no-shared-batch"),
+        (("--implicit", "--beta", "-1"), r"--beta -1.0 with --implicit"),
+        (("--implicit", "--no-shared-batch", "--beta", "0"), r"--beta 0.0 with --implicit"),
+        (("--lr", "0"), r"--lr 0.0 must be a positive number"),
+        (("--lr", "-1e-5"), r"--lr -1e-05 must be a positive number"),
+        (("--lr", "nan"), r"--lr nan must be a positive number"),
+        (("--weight-decay", "-0.1"), r"--weight-decay -0.1 must be a number >= 0"),
+        (("--micro-batch-size", "0"), "--micro-batch-size 0 must be at least 1"),
+        (("--ramp-epochs", "-1", "3"), r"--ramp-epochs >= 0"),
         (("--model-name", "no-such-org/no-such-reward-model"), "cannot load 'no-such-org/no-such-reward-model'"),
     ],
 )
