@@ -274,6 +274,8 @@ def test_bad_real_inputs_fail_fast(real_folders, runs_in_tmp):
         ppo_mc.main(real_args(real_folders, model_name="no-such-org/no-such-model-ppo-mc"))
     with pytest.raises(SystemExit, match="ppo-m on the real path needs a calibrated RM"):
         ppo_mc.main(real_args(real_folders, crm_model_name=None))
+    with pytest.raises(SystemExit, match=r"lacks the column\(s\) \['chosen', 'rejected', 'chosen_high'"):
+        ppo_mc.main(real_args(real_folders, crm_model_name=None, crm_dataset_name=str(real_folders / "prompts")))
     with pytest.raises(SystemExit, match="not both"):
         ppo_mc.main(real_args(real_folders, crm_dataset_name=str(real_folders / "crm_pairs")))
     assert not runs_in_tmp.exists()  # nothing half-written
