@@ -91,7 +91,7 @@ timing/{solve,judge}_sequences (one row per generation chunk), losses/grpo_loss,
 coevolve/judge_f1 (--coevolve). Samples go to runs/<run>/samples.txt.
 
 Commands:
-    python algos/self_prm.py                                  # offline toy: 150 problems x 16 samples, 93 s on 2 cores
+    python algos/self_prm.py                                  # offline toy: 150 problems x 16 samples
     python algos/self_prm.py --seed 2 --coevolve              # second seed plus the co-evolution arm
     python algos/self_prm.py --model-name Qwen/QwQ-32B --dataset-name HuggingFaceH4/MATH-500 --split test \
         --num-problems 500 --num-samples 16 --k-max 16 --max-new-tokens 32768 --judge-max-new-tokens 32768 \
@@ -99,12 +99,15 @@ Commands:
         --processbench-name Qwen/ProcessBench --processbench-split math
     (long-CoT policies need the long budgets: ProcessBench gives QwQ-type judges 32768 new tokens, 8192 otherwise;
     --soft-score votes adds 4 sampled judgments per sample, 5x the judge compute)
-Measured (toy defaults, seeds 1 / 2; 2 CPU cores, nothing else running): 93 s with a fresh warm start (172 s
-under load), ~15 s cached. pass@1 0.90 / 0.87; at k = 16: MV 0.980 / 0.973, Self-PRM 0.967 / 0.973, soft 0.980 / 0.973,
-oracle judge = pass@16 = 1.000 / 1.000, noisy 0.1 1.000 / 0.987, noisy 0.3 0.987 / 0.987; Self-PRM - MV in
-[-1.3, +2.0] points at every k: null within noise. Synthetic ProcessBench F1 56.9 / 57.4 (acc_err 40, acc_cor 98.5);
-own samples F1 21 / 25. Self-verdict precision hard 0.20 / 0.21 (3 / 5 problems), middle 0.59 / 0.67, easy 0.96 /
-0.95: low precision on hard problems, as in the paper. No GPU run has been made yet.
+Measured (toy defaults, seeds 1 / 2 / 3, re-measured for issue 21 after the shared sampler's change; 2 CPU cores
+under heavy load from other jobs, so wall times are long: 1382 s with a fresh warm start (150 s of CPU), 114-121 s
+cached (19 s of CPU); quiet, earlier: 93 s fresh, ~15 s cached). pass@1 0.90 / 0.87 / 0.91; at k = 16: MV
+0.987 / 0.973 / 0.973, Self-PRM 0.987 / 0.967 / 0.973, soft 0.980 / 0.973 / 0.973, oracle judge = pass@16 = 1.000,
+noisy 0.1 1.000, noisy 0.3 0.987 / 0.987 / 0.980; Self-PRM - MV in [-0.7, +2.7] points at every k: null within noise.
+Synthetic ProcessBench F1 53.4 / 57.5 / 60.0 (acc_err 37-43, acc_cor 99); own samples F1 28 / 19 / 19. Self-verdict
+precision hard 0.19 / 0.17 / 0.24 (3 / 4 / 5 problems) at base rates 0.15 / 0.13 / 0.20, i.e. lift 1.30 / 1.37 / 1.19;
+middle 0.71 / 0.70 / 0.59 (lift 1.10 / 1.09 / 1.08); easy 0.96 / 0.95 / 0.95 (lift 1.02-1.03): low precision on hard
+problems, as in the paper, but most of it is the bucket's base rate; the judge lifts it by 20-37 %. No GPU run yet.
 """
 
 from __future__ import annotations
