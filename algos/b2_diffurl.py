@@ -63,7 +63,7 @@ clip_ratio/region_mean, kl (approx), charts/span, charts/selected. Also summary.
         --s-min 14 --s-max 20 --prefixes-per-stage 256 --train-batch-size 128 --train-micro-batch 2 --lr 1e-4 \
         --sample-batch-size 8
 
-Measured (toy default, 3 seeds, 2 cores, 62 s): eval precision reward after 6080 calls B² 0.449 +- 0.010, DDPO
+Measured (toy default, 3 seeds, 2 cores, 62 s): eval precision reward after 6080 calls B² 0.452 +- 0.009, DDPO
 0.266 +- 0.012 at its eps 1e-4 (0.446 +- 0.010 with --ddpo-clip 0.1), no-branch 0.517, select-all 0.513, fixed-split
 0.455; mode entropy >= 0.95 everywhere. No GPU run has been made: --cuda and bf16 are untested.
 """
