@@ -81,10 +81,13 @@ Commands:
         --num-d-samples 4000 --num-d-keep 2000 --max-new-tokens 256 --batch-size 4 --micro-batch-size 1 \\
         --gradient-checkpointing --generation-batch-size 32 --num-eval 200 --arms ma ama --groups block3
 
-Measured (2 CPU cores shared with other jobs, load ~4; 1 thread; no GPU run yet): 118 s cold (theta0 SFT ~57 s), 52 s
-cached. RSF: reward -0.04 -> 3.41 / 0.10 -> 3.33, tax accuracy 1.00 -> 0.64 / 0.19 (seeds 1 / 2). Hypervolume on the
-shared grid, MA vs AMA: 0.850 vs 0.844 (seed 1), 0.707 vs 0.573 (seed 2): no gain; AMA moves theta0 weight out of the
-input third, and partwise input-third MA alone gives 0.849 / 0.766. The real path was not run on a GPU.
+Measured for issue 21 (fp32 merge, linear lr decay; seeds 1 / 2 / 3; 2 CPU cores under heavy load from other jobs,
+the runs got ~15 % of a core: wall 1447 / 1470 / 1070 s cold, 227 / 176 / 211 s of CPU time; quiet, earlier: 118 s
+cold, 52 s cached). RSF: reward -0.03 -> 3.96 / 0.14 -> 2.80 / 0.05 -> 3.37, tax accuracy 1.00 -> 0.76 / 0.39 -> 0.04 /
+1.00 -> 0.48 (seed 2's theta0 learned the ability only to 0.39 this time). Hypervolume on the shared grid, MA vs AMA:
+0.821 vs 0.631, 0.184 vs 0.121, 0.781 vs 0.754 (AMA at init 0.735 / 0.193 / 0.783): no gain, AMA below MA on every
+seed. AMA moves theta0 weight out of the input third (gbar 0.2: gamma_k 0.11 0.25 0.25 / 0.09 0.26 0.25 / 0.13 0.20
+0.27), and partwise input-third MA alone gives 0.859 / 0.090 / 0.815. The real path was not run on a GPU.
 """
 
 from __future__ import annotations
