@@ -824,7 +824,10 @@ def check_args(args: Args) -> None:
     if not (math.isfinite(args.z_cap) and args.z_cap > 0 and -args.z_cap < args.z_init < 0):
         fail(f"--z-init must be negative (Bingham concentrations are <= 0) and above -z_cap, got {args.z_init}")
     if not (args.segment_seconds > 1 and args.chunk_seconds > 0):
-        fail(f"--segment-seconds must be above 1 and --chunk-seconds positive, got {args.segment_seconds}")
+        fail(
+            f"--segment-seconds must be above 1 and --chunk-seconds positive, got {args.segment_seconds} and "
+            f"{args.chunk_seconds}"
+        )
     if not (math.isfinite(args.select_threshold) and 0 <= args.init_stop_reward < 1):
         fail("--select-threshold must be a number and --init-stop-reward in [0, 1) (rewards are exp(-e/2))")
     gravity = float(np.linalg.norm(args.gravity))
