@@ -76,9 +76,10 @@ Commands:
         --micro-rollout-batch-size 4 --micro-train-batch-size 2 --forward-batch-size 4 --generation-batch-size 4 \
         --actor-lr 5e-7 --critic-lr 9e-6 --beta 0.01 --max-new-tokens 1024 --dtype bf16 --gradient-checkpointing
         # the paper's recipe: vanilla RM -> CRM -> PPO-M, RM -> PPO-C (one process: 8B needs ~300 GB, ZeRO in the code)
-Measured (toy defaults, 2 shared cores, one torch thread, 130-160 s per run incl. ~45 s SFT/RM/CRM; ECE / AUC / ACC):
-seed 1: SFT .270/.755/.348, PPO .264/.556/.531, PPO-M .140/.828/.490, PPO-C .152/.842/.506; seed 2: SFT .182/.732/.395,
-PPO .216/.726/.514, PPO-M .149/.832/.475, PPO-C .153/.850/.467. No GPU run has been made yet.
+Measured (toy defaults, seeds 1-3, ECE / AUC / ACC; after the real-path conversion, whose chunked fp32 log-softmax
+moves the toy at float level): SFT .238/.718/.383, .180/.766/.363, .218/.685/.416; PPO .212/.685/.535, .444/.551/.439,
+.313/.595/.484; PPO-M .148/.877/.459, .150/.831/.439, .134/.826/.523; PPO-C .137/.865/.500, .152/.848/.449,
+.199/.756/.490 (2 cores at load 13-23: ~1 h per seed; 126 s quiet before the conversion). No GPU run has been made yet.
 """
 
 from __future__ import annotations
