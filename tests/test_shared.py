@@ -513,3 +513,9 @@ def test_arms_are_tensorboard_runs_of_their_own_with_the_same_tags_and_progress_
     for arm in ("grpo", "control"):
         events = EventAccumulator(str(run.dir / "arms" / arm)).Reload()
         assert {"reward", "kl", "losses/loss"} <= set(events.Tags()["scalars"])
+
+
+def test_the_tests_cache_their_warm_starts_outside_the_repository_runs_folder():
+    import shared.warmstart
+
+    assert ROOT / "runs" not in Path(shared.warmstart.CACHE_DIR).resolve().parents
