@@ -86,17 +86,18 @@ Commands:
         --gradient-checkpointing --drop-identical-pairs
 
 Measured on the toy (seeds 1-3, one seed per invocation; mean over seeds of the final-epoch accuracy, mean of RM1 and
-RM2, against true labels; in brackets the best evaluated epoch). CPU, 2 cores shared with other jobs: the default run
-took 1 min 53 s (load 1.8) to 3 min 10 s (load 3.8) wall. No GPU run has been made yet.
-    eta  regime    single        oracle  coteach  self-review  crm (abs)  crm-sort  crm-buckets
-    0.4  500x40    0.606 (0.754) 0.976   0.721    0.578        0.678      0.591     0.635
-    0.4  2000x10   0.770 (0.826) 1.000   0.711    0.627        0.710      0.534     0.524
-    0.2  500x40    0.771 (0.852) 0.976   0.843    0.871        0.900      -         -
-    0.2  2000x10   0.937 (0.938) 1.000   0.978    0.889        0.952      -         -
-Peer review beats the single RM's final epoch where it memorises (500x40: +7 to +13 points) but not its best epoch at
-eta 0.4, and costs ~6 points where there is no memorisation (2000x10, eta 0.4). Self-review (own pick, same
-curriculum) is 3-10 points below CRM in all four settings. The `abs` curriculum vs none (crm vs coteach): +6 at eta
-0.2 in 500x40, -4 at eta 0.4 in 500x40, 0 / -3 in 2000x10. Seed spread is 1-12 points.
+RM2, against true labels; in brackets the best evaluated epoch), with the keep rate ramped per step. CPU, 2 cores
+shared with other jobs (load up to 20): 277-294 s of CPU per default run. No GPU run has been made yet.
+    eta  regime    single        oracle  coteach  self-review  crm (abs)  crm-sort*  crm-buckets*
+    0.4  500x40    0.630 (0.754) 0.974   0.725    0.640        0.698      0.591      0.635
+    0.4  2000x10   0.770 (0.826) 1.000   0.785    0.519        0.709      0.534      0.524
+    0.2  500x40    0.761 (0.851) 0.974   0.900    0.877        0.906      -          -
+    0.2  2000x10   0.932 (0.943) 1.000   0.947    0.870        0.955      -          -
+(* measured with the earlier per-epoch ramp.) Peer review beats the single RM's final epoch where it memorises
+(500x40: +7 to +15 points), but not its best epoch at eta 0.4; without memorisation (2000x10) coteach gains 1-2 points
+and crm at eta 0.4 loses 6. Self-review (own pick, same curriculum) is 3-19 points below CRM in all four settings. The
+`abs` curriculum vs none (crm vs coteach): -3 / +1 in 500x40, -8 / +1 in 2000x10 (eta 0.4 / 0.2). Seed sd is 0.5-5
+points (sd).
 """
 
 from __future__ import annotations
