@@ -87,7 +87,7 @@ Commands:
 
 Measured on the toy (seeds 1-3, one seed per invocation; mean over seeds of the final-epoch accuracy, mean of RM1 and
 RM2, against true labels; in brackets the best evaluated epoch), with the keep rate ramped per step. CPU, 2 cores
-shared with other jobs (load up to 20): 277-294 s of CPU per default run. No GPU run has been made yet.
+shared with other jobs (load up to 20): 277-294 s of CPU per default run; 270 s wall at load ~1. No GPU run yet.
     eta  regime    single        oracle  coteach  self-review  crm (abs)  crm-sort*  crm-buckets*
     0.4  500x40    0.630 (0.754) 0.974   0.725    0.640        0.698      0.591      0.635
     0.4  2000x10   0.770 (0.826) 1.000   0.785    0.519        0.709      0.534      0.524
