@@ -31,12 +31,12 @@ rewardlab's method notes, built from paper and code):
    the code's duplicated optimiser entries (effective lr 1.4e-4 to 1.4e-3 at a nominal 2e-5). The lr decays linearly
    to 0 over the AMA steps with no warm-up, as the code's HF Trainer default (`--lr-schedule constant` to switch off;
    the paper's text says cosine with 3 % warm-up).
-4. Merge precision [issue 21; the code has the flaw]: `merge_linear` forms W1 + gamma (W0 - W1) in fp32 whatever the
+4. Merge precision [ours; the code has the flaw]: `merge_linear` forms W1 + gamma (W0 - W1) in fp32 whatever the
    weights' dtype (torch.lerp: exactly W0 at gamma = 1, W1 at 0), and its backward takes d/d(gamma) =
    sum(dL/dW * (W0 - W1)) with the difference in fp32. Merged in bf16 instead, a 1 % RLHF delta gave a gradient 3.5 %
    off on a 512 x 512 matrix and a 0.1 % delta exactly 0 (tested against fp64). The merged tensor is cast back to
    the model's dtype for the forward.
-5. Memory [issue 21]: theta (`post`) is parametrized in place (torch.nn.utils.parametrize), each tensor merged from
+5. Memory [ours]: theta (`post`) is parametrized in place (torch.nn.utils.parametrize), each tensor merged from
    theta0's and theta's own tensors inside its module's forward, so only theta0 and theta are held: no scratch model,
    no merged copy, no fp32 copies saved for the backward. Only the decoder's Linear slots are in the graph (the
    embeddings, norms and head are merged as constants); an AMA step is micro-batched (`--micro-batch-size`, the
@@ -81,7 +81,7 @@ Commands:
         --num-d-samples 4000 --num-d-keep 2000 --max-new-tokens 256 --batch-size 4 --micro-batch-size 1 \\
         --gradient-checkpointing --generation-batch-size 32 --num-eval 200 --arms ma ama --groups block3
 
-Measured for issue 21 (fp32 merge, linear lr decay; seeds 1 / 2 / 3; 2 CPU cores under heavy load from other jobs,
+Measured (fp32 merge, linear lr decay; seeds 1 / 2 / 3; 2 CPU cores under heavy load from other jobs,
 the runs got ~15 % of a core: wall 1447 / 1470 / 1070 s cold, 227 / 176 / 211 s of CPU time; quiet, earlier: 118 s
 cold, 52 s cached). RSF: reward -0.03 -> 3.96 / 0.14 -> 2.80 / 0.05 -> 3.37, tax accuracy 1.00 -> 0.76 / 0.39 -> 0.04 /
 1.00 -> 0.48 (seed 2's theta0 learned the ability only to 0.39 this time). Hypervolume on the shared grid, MA vs AMA:

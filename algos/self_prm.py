@@ -99,7 +99,7 @@ Commands:
         --processbench-name Qwen/ProcessBench --processbench-split math
     (long-CoT policies need the long budgets: ProcessBench gives QwQ-type judges 32768 new tokens, 8192 otherwise;
     --soft-score votes adds 4 sampled judgments per sample, 5x the judge compute)
-Measured (toy defaults, seeds 1 / 2 / 3, re-measured for issue 21 after the shared sampler's change; 2 CPU cores
+Measured (toy defaults, seeds 1 / 2 / 3, re-measured after the real-answer changes; 2 CPU cores
 under heavy load from other jobs, so wall times are long: 1382 s with a fresh warm start (150 s of CPU), 114-121 s
 cached (19 s of CPU); quiet, earlier: 93 s fresh, ~15 s cached). pass@1 0.90 / 0.87 / 0.91; at k = 16: MV
 0.987 / 0.973 / 0.973, Self-PRM 0.987 / 0.967 / 0.973, soft 0.980 / 0.973 / 0.973, oracle judge = pass@16 = 1.000,

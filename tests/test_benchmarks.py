@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/grpo_vs_trl.py and benchmarks/dpo_vs_trl.py on the tiniest config (issue 12).
+"""Smoke tests of benchmarks/grpo_vs_trl.py and benchmarks/dpo_vs_trl.py on the tiniest config.
 
 They keep the benchmarks from rotting: each runs for a couple of steps, the last printed line has the agreed format,
 and the equal-first-loss check both passes on the real code and fails when our loss is changed."""

@@ -1,6 +1,6 @@
 """Tests of algos/bleuberi.py: the smoothed NMT-BLEU against hand values and sacrebleu, selection, GRPO maths
 (advantages, log-probs, the three loss aggregations, clipping, k3 KL), a smoke run, learning, the real path and
-the bad inputs of issue 4."""
+the bad inputs."""
 
 import json
 import math

@@ -1,6 +1,6 @@
 """Tests of algos/dr_irl.py: the IRL loss, hardness delta, alpha^D / alpha^M against hand values, the scaling edge
 rules, the linear-feature RM, GRPO maths, `--scaling none` = plain GRPO exactly, a smoke run, learning, the real
-path (local model + dataset, transformer RMs, a judge, the all-MiniLM-L6-v2 encoder), the bad inputs of issue 13, and
+path (local model + dataset, transformer RMs, a judge, the all-MiniLM-L6-v2 encoder), the bad inputs, and
 real models: micro-batched GRPO and RM gradients, RMs fitted one at a time, ready RMs by path, bf16 against fp32."""
 
 import importlib.util

@@ -1,7 +1,7 @@
 """Tests of algos/self_prm.py: verdict/answer parsing, paragraph formatting, the voting rules (ties, unparsable
 answers, fallback) against hand cases and a brute-force loop, ProcessBench F1 and pooled precision by hand, the toy
 judge items against the task's step truth, a smoke run (oracle judge == pass@k), learning of the multitask warm
-start, the real path through saved folders, and the bad inputs of issue 7."""
+start, the real path through saved folders, and the bad inputs."""
 
 import json
 import math
