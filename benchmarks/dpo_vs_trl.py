@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import resource
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,15 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import algos.cream as cream  # noqa: E402
-from benchmarks.grpo_vs_trl import PhaseTimer, build_model, matmul_rate, patched, run_side  # noqa: E402
+from benchmarks.grpo_vs_trl import (  # noqa: E402
+    PhaseTimer,
+    body_and_head_weights,
+    build_model,
+    matmul_rate,
+    patched,
+    peak_memory,
+    run_side,
+)
 from shared.data import load_data  # noqa: E402
 from shared.lm import load_causal_lm  # noqa: E402
 from shared.runs import fail, pick_device, pick_dtype, seed_everything  # noqa: E402
@@ -296,10 +303,7 @@ def load_everything(args: Args, model_name: str):
 def flops_per_step(model, samples: Samples, args: Args) -> float:
     """Matmul FLOPs of one DPO step: forward + backward (6 per weight per token) of the chosen and the rejected
     sequence of every pair, the LM head on response positions only (attention scores left out)."""
-    head = model.get_output_embeddings().weight.numel()  # V x d
-    embedding = model.get_input_embeddings().weight.numel()
-    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    body = sum(p.numel() for p in model.parameters()) - embedding - (0 if tied else head)
+    body, head = body_and_head_weights(model)
     prompt_tokens = samples.prompt_mask.sum(1).float().mean().item()
     response_tokens = samples.completion_mask.sum(1).float().mean().item()
     sequences = 2 * args.batch_size
@@ -313,10 +317,7 @@ def one_side(args: Args) -> None:
         result = run_ours(start_model, Samples.load(args.samples_file, device), args, device)
     else:
         result = run_trl(start_model, tokenizer, dataset, args, device)
-    if device.type == "cuda":
-        result["peak"] = torch.cuda.max_memory_allocated()
-    else:
-        result["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    result["peak"] = peak_memory(device)
     Path(args.report).write_text(json.dumps(result))
 
 

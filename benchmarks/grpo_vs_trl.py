@@ -446,14 +446,27 @@ def matmul_rate(device, dtype, seconds: float = 1.0) -> float:
     return 2 * 1024**3 * count / (timer.now() - start)
 
 
-def flops_per_step(model, args: Args, prompt_tokens: float, completion_tokens: float) -> dict:
-    """Matmul FLOPs of one step's update and generation, from the parameter counts (attention scores left out):
-    2 per weight per token forward, 6 forward + backward; the LM head only on completion positions (both sides keep
-    only those logits); generation prefills each prompt once (ours; TRL prefills G copies) and decodes T tokens."""
+def body_and_head_weights(model) -> tuple[int, int]:
+    """(weights of the transformer body, weights of the LM head V x d): the embedding lookup costs no matmul."""
     head = model.get_output_embeddings().weight.numel()  # V x d
     embedding = model.get_input_embeddings().weight.numel()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     body = sum(p.numel() for p in model.parameters()) - embedding - (0 if tied else head)
+    return body, head
+
+
+def peak_memory(device) -> int:
+    """This process's peak memory in bytes: max_memory_allocated on CUDA, peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def flops_per_step(model, args: Args, prompt_tokens: float, completion_tokens: float) -> dict:
+    """Matmul FLOPs of one step's update and generation, from the parameter counts (attention scores left out):
+    2 per weight per token forward, 6 forward + backward; the LM head only on completion positions (both sides keep
+    only those logits); generation prefills each prompt once (ours; TRL prefills G copies) and decodes T tokens."""
+    body, head = body_and_head_weights(model)
     completions = args.batch_size
     prompts = completions // args.num_generations
     update = 6 * body * completions * (prompt_tokens + completion_tokens) + 6 * head * completions * completion_tokens
@@ -493,10 +506,7 @@ def one_side(args: Args) -> None:
         result = run_ours(start_model, tokenizer, rows, args, device)
     else:
         result = run_trl(start_model, tokenizer, dataset, args, device)
-    if device.type == "cuda":
-        result["peak"] = torch.cuda.max_memory_allocated()
-    else:
-        result["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    result["peak"] = peak_memory(device)
     Path(args.report).write_text(json.dumps(result))
 
 
