@@ -414,7 +414,6 @@ def test_fail_before_any_step_leaves_no_folder_and_after_steps_says_where_the_pa
 
 def test_ctrl_c_prints_one_line_with_the_partial_run_and_exits_130(tmp_path):
     import os
-    import signal
     import subprocess
     import sys
 
@@ -432,7 +431,6 @@ def test_ctrl_c_prints_one_line_with_the_partial_run_and_exits_130(tmp_path):
         f"interrupted: the partial run, marked INCOMPLETE, is in {tmp_path / 'interrupted-run'}"
     ]
     assert (tmp_path / "interrupted-run" / "INCOMPLETE").exists()
-    assert signal.SIGINT  # the script above sent it
 
 
 @pytest.mark.parametrize(
