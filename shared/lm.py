@@ -212,7 +212,7 @@ def load_causal_lm(
     new_head: bool = False,
     **model_kwargs,
 ):
-    """(model, tokenizer) for `tiny`, `tiny:<task>`, a local `save_pretrained` folder, or a hub id.
+    """(model, tokenizer) for `tiny`, a local `save_pretrained` folder, or a hub id.
 
     `model_class` lets a script load a different head through the same path (e.g.
     `AutoModelForSequenceClassification` with `num_labels=1` for a reward model). A checkpoint that lacks weights
@@ -227,10 +227,11 @@ def load_causal_lm(
             torch.manual_seed(seed)
             model = model_class.from_config(config)
         return model.to(device=device, dtype=dtype), tokenizer
-    if name_or_path.startswith("tiny:"):  # the tiny LM warm-started on a tiny-world task, cached on disk
-        from shared.warmstart import warm_start
-
-        name_or_path = str(warm_start(name_or_path.split(":", 1)[1], seed=seed))
+    if name_or_path.startswith("tiny:"):
+        fail(
+            f"{name_or_path!r}: a tiny-world warm start is built by the script that uses it "
+            "(shared.warmstart.warm_start(task) returns its folder); pass that folder, `tiny`, or a model"
+        )
     check_model_name(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     model, loading_info = model_class.from_pretrained(

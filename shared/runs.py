@@ -39,6 +39,8 @@ import torch
 PROGRESS_LINE_WIDTH = 120  # characters of a progress line: one terminal line
 INCOMPLETE_MARKER = "INCOMPLETE"  # in a run folder until summary.md is written
 PRINT_AT_LEAST_EVERY_SECONDS = 30.0  # `log` prints a progress line after this long even between `print_every` calls
+PROGRESS_REDRAW_SECONDS = 0.5  # a phase's progress bar on a terminal is redrawn at most this often
+PROGRESS_BAR_WIDTH = 20  # characters of the bar itself
 RUNS_DIR = Path(os.environ.get("REWARDLAB_RUNS", Path(__file__).resolve().parent.parent / "runs"))
 
 
@@ -116,6 +118,66 @@ def format_seconds(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds}s"
+
+
+class Progress:
+    """A one-line progress bar for a long phase that is not a training step (pretraining, a warm start, selection,
+    evaluation):
+
+        progress = Progress("pretraining", total=args.pretrain_steps)
+        for step in range(args.pretrain_steps):
+            ...
+            progress.update(loss=loss.item())   # one unit done; the shown values are optional
+        progress.done()
+
+    `pretraining [#######.............]  140/400  35% | 3.1 it/s | ETA 1m24s | loss=0.124`. On a terminal the line
+    is redrawn in place at most every `PROGRESS_REDRAW_SECONDS`; in a log (not a terminal) it is printed at every
+    tenth of the phase and at least every `PRINT_AT_LEAST_EVERY_SECONDS`, so a CI log stays short."""
+
+    def __init__(self, name: str, total: int, stream=None):
+        self.name = name
+        self.total = max(int(total), 1)
+        self.stream = stream or sys.stdout
+        self.in_place = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.count = 0
+        self.start = self._last_print = time.time()
+        self._last_tenth = 0
+
+    def update(self, n: int = 1, **shown: float) -> None:
+        """`n` more units done; `shown` values go on the line."""
+        self.count = min(self.count + n, self.total)
+        now = time.time()
+        tenth = self.count * 10 // self.total
+        if self.in_place:
+            due = now - self._last_print >= PROGRESS_REDRAW_SECONDS or self.count == self.total
+        else:
+            due = tenth > self._last_tenth or now - self._last_print >= PRINT_AT_LEAST_EVERY_SECONDS
+        if due:
+            self._last_print = now
+            self._last_tenth = tenth
+            self.stream.write(("\r" if self.in_place else "") + self.line(now, shown) + ("" if self.in_place else "\n"))
+            self.stream.flush()
+
+    def line(self, now: float, shown: dict[str, float]) -> str:
+        filled = self.count * PROGRESS_BAR_WIDTH // self.total
+        bar = "#" * filled + "." * (PROGRESS_BAR_WIDTH - filled)
+        width = len(str(self.total))
+        parts = [f"{self.name} [{bar}] {self.count:>{width}}/{self.total} {100 * self.count // self.total:3d}%"]
+        rate = self.count / max(now - self.start, 1e-9)
+        parts.append(f"{rate:.3g} it/s")
+        if self.count < self.total and rate > 0:
+            parts.append(f"ETA {format_seconds((self.total - self.count) / rate)}")
+        if shown:
+            parts.append(" ".join(f"{key}={value:.4g}" for key, value in shown.items()))
+        return " | ".join(parts)[:PROGRESS_LINE_WIDTH].ljust(PROGRESS_LINE_WIDTH if self.in_place else 0)
+
+    def done(self, message: str = "") -> None:
+        """End the phase: one last line with the wall time (and `message`)."""
+        if self.in_place:
+            self.stream.write("\n")
+        seconds = time.time() - self.start
+        self.stream.write(f"{self.name}: done in {format_seconds(seconds)}{f' ({message})' if message else ''}\n")
+        self.stream.flush()
 
 
 def make_run_name(task: str, exp_name: str, seed: int) -> str:

@@ -1,7 +1,7 @@
 """Warm start: supervised fine-tuning of the tiny LM on a task's references, cached in `save_pretrained` form.
 
     path = warm_start("string_ops")          # first call trains (under 90 s on 2 cores), later calls load
-    model, tokenizer = load_causal_lm(str(path))   # or: load_causal_lm("tiny:string_ops"), or --model-name PATH
+    model, tokenizer = load_causal_lm(str(path))   # the same folder a script takes as --model-name PATH
 
 The cache key is the task (with its options), the model config, the training recipe and the seed; the folder
 is `$REWARDLAB_CACHE` (default `runs/cache/`) `/warmstart-<task>-<key>/`. It holds the model, the tokenizer and
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.lm import build_tiny_lm, encode_prompts, position_ids_from_mask, sample
-from shared.runs import fail
+from shared.runs import Progress, fail
 from shared.tasks import get_task
 
 CACHE_DIR = Path(os.environ.get("REWARDLAB_CACHE", Path(__file__).resolve().parent.parent / "runs" / "cache"))
@@ -119,6 +119,7 @@ def warm_start(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * (1 - s / steps))
     generator = torch.Generator().manual_seed(seed)
+    progress = Progress(f"warm start {task_name}", total=steps) if verbose else None
     model.train()
     for step in range(steps):
         rows = data[torch.randint(len(data), (batch_size,), generator=generator).tolist()]
@@ -128,12 +129,8 @@ def warm_start(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        if verbose and (step + 1) % max(1, steps // 5) == 0:
-            print(
-                f"warm start {task_name}: step {step + 1}/{steps} loss {loss.item():.4f} "
-                f"({(step + 1) / (time.time() - start):.1f} steps/s)",
-                flush=True,
-            )
+        if progress is not None:
+            progress.update(loss=loss.item())
     model.eval()
     accuracy = exact_match(model, tokenizer, task, task.dataset(num_eval, seed=seed, split="test"))
     torch.random.set_rng_state(caller_rng)

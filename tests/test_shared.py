@@ -517,3 +517,21 @@ def test_the_tests_cache_their_warm_starts_outside_the_repository_runs_folder():
     import shared.warmstart
 
     assert ROOT / "runs" not in Path(shared.warmstart.CACHE_DIR).resolve().parents
+
+
+def test_a_long_phase_prints_a_short_bar_at_each_tenth_in_a_log():
+    import io
+
+    from shared.runs import PROGRESS_LINE_WIDTH, Progress
+
+    log = io.StringIO()  # not a terminal: whole lines, one per tenth of the phase
+    progress = Progress("pretraining", total=50, stream=log)
+    for step in range(50):
+        progress.update(loss=1.0 / (step + 1))
+    progress.done("final loss 0.02")
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 11  # ten tenths and the closing line, not 50 lines
+    assert lines[0].startswith("pretraining [##") and " 5/50 " in lines[0] and "loss=0.2" in lines[0]
+    assert " 50/50 100%" in lines[9]
+    assert lines[10].startswith("pretraining: done in ") and lines[10].endswith("(final loss 0.02)")
+    assert all(len(line) <= PROGRESS_LINE_WIDTH for line in lines)
