@@ -27,8 +27,9 @@ Commands:
     python algos/bleuberi.py --arms bleuberi sft-hard --loss-type dr_grpo --seed 2
     python algos/bleuberi.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name yapeichang/BLEUBERI-Tulu3-50k \
         --reference-columns ref_output_gold --group-column source --pool-size 2000 --num-examples 500 \
-        --num-eval 200 --max-completion-length 512 --temperature 0.9 --lr 1e-6 --steps 250 --arms bleuberi sft-hard \
-        --micro-batch-size 8 --generation-batch-size 64 --gradient-checkpointing   # add --lora-r 16 for 7B on one GPU
+        --num-eval 200 --max-completion-length 512 --temperature 0.9 --learning-rate 1e-6 --steps 250 \
+        --arms bleuberi sft-hard --micro-batch-size 8 --generation-batch-size 64 \
+        --gradient-checkpointing   # add --lora-r 16 for 7B on one GPU
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
-import tyro
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 from shared.data import load_data
@@ -55,7 +55,7 @@ from shared.lm import (
     trained_parameters,
 )
 from shared.precision import Precision, setup_precision
-from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything
+from shared.runs import RunLogger, fail, format_table, make_run_name, parse_args, seed_everything
 from shared.warmstart import sft_parts, warm_start
 
 Arm = Literal["bleuberi", "grpo-bleu-random", "sft-hard", "grpo-em"]
@@ -127,7 +127,7 @@ class Args:
     """G, completions per prompt [code grpo.sh: 8]"""
     micro_batch_size: int = 8
     """completions per forward/backward (gradient accumulation): sets memory, not the gradient [code grpo.sh: 8]"""
-    lr: float = 3e-5
+    learning_rate: float = 3e-5
     """AdamW learning rate of every arm [code grpo.sh: 1e-6 for 7B]"""
     warmup_ratio: float = 0.05
     """linear warmup share of the steps, then constant [code grpo.sh]"""
@@ -311,7 +311,7 @@ def ratio_and_kl_metrics(logp, old_logp, ref_logp, advantages, completion_mask, 
 # ALGO LOGIC: the training loops (GRPO, SFT on references) -------------------------------------------------------------
 def make_optimizer(parameters, args: Args, precision: Precision):
     """AdamW (weight decay 0) over the trained parameters, constant LR after a linear warmup [code grpo.sh]."""
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0)
     warmup = max(1, round(args.warmup_ratio * args.steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     return precision.prepare_optimizer(optimizer), scheduler
@@ -572,8 +572,8 @@ def check_args(args: Args) -> None:
         fail(f"--batch-size {args.batch_size} must be a multiple of --num-generations {args.num_generations}")
     if args.micro_batch_size < 1 or args.batch_size % args.micro_batch_size:
         fail(f"--micro-batch-size {args.micro_batch_size} must divide --batch-size {args.batch_size}")
-    if not args.lr > 0:
-        fail(f"--lr {args.lr} must be positive")
+    if not args.learning_rate > 0:
+        fail(f"--learning-rate {args.learning_rate} must be positive")
     counts = "steps pool_size num_examples num_eval num_iterations max_completion_length max_prompt_length"
     for name in (counts + " generation_batch_size warm_start_steps num_threads").split():
         if getattr(args, name) < 1:
@@ -706,7 +706,7 @@ def main(args: Args) -> dict:
     run.save_text("samples.md", samples + "\n")
     summary = (
         f"## BLEUBERI on {task}, seed {args.seed}, {args.steps} steps x {args.batch_size} completions "
-        f"(G={args.num_generations}), loss {args.loss_type}, lr {args.lr}\n\n"
+        f"(G={args.num_generations}), loss {args.loss_type}, learning rate {args.learning_rate}\n\n"
         + "\n".join(notes + [headroom_note])
         + f"\n\nGreedy exact match (EM) and BLEU on {len(heldout)} held-out prompts "
         f"(SE of EM ~ {standard_error:.3f}):\n\n"
@@ -719,4 +719,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))  # --help opens with the first paragraph
+    main(parse_args(Args, __doc__))  # --help opens with the docstring's first paragraph

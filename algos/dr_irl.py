@@ -31,8 +31,9 @@ Commands:
     python algos/dr_irl.py --model-name Qwen/Qwen2.5-0.5B-Instruct --dataset-name PATH_WITH_prompt_category_demo \
         --judge-model-name Skywork/Skywork-Reward-V2-Llama-3.1-8B --similarity encoder \
         --encoder-name sentence-transformers/all-MiniLM-L6-v2 --max-completion-length 256 --num-generations 8 \
-        --batch-size 64 --micro-batch-size 4 --generation-batch-size 64 --lr 1e-6 --rm-lr 1e-5 --rm-epochs 1 \
-        --rm-batch-size 64 --rm-micro-batch-size 4 --rm-offload disk --gradient-checkpointing --steps 200
+        --batch-size 64 --micro-batch-size 4 --generation-batch-size 64 --learning-rate 1e-6 \
+        --rm-learning-rate 1e-5 --rm-epochs 1 --rm-batch-size 64 --rm-micro-batch-size 4 --rm-offload disk \
+        --gradient-checkpointing --steps 200
     # reuse those RMs: the same command with --categories A B --rm-model-paths runs/<run>/reward_models/A ...B
 """
 
@@ -49,7 +50,6 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-import tyro
 from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModel, AutoModelForSequenceClassification
 
@@ -66,7 +66,7 @@ from shared.lm import (
     trained_parameters,
 )
 from shared.precision import Precision, setup_precision
-from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything
+from shared.runs import RunLogger, fail, format_table, make_run_name, parse_args, seed_everything
 from shared.warmstart import warm_start
 
 Arm = Literal["grpo", "grpo-s", "grpo-s-global", "grpo-true"]
@@ -149,7 +149,7 @@ class Args:
     """where the transformer RMs not in use wait: CPU memory, or saved folders runs/<run>/reward_models/<c>"""
     shared_rm: bool = False
     """one RM for all categories (the paper's Table 2 ablation) instead of one per category"""
-    rm_lr: float = 3e-2
+    rm_learning_rate: float = 3e-2
     """AdamW learning rate of the RMs (transformer RMs need less, e.g. 1e-3 tiny, 1e-5 real)"""
     rm_epochs: int = 30
     """passes over the IRL pairs"""
@@ -171,7 +171,7 @@ class Args:
     batch, fastest for the tiny model; set it on a real model, e.g. 4)"""
     generation_batch_size: int = 2400
     """sequences per batched generate call (IRL samples, GRPO sampling, evaluation): bounds the KV cache"""
-    lr: float = 1e-4
+    learning_rate: float = 1e-4
     """AdamW learning rate of the policy (the toy's value: 1e-4)"""
     warmup_ratio: float = 0.05
     """linear warmup share of the steps, then constant"""
@@ -411,7 +411,7 @@ def fit_reward_models(rm, table, rows, sample_ids, sample_mask, args: Args, gene
     history = [0.0] * args.rm_epochs
     for j, pairs in units:
         parameters = list(rm.parameters()) if j is None else trained_parameters(rm.begin_fit(j))
-        optimizer = torch.optim.AdamW(parameters, lr=args.rm_lr, weight_decay=args.rm_weight_decay)
+        optimizer = torch.optim.AdamW(parameters, lr=args.rm_learning_rate, weight_decay=args.rm_weight_decay)
         optimizer = precision.prepare_optimizer(optimizer)
         for epoch in range(args.rm_epochs):
             losses = []
@@ -645,7 +645,7 @@ def accumulate_grpo_gradients(model, inputs, old_logp, ref_logp, advantages, arg
 
 def make_optimizer(parameters, args: Args, precision: Precision, steps: int):
     """AdamW (weight decay 0) over the trained parameters, constant LR after a linear warmup."""
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=0.0)
     warmup = max(1, round(args.warmup_ratio * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     return precision.prepare_optimizer(optimizer), scheduler
@@ -959,7 +959,9 @@ def check_args(args: Args) -> None:
     rm_micro_batch_size = args.rm_batch_size if args.rm_micro_batch_size is None else args.rm_micro_batch_size
     if rm_micro_batch_size < 1 or args.rm_batch_size < 1 or args.rm_batch_size % rm_micro_batch_size:
         fail(f"--rm-micro-batch-size {args.rm_micro_batch_size} must divide --rm-batch-size {args.rm_batch_size}")
-    for name in "tau lr rm_lr irl_beta temperature epsilon max_grad_norm lora_alpha".split():  # tau: the gap mask
+    for name in (
+        "tau learning_rate rm_learning_rate irl_beta temperature epsilon max_grad_norm lora_alpha".split()
+    ):  # tau: the gap mask
         if not getattr(args, name) > 0:
             fail(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     counts = "steps pool_size num_eval num_demos_per_category irl_samples irl_rounds irl_policy_steps rm_epochs"
@@ -1210,7 +1212,9 @@ def main(args: Args) -> dict:
         f"## DR-IRL on {task}, seed {args.seed}: {args.steps} steps x {args.batch_size} completions "
         f"(G={args.num_generations}), RM {rm_arch}{' (shared)' if args.shared_rm else ' per category'}, scaling "
         f"{args.scaling}, similarity {similarity}, granularity {args.alpha_granularity}, scope {args.stat_scope}, "
-        f"tau {args.tau}, lr {args.lr}\n\n" + "\n".join(notes) + "\n\nHeld-out RM pairwise accuracy (demonstration vs "
+        f"tau {args.tau}, learning rate {args.learning_rate}\n\n"
+        + "\n".join(notes)
+        + "\n\nHeld-out RM pairwise accuracy (demonstration vs "
         f"pi_0 sample):\n\n{format_table(rm_rows)}\n\n{measure} and the learned RMs' mean reward of those answers:"
         f"\n\n{format_table(em_rows)}\n\n"
         "alpha = alpha^D x alpha^M per category over the training steps (what GRPO-S applies, logged for all arms) "
@@ -1220,4 +1224,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))  # --help opens with the first paragraph
+    main(parse_args(Args, __doc__))  # --help opens with the docstring's first paragraph

@@ -77,6 +77,19 @@ _previous_excepthook = sys.excepthook
 sys.excepthook = _report_interrupt  # only uncaught exceptions at the top of a script reach it
 
 
+def help_description(module_doc: str) -> str:
+    """What `--help` opens with: the script docstring's first paragraph (the method in two sentences and the
+    offline command)."""
+    return module_doc.strip().split("\n\n")[0]
+
+
+def parse_args(args_class: type, module_doc: str):
+    """The script's options from the command line (tyro), `--help` opening with `help_description(module_doc)`."""
+    import tyro
+
+    return tyro.cli(args_class, description=help_description(module_doc))
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed python, numpy and torch; with `deterministic`, ask torch for deterministic kernels too."""
     random.seed(seed)

@@ -236,7 +236,7 @@ def test_bleuberi_learns(tmp_path, runs_in_tmp):
         num_examples=100,
         num_eval=50,
         steps=25,
-        lr=3e-4,
+        learning_rate=3e-4,
         max_completion_length=10,
     )
     results = main(args)
@@ -277,8 +277,8 @@ def test_real_path_local_model_and_dataset(tmp_path, runs_in_tmp):
     [
         (dict(batch_size=18, num_generations=4), "multiple of --num-generations"),
         (dict(num_generations=1, batch_size=16), "groups of at least 2"),
-        (dict(lr=0.0), "--lr"),
-        (dict(lr=-1e-4), "--lr"),
+        (dict(learning_rate=0.0), "--learning-rate"),
+        (dict(learning_rate=-1e-4), "--learning-rate"),
         (dict(micro_batch_size=5), "--micro-batch-size"),
         (dict(model_name="nobody/no-such-model-xyz"), "cannot load"),
         (dict(lora_r=-1), "--lora-r"),
@@ -401,7 +401,9 @@ def test_bf16_autocast_moves_the_weights_like_fp32(tmp_path, runs_in_tmp):
     model, tokenizer = build_tiny_lm(seed=11, hidden_size=512)
     model.save_pretrained(tmp_path / "start")
     tokenizer.save_pretrained(tmp_path / "start")
-    options = dict(TINY, model_name=str(tmp_path / "start"), arms=("bleuberi",), lr=1e-6, steps=3, save_model=True)
+    options = dict(
+        TINY, model_name=str(tmp_path / "start"), arms=("bleuberi",), learning_rate=1e-6, steps=3, save_model=True
+    )
     # CPU bf16 matmuls are ~10x slower than fp32 here: only what three steps need
     options.update(pool_size=8, num_examples=8, num_eval=4, batch_size=8, max_completion_length=8)
     distances = {}
@@ -432,7 +434,7 @@ def test_lora_and_gradient_checkpointing_train_adapters_only(tmp_path, runs_in_t
         arms=("bleuberi", "sft-hard"),
         lora_r=4,
         lora_alpha=8,
-        lr=1e-2,
+        learning_rate=1e-2,
         gradient_checkpointing=True,
         save_model=True,
     )

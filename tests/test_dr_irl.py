@@ -264,8 +264,8 @@ def test_grpo_learns_on_the_true_reward(tmp_path, runs_in_tmp):
     args = Args(
         dataset_name=str(tmp_path / "reverse"),
         true_reward="exact_match",
-        **dict(num_eval=40, num_demos_per_category=8, irl_samples=1, rm_epochs=1, rm_lr=1e-3),
-        **dict(arms=("grpo-true",), steps=25, batch_size=64, num_generations=8, lr=3e-4),
+        **dict(num_eval=40, num_demos_per_category=8, irl_samples=1, rm_epochs=1, rm_learning_rate=1e-3),
+        **dict(arms=("grpo-true",), steps=25, batch_size=64, num_generations=8, learning_rate=3e-4),
     )
     results = main(args)
     lines = [json.loads(line) for line in (run_folder(runs_in_tmp) / "metrics.jsonl").read_text().splitlines()]
@@ -325,7 +325,7 @@ def make_real_dataset(path, empty_category=None, columns=("prompt", "category", 
     Dataset.from_list([{k: r[k] for k in columns} for r in rows]).save_to_disk(str(path))
 
 
-REAL = dict(TINY, num_eval=4, num_demos_per_category=8, rm_epochs=2, rm_lr=1e-3, max_completion_length=6)
+REAL = dict(TINY, num_eval=4, num_demos_per_category=8, rm_epochs=2, rm_learning_rate=1e-3, max_completion_length=6)
 EXACT = dict(REAL, true_reward="exact_match")  # short exact answers: exact match is a fair success measure
 
 
@@ -585,7 +585,7 @@ def test_transformer_rms_are_fitted_one_at_a_time(offload, tmp_path, monkeypatch
         return original_scores(model, prompt_ids, *rest)
 
     monkeypatch.setattr(dr_irl, "sequence_scores", sequence_scores)
-    args = Args(rm_epochs=2, rm_batch_size=4, rm_micro_batch_size=2, rm_lr=1e-3)
+    args = Args(rm_epochs=2, rm_batch_size=4, rm_micro_batch_size=2, rm_learning_rate=1e-3)
     history = dr_irl.fit_reward_models(rm, table, rows, sample_ids, sample_mask, args, torch.Generator(), precision)
     assert len(history) == 2 and all(math.isfinite(h) for h in history)
     fitted = [j for j, training in seen if training]
@@ -655,9 +655,13 @@ def test_bf16_autocast_moves_the_weights_like_fp32(tmp_path, runs_in_tmp):
     model, tokenizer = build_tiny_lm(seed=11, hidden_size=512)
     model.save_pretrained(tmp_path / "start")
     tokenizer.save_pretrained(tmp_path / "start")
-    options = dict(TINY, model_name=str(tmp_path / "start"), arms=("grpo",), lr=1e-6, steps=3, save_model=True)
+    options = dict(
+        TINY, model_name=str(tmp_path / "start"), arms=("grpo",), learning_rate=1e-6, steps=3, save_model=True
+    )
     # CPU bf16 matmuls are ~10x slower than fp32 here: only what three steps need
-    options.update(pool_size=40, num_eval=1, num_demos_per_category=2, irl_samples=1, rm_epochs=1, rm_lr=1e-3)
+    options.update(
+        pool_size=40, num_eval=1, num_demos_per_category=2, irl_samples=1, rm_epochs=1, rm_learning_rate=1e-3
+    )
     options.update(rm_arch="transformer")  # a random policy's answers all score 0 on the rule features: no advantage
     options.update(batch_size=4, micro_batch_size=2, max_completion_length=6)
     distances = {}
