@@ -73,7 +73,7 @@ class Args:
     """pairs per forward/backward on both sides (TRL: per-device batch; the rest is gradient accumulation)"""
     beta: float = 0.1
     """DPO beta [cream default]"""
-    lr: float = 3e-5
+    learning_rate: float = 3e-5
     """constant AdamW learning rate"""
     weight_decay: float = 0.0
     """AdamW weight decay (0: TRL's Trainer exempts biases and norms from decay, cream does not)"""
@@ -105,7 +105,7 @@ def cream_args(args: Args) -> cream.Args:
     return cream.Args(
         seed=args.seed,
         beta=args.beta,
-        learning_rate=args.lr,
+        learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm,
         dpo_batch_size=args.batch_size,
@@ -134,7 +134,7 @@ def make_trl_trainer(start_model, tokenizer, dataset, args: Args, device, steps:
         gradient_accumulation_steps=args.batch_size // args.micro_batch_size,
         beta=args.beta,
         loss_type=["sigmoid"],
-        learning_rate=args.lr,
+        learning_rate=args.learning_rate,
         lr_scheduler_type="constant",
         warmup_steps=0,
         weight_decay=args.weight_decay,
@@ -274,8 +274,8 @@ def check_args(args: Args) -> None:
     for name in ("batch_size", "steps", "repeats", "num_threads", "warm_start_steps"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1")
-    if args.warmup_steps < 0 or not args.beta > 0 or not args.lr > 0:
-        fail("--warmup-steps must be >= 0, --beta and --lr > 0")
+    if args.warmup_steps < 0 or not args.beta > 0 or not args.learning_rate > 0:
+        fail("--warmup-steps must be >= 0, --beta and --learning-rate > 0")
     if args.micro_batch_size < 1 or args.batch_size % args.micro_batch_size:
         fail(f"--micro-batch-size {args.micro_batch_size} must divide --batch-size {args.batch_size}")
 

@@ -100,7 +100,7 @@ class Args:
     """ratio clip"""
     loss_type: Literal["grpo", "bnpo", "dr_grpo"] = "bnpo"
     """token-loss aggregation (the same definition on both sides)"""
-    lr: float = 3e-5
+    learning_rate: float = 3e-5
     """constant AdamW learning rate"""
     max_grad_norm: float = 0.2
     """gradient-norm clip"""
@@ -187,7 +187,7 @@ def bleuberi_args(args: Args, steps: int) -> bleuberi.Args:
         batch_size=args.batch_size,
         num_generations=args.num_generations,
         micro_batch_size=args.micro_batch_size,
-        lr=args.lr,
+        learning_rate=args.learning_rate,
         warmup_ratio=0.0,
         max_grad_norm=args.max_grad_norm,
         beta=args.beta,
@@ -249,7 +249,7 @@ def make_trl_trainer(start_model, tokenizer, dataset, args: Args, device, steps:
         epsilon=args.epsilon,
         loss_type=args.loss_type,
         scale_rewards="group",
-        learning_rate=args.lr,
+        learning_rate=args.learning_rate,
         lr_scheduler_type="constant",
         warmup_steps=0,
         weight_decay=0.0,

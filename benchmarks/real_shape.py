@@ -74,7 +74,7 @@ class Args:
     """new tokens per completion (a random model rarely stops early)"""
     steps: int = 2
     """optimizer steps per measurement (seconds per step = the time between the first and the last step / (steps-1))"""
-    lr: float = 1e-6
+    learning_rate: float = 1e-6
     """learning rate of the update-ratio runs (the papers' scale, where bf16 weights without masters stall)"""
     num_threads: int = 2
     """torch CPU threads of each measured process"""
@@ -95,7 +95,7 @@ def common_flags(batch_size: int, dtype: str, args: Args) -> list[str]:
         f"--micro-batch-size={args.micro_batch_size}",
         f"--generation-batch-size={args.generation_batch_size}",
         f"--max-completion-length={args.completion_length}",
-        f"--lr={args.lr}",
+        f"--learning-rate={args.learning_rate}",
         f"--dtype={dtype}",
         f"--seed={args.seed}",
         f"--num-threads={args.num_threads}",
@@ -156,7 +156,7 @@ def dr_irl_command(model: Path, data: Path, batch_size: int, dtype: str, args: A
         "--num-demos-per-category=4",
         "--irl-samples=1",
         "--rm-epochs=1",
-        "--rm-lr=1e-5",
+        "--rm-learning-rate=1e-5",
         f"--rm-batch-size={args.micro_batch_size}",
         f"--rm-micro-batch-size={args.micro_batch_size}",
         *common_flags(batch_size, dtype, args),
@@ -185,7 +185,7 @@ def crm_command(model: Path, data: Path, batch_size: int, dtype: str, args: Args
         "--num-test-pairs=2",
         f"--batch-size={batch_size}",
         f"--micro-batch-size={args.micro_batch_size}",
-        f"--lr={args.lr}",
+        f"--lr={args.learning_rate}",
         f"--dtype={dtype}",
         f"--seed={args.seed}",
         f"--threads={args.num_threads}",
@@ -365,7 +365,7 @@ def b2_diffurl_command(model: Path, data: Path, batch_size: int, dtype: str, arg
         "--epochs=1",
         f"--sample-batch-size={args.generation_batch_size}",
         f"--train-micro-batch={args.micro_batch_size}",
-        f"--lr={args.lr}",
+        f"--lr={args.learning_rate}",
         f"--dtype={dtype}",
         f"--seed={args.seed}",
         f"--torch-threads={args.num_threads}",
@@ -403,7 +403,7 @@ def paco_grpo_command(model: Path, data: Path, batch_size: int, dtype: str, args
         "--guidance-scale=4.5",
         f"--sample-batch-size={args.generation_batch_size}",
         f"--micro-batch-size={args.micro_batch_size}",
-        f"--lr={args.lr}",
+        f"--learning-rate={args.learning_rate}",
         f"--dtype={dtype}",
         f"--seed={args.seed}",
         f"--num-threads={args.num_threads}",
@@ -552,8 +552,8 @@ def ppo_mc_command(model: Path, data: Path, batch_size: int, dtype: str, args: A
         f"--forward-batch-size={args.micro_batch_size}",
         f"--generation-batch-size={args.generation_batch_size}",
         f"--max-new-tokens={args.completion_length}",
-        f"--actor-lr={args.lr}",
-        f"--critic-lr={args.lr}",
+        f"--actor-lr={args.learning_rate}",
+        f"--critic-lr={args.learning_rate}",
         "--num-eval=0",
         f"--dtype={dtype}",
         f"--seed={args.seed}",
@@ -601,8 +601,8 @@ def cream_command(model: Path, data: Path, batch_size: int, dtype: str, args: Ar
         f"--score-batch-size={args.micro_batch_size}",
         f"--max-new-tokens={args.completion_length}",
         "--temperature=1.0",
-        f"--learning-rate={args.lr}",
-        f"--sft-learning-rate={args.lr}",
+        f"--learning-rate={args.learning_rate}",
+        f"--sft-learning-rate={args.learning_rate}",
         f"--dtype={dtype}",
         "--seed=1",  # the saved folder model_fixed_s1 names the seed
         f"--num-threads={args.num_threads}",

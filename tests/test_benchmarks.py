@@ -91,7 +91,7 @@ def test_dpo_check_fails_when_the_losses_differ(monkeypatch):
         (grpo_vs_trl, dict(micro_batch_size=48), "must divide --batch-size"),
         (grpo_vs_trl, dict(steps=0), "--steps must be at least 1"),
         (dpo_vs_trl, dict(repeats=0), "--repeats must be at least 1"),
-        (dpo_vs_trl, dict(beta=0.0), "--beta and --lr > 0"),
+        (dpo_vs_trl, dict(beta=0.0), "--beta and --learning-rate > 0"),
     ],
 )
 def test_bad_options_fail_fast(module, options, message):
