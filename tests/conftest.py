@@ -1,21 +1,18 @@
-"""Test setup: the repo root on sys.path (`import algos.<method>`), offline hub, runs and caches in temp folders."""
+"""Test setup: offline hub, runs and caches in temp folders, one thread. (pyproject's pytest `pythonpath` puts the
+repo root on the path, for `import algos.<method>` and `import benchmarks.<name>`.)"""
 
 import os
-import sys
 import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import pytest
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # warm starts and pretrained toys made by the tests go to a temporary cache, not the repository's runs/cache (which
 # holds a user's own runs); set REWARDLAB_CACHE to keep them between sessions (CI sets it to .ci/cache)
 os.environ.setdefault("REWARDLAB_CACHE", tempfile.mkdtemp(prefix="rewardlab-test-cache-"))
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
 
 torch.set_num_threads(1)  # the tiny models run fastest on one thread; the suite is sized for 2 cores
 

@@ -4,17 +4,13 @@ They keep the benchmarks from rotting: each runs for a couple of steps, the last
 and the equal-first-loss check both passes on the real code and fails when our loss is changed."""
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip(
     "trl", reason="TRL is not installed (the `bench` / `test` extra): the benchmarks compare against it"
 )
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import dpo_vs_trl, grpo_vs_trl  # noqa: E402
+from benchmarks import dpo_vs_trl, grpo_vs_trl
 
 LAST_LINE = re.compile(r"^ratio ours/TRL: \d+\.\d{3}$")
 SAME_BATCH = re.compile(r"first step: loss ours (\S+) TRL (\S+) .*perturbed policy: ours (\S+) TRL (\S+) ")

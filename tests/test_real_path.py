@@ -25,7 +25,6 @@ from shared.lm import (
 from shared.precision import setup_precision
 from shared.real_shapes import REAL_SHAPES, build_bpe_tokenizer, real_shape_config, save_real_shape_model
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- log-probs without full-vocabulary fp32 copies ------------------------------------------------------------------
@@ -72,8 +71,9 @@ def test_token_entropy_matches_the_definition_and_its_limits():
 
 MEMORY_PROBE = textwrap.dedent(
     """
-    import sys, torch
-    sys.path.insert(0, {root!r})
+    import sys
+
+    import torch
     from shared.lm import selective_log_softmax
     torch.set_num_threads(1)
 
@@ -102,7 +102,7 @@ def test_selective_log_softmax_peak_memory_is_the_gradient_not_fp32_copies():
     caller gets (1x the logits); the plain formula's is its fp32 copies (about 6x)."""
 
     def peak(kind):
-        code = MEMORY_PROBE.format(root=str(ROOT))
+        code = MEMORY_PROBE
         out = subprocess.run([sys.executable, "-c", code, kind], capture_output=True, text=True, check=True).stdout
         return float(out.strip().splitlines()[-1])
 
@@ -356,7 +356,6 @@ def test_real_shape_benchmark_on_the_tiniest_config(capsys):
     BLEUBERI's real path from saved folders, in processes of their own, is bounded and bf16 moves like fp32."""
     import re
 
-    sys.path.insert(0, str(ROOT))
     from benchmarks import real_shape
 
     args = real_shape.Args(
