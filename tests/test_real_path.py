@@ -26,7 +26,6 @@ from shared.precision import setup_precision
 from shared.real_shapes import REAL_SHAPES, build_bpe_tokenizer, real_shape_config, save_real_shape_model
 
 
-
 # --- log-probs without full-vocabulary fp32 copies ------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
