@@ -1,12 +1,16 @@
-# arXiv:2503.11240 | README: #b2-diffurl
+# arXiv:2503.11240 (B²-DiffuRL) | docs: docs/b2_diffurl.md (details, deviations, metrics, results, paper reproduction)
 """B²-DiffuRL: Towards Better Alignment: Training Diffusion Models with Reinforcement Learning Against Sparse Rewards
-(Hu et al., CVPR 2025, https://arxiv.org/abs/2503.11240; code https://github.com/hu-zijing/B2-DiffuRL).
+(Hu et al., CVPR 2025, https://arxiv.org/abs/2503.11240; code https://github.com/hu-zijing/B2-DiffuRL). RL of a
+text-to-image diffusion model against a reward that arrives only after the last denoising step: train the last steps
+first and widen the trained interval towards x_T stage by stage, and train only on the best and worst of several
+continuations that share a prefix. The offline toy (B², DDPO and three ablations on a 2-D class-conditional mixture,
+3 seeds, about a minute on 2 CPU cores): python algos/b2_diffurl.py
 
-Idea: the reward of a text-to-image sample arrives only after the last of N denoising steps, and DDPO hands every step
-the same trajectory advantage. B² trains the last steps first and widens the trained interval towards x_T stage by stage
-(backward progressive training). Inside a stage, trajectories share one prefix up to the branch index b_k and split into
-S continuations, so comparing them isolates what the trained interval did; only the best and worst continuation of a
-branch group is trained on, and only when its per-prompt z-score is extreme enough.
+Idea: DDPO hands every one of the N denoising steps the same trajectory advantage, so the noisy early steps get a
+signal that is hard to attribute. B² trains only the last s_k steps at stage k (backward progressive training). Inside
+a stage, trajectories share one prefix up to the branch index b_k = N - s_k and split into S continuations, so comparing
+them isolates what the trained interval did; only the best and worst continuation of a branch group is trained on,
+and only when its per-prompt z-score is extreme enough.
 
     eta=1 DDIM step:  x0 = (x_t - sqrt(1-a_t) eps)/sqrt(a_t),  sigma = eta sqrt((1-a_t')/(1-a_t)) sqrt(1 - a_t/a_t')
                   mu = sqrt(a_t') x0 + sqrt(1-a_t'-sigma^2) eps,  x_t' = mu + sigma z,  eps = eps_u + w (eps_c-eps_u)
@@ -16,56 +20,18 @@ branch group is trained on, and only when its per-prompt z-score is extreme enou
     selection:        per branch group keep (argmax z) if z >= tau+, (argmin z) if z < tau-
     loss:             L = mean max(-A rho, -A clip(rho, 1-eps, 1+eps)),  A = clip(z, -5, 5) beta+-,  rho = pi/pi_old
 
-Implementation details ([code] = hu-zijing/B2-DiffuRL @ e3a9129, [card] = rewardlab's method notes, [ddpo] =
-kvablack/ddpo-pytorch):
-1. `ddim_step_with_logprob` [ddpo ddim_with_logprob.py, code run_train.py] works on a diffusers DDIMScheduler (or the
-   toy's `ToyDDIM` with the same attributes): "leading" timesteps 951..1, t' = t - 50 (a_t' = final_alpha_cumprod =
-   a_0 below 0, SD's set_alpha_to_one=False), per-row timesteps for training; computed in fp32; log-prob a MEAN over
-   every non-batch entry with x_t' detached. eta <= 0 fails (the log-prob is undefined). Tested against
-   DDIMScheduler.step(eta=1, variance_noise=z).
-2. CFG in sampling and in the training recomputation [code]: one batched pass over [null; cond]. w=1 skips the null
-   pass. Toy: w=1 by default (the card allows it), a null class trained with 10% dropout so --guidance-scale works.
-3. Schedule [code run_process.sh, card 3.2]: `trained_step_indices`; --fixed-split s uses s_k = s at every stage.
-4. Branch sampling [code run_sample.py]: steps 0..b_k-1 once per prefix, then S copies with independent noise; rows are
-   prefix-major with explicit group ids (the code recovers groups by a reshape [card 5]). Only post-branch transitions
-   are stored, because only they are ever trained on [code run_select.py slices t_left:t_right]. Every UNet call,
-   VAE decode and reward call takes --sample-batch-size rows (real path 8, as the code's batches of 8 prompts and 8
-   CLIP images; toy: all rows at once) and the stage's trajectories wait on the CPU, so peak memory is set by that
-   chunk and by --train-micro-batch (real path 2 [code]), not by prefixes x S (tested on a narrowed SD-1.x).
-5. `PromptStatTracker` [code run_select.py score_fn1]: FIFO of the last H per-stage reward dicts; unbiased std; a
-   prompt seen once has z = 0 (the code would divide 0 by NaN).
-6. `select_from_branches` [code run_select.py]: asymmetric >= tau+ / < tau- tests; A = the per-prompt z-score, not a
-   within-branch difference. --select all keeps every sample with A = z; --no-branch uses S = 1 (thresholds only).
-7. PPO-clip with advantage clipping and beta+- [code run_train.py], eps 0.1, AdamW(lr, wd 1e-4), grad-norm 1, E = 2
-   epochs. One optimiser step per --train-batch-size samples, accumulated over all their trained transitions, which we
-   shuffle jointly (the code shuffles step order per sample; the gradient is the same). DIFFERENCE: the last partial
-   batch of a stage is stepped, not dropped [card 5]. Old log-probs come from the sampling pass (fp32).
-8. Weights and optimiser state carry across stages (one process, no pickles or PNGs) [card 7 simplifications]; the
-   toy trains the full MLP in fp32, the real path LoRA (peft, rank 4, to_q/k/v/out.0) on the UNet.
-9. DDPO arm [ddpo train.py, card 4]: S = 1, all N steps, per-prompt z over a 32-reward buffer (min_count 16, else batch
-   stats, population std + 1e-6), eps 1e-4, lr 3e-4, 1 inner epoch, the same reward calls per stage.
-10. Toy [card 6]: 2-D points, class c in {0..3} = a mixture of 4 Gaussians (std 0.15) on a radius-2 circle rotated by
-   c 22.5 deg; eps-MLP (x, 32-d sinusoidal t, 16-d class embedding, 3x128 SiLU) pretrained 3000 steps with the SD beta
-   schedule (cached under runs/cache/ by recipe). Reward precision r = exp(-d^2/(2 0.05^2)) (d = distance to the
-   nearest centre of c), or --reward-fn mode (1 if that centre is c's mode 0: decided by early steps).
-11. Real path: StableDiffusionPipeline.from_pretrained(--model-name) with a DDIMScheduler from its config; VAE, text
-   encoder and UNet frozen; reward --reward-fn clip (open_clip ViT-H-14 laion2b, fails at start-up without weights;
-   its inputs are the images cast to 8 bits as the code's PNGs and put through open_clip's own preprocess),
-   jpeg (JPEG size, weight-free, DDPO's compressibility) or module:function taking (images [B,3,H,W] in [0,1], prompts).
+Source tags on the lines that implement a detail: [code <file>] = hu-zijing/B2-DiffuRL@e3a9129 <file> (the reference:
+the paper states few of these details); [ddpo <file>] = kvablack/ddpo-pytorch <file> (the DDPO baseline and the DDIM
+log-prob it builds on); [paper] = the paper's abstract; "reconstruction" where neither says. Arms (every arm from the
+same pretrained weights and seeds, with the same reward calls): main (B², the flags as given), ddpo, no-branch (S = 1,
+thresholds only), fixed-split (branching without the curriculum), select-all (every branch sample, A = z).
 
-Metrics (suffix /<arm>_s<seed>, step = cumulative reward calls): reward, reward_std (training samples), eval/reward,
-eval/entropy (mode occupancy, 1 = uniform), eval/spread (mean distance to the nearest centre), losses/policy_loss,
-clip_ratio/region_mean, kl (approx), charts/span, charts/selected. Also summary.md and b2_toy.png.
-
-    python algos/b2_diffurl.py                                   # toy: B², DDPO and the ablations, 3 seeds (62 s)
-    python algos/b2_diffurl.py --reward-fn mode --arms main ddpo # the honesty variant: early-step reward
+Commands:
+    python algos/b2_diffurl.py                                   # toy: B², DDPO and the ablations, 3 seeds
+    python algos/b2_diffurl.py --reward-fn mode --arms main ddpo # the honesty variant: a reward set by early steps
     python algos/b2_diffurl.py --model-name CompVis/stable-diffusion-v1-4 --reward-fn clip --num-stages 100 \
-        --s-min 14 --s-max 20 --prefixes-per-stage 256 --train-batch-size 128 --train-micro-batch 2 --lr 1e-4 \
-        --sample-batch-size 8
-
-Measured (toy default, 3 seeds, 2 cores, 62 s): eval precision reward after 6080 calls B² 0.452 +- 0.009, DDPO
-0.266 +- 0.012 at its eps 1e-4 (0.446 +- 0.010 with --ddpo-clip 0.1), no-branch 0.517, select-all 0.513, fixed-split
-0.455; mode entropy >= 0.95 everywhere. No GPU run has been made: --cuda and bf16 are untested.
+        --s-min 14 --s-max 20 --prefixes-per-stage 256 --train-batch-size 128 --train-micro-batch 2 \
+        --learning-rate 1e-4 --sample-batch-size 8
 """
 
 from __future__ import annotations
@@ -75,7 +41,6 @@ import importlib.util
 import json
 import math
 import os
-import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -85,14 +50,23 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
-import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python algos/b2_diffurl.py` from the repo root
-from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa
+from shared.runs import (
+    Progress,
+    RunLogger,
+    fail,
+    format_table,
+    make_run_name,
+    parse_args,
+    pick_device,
+    pick_dtype,
+    seed_everything,
+)
 
 CACHE_DIR = Path(os.environ.get("REWARDLAB_CACHE", Path(__file__).resolve().parents[1] / "runs" / "cache"))
 ARMS = ("main", "ddpo", "no-branch", "fixed-split", "select-all")
 DTYPE_NAMES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")  # shared.runs.pick_dtype's names
+SHOWN_METRICS = ("reward", "eval/reward", "charts/selected", "kl")  # the progress line; the rest: TensorBoard
 
 
 @dataclass
@@ -107,16 +81,17 @@ class Args:
     """use the GPU when one is visible"""
     dtype: str = "auto"
     """real path: dtype of the frozen weights (auto = bf16 on GPU, fp32 on CPU); LoRA and the log-probs stay fp32"""
-    torch_threads: int = 1
-    """CPU threads for torch"""
+    num_threads: int = 1
+    """torch CPU threads"""
     track: bool = False
     """also log to Weights & Biases"""
     arms: tuple[Literal["main", "ddpo", "no-branch", "fixed-split", "select-all"], ...] = ARMS
     """toy arms; main = the flags as given (--method, --no-branch, --fixed-split, --select); the real path runs main"""
     method: Literal["b2", "ddpo"] = "b2"
     """b2 (branches, curriculum, selection) or plain DDPO"""
-    no_branch: bool = False
-    """ablation: keep the span schedule but S = 1, samples selected by the thresholds alone"""
+    branch: bool = True
+    """branch sampling, S continuations per prefix; --no-branch is the ablation: keep the span schedule but S = 1,
+    samples selected by the thresholds alone"""
     fixed_split: Optional[int] = None
     """ablation: branch at N - s at every stage (no curriculum); the fixed-split arm uses --s-max when unset"""
     select: Literal["best-worst", "all"] = "best-worst"
@@ -158,7 +133,8 @@ class Args:
     train_batch_size: int = 64
     """samples per optimiser step (gradients accumulated over all their trained transitions)"""
     train_micro_batch: Optional[int] = None
-    """transitions per forward/backward pass, x2 rows with CFG (default: 2 on the real path [code], 4096 on the toy)"""
+    """transitions per forward/backward pass, x2 rows with CFG (default: 2 on the real path [code run_train.py],
+    4096 on the toy)"""
     sample_batch_size: Optional[int] = None
     """rows per UNet call while sampling (x2 with CFG) and images per VAE decode and reward call (default: 8 on the
     real path [code run_sample.py, run_select.py], every row at once on the toy)"""
@@ -170,16 +146,16 @@ class Args:
     """weight of positive advantages"""
     beta_neg: float = 1.0
     """weight of negative advantages"""
-    lr: float = 3e-4
-    """AdamW learning rate (the code: 1e-4 with LoRA)"""
+    learning_rate: float = 3e-4
+    """AdamW learning rate of B² (the code: 1e-4 with LoRA)"""
     weight_decay: float = 1e-4
     """AdamW weight decay"""
     max_grad_norm: float = 1.0
     """gradient-norm clip"""
     ddpo_clip: float = 1e-4
     """DDPO's PPO clip eps"""
-    ddpo_lr: float = 3e-4
-    """DDPO's learning rate"""
+    ddpo_learning_rate: float = 3e-4
+    """DDPO's AdamW learning rate"""
     ddpo_epochs: int = 1
     """DDPO's inner epochs"""
     ddpo_buffer: int = 32
@@ -190,13 +166,13 @@ class Args:
     """toy: DDPM pretraining steps"""
     pretrain_batch: int = 512
     """toy: pretraining batch"""
-    pretrain_lr: float = 2e-3
-    """toy: pretraining Adam lr"""
+    pretrain_learning_rate: float = 2e-3
+    """toy: pretraining Adam learning rate"""
     eval_samples: int = 1024
     """toy: eval samples per class (fixed noise across stages)"""
 
 
-# ----------------------------------------------------------------------------------------------------- the maths
+# ALGO LOGIC: the eta > 0 DDIM step and its log-prob [ddpo ddim_with_logprob.py, code run_train.py] --------------------
 def ddim_step_with_logprob(scheduler, model_output, timestep, sample, eta=1.0, prev_sample=None, generator=None):
     """One DDIM step x_t -> x_t' with eta > 0 and log pi(x_t'|x_t), a mean over all non-batch entries.
 
@@ -205,18 +181,19 @@ def ddim_step_with_logprob(scheduler, model_output, timestep, sample, eta=1.0, p
         fail(f"eta = {eta}: the eta=0 DDIM step is deterministic and has no log-prob; use eta > 0 (the paper: 1)")
     if getattr(scheduler.config, "prediction_type", "epsilon") != "epsilon":
         fail("only epsilon-prediction schedulers are supported")
-    eps, x = model_output.float(), sample.float()
+    eps = model_output.float()  # [B, ...]
+    x = sample.float()  # [B, ...]
     t = torch.as_tensor(timestep, device=x.device).long().reshape(-1)  # [B] or [1]
-    prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps  # "leading": t' = t - 50
     alphas = scheduler.alphas_cumprod.to(x.device, torch.float32)
     shape = (-1,) + (1,) * (x.dim() - 1)
     a_t = alphas[t].reshape(shape)  # [B, 1, ...]
-    final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32, device=x.device)
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32, device=x.device)  # a_0 below t' = 0
     a_prev = torch.where(prev_t >= 0, alphas[prev_t.clamp(min=0)], final).reshape(shape)  # [B, 1, ...]
     x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()  # [B, ...]
     if getattr(scheduler.config, "clip_sample", False):
-        r = scheduler.config.clip_sample_range
-        x0 = x0.clamp(-r, r)
+        clip_range = scheduler.config.clip_sample_range
+        x0 = x0.clamp(-clip_range, clip_range)
     std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()  # [B, 1, ...]
     mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps  # [B, ...]
     if prev_sample is None:
@@ -227,6 +204,17 @@ def ddim_step_with_logprob(scheduler, model_output, timestep, sample, eta=1.0, p
     return prev.to(sample.dtype), log_prob.mean(dim=tuple(range(1, x.dim())))  # [B, ...], [B]
 
 
+def guided_eps(eps_fn, x, t, cond, null_cond, w):
+    """eps_u + w (eps_c - eps_u); one batched pass over [null; cond] (w = 1: the conditional pass alone) [code
+    run_sample.py, run_train.py]."""
+    if w == 1.0:
+        return eps_fn(x, t, cond)
+    null = null_cond.expand(len(x), *null_cond.shape[1:])  # [B, ...]
+    eps_u, eps_c = eps_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([null, cond])).chunk(2)  # [B, ...] x2
+    return eps_u + w * (eps_c - eps_u)
+
+
+# ALGO LOGIC: the stage schedule, per-prompt z-scores, selection [code run_process.sh, run_select.py] ------------------
 def trained_step_indices(stage: int, num_stages: int, s_min: int, s_max: int, num_steps: int) -> list[int]:
     """Step indices trained at stage k: the last s_k = s_min + floor(k (s_max - s_min + 1) / K) of N."""
     if not 1 <= s_min <= s_max <= num_steps:
@@ -239,13 +227,16 @@ def trained_step_indices(stage: int, num_stages: int, s_min: int, s_max: int, nu
 
 def select_from_branches(z: torch.Tensor, tau_pos: float, tau_neg: float) -> list[tuple[int, float]]:
     """One branch group's z-scores [S] -> [(argmax, z) if z >= tau_pos] + [(argmin, z) if z < tau_neg]."""
-    best, worst = int(z.argmax()), int(z.argmin())
-    out = [(best, float(z[best]))] if z[best] >= tau_pos else []
-    return out + ([(worst, float(z[worst]))] if z[worst] < tau_neg else [])
+    best = int(z.argmax())
+    worst = int(z.argmin())
+    picked = [(best, float(z[best]))] if z[best] >= tau_pos else []
+    return picked + ([(worst, float(z[worst]))] if z[worst] < tau_neg else [])
 
 
 class PromptStatTracker:
-    """Per-prompt z-scores over this stage's rewards plus those of up to `history` previous stages (a FIFO)."""
+    """Per-prompt z-scores over this stage's rewards plus those of up to `history` previous stages (a FIFO) [code
+    run_select.py score_fn1]: unbiased std + 1e-8; a prompt seen once has z = 0 (reconstruction: the code divides 0
+    by NaN there)."""
 
     def __init__(self, history: int = 8):
         self.history = history
@@ -257,12 +248,12 @@ class PromptStatTracker:
             fail(f"{len(prompts)} prompts but {len(rewards)} rewards")
         current = {p: rewards[[i for i, q in enumerate(prompts) if q == p]] for p in dict.fromkeys(prompts)}
         past = list(self.stages) if self.history > 0 else []
-        z = torch.zeros_like(rewards)
-        for p, values in current.items():
-            pooled = torch.cat([s[p] for s in past if p in s] + [values])
+        z = torch.zeros_like(rewards)  # [B]
+        for prompt, values in current.items():
+            pooled = torch.cat([stage[prompt] for stage in past if prompt in stage] + [values])
             if len(pooled) < 2:
                 continue  # z = 0: no spread to normalise by
-            rows = [i for i, q in enumerate(prompts) if q == p]
+            rows = [i for i, q in enumerate(prompts) if q == prompt]
             z[rows] = (values - pooled.mean()) / (pooled.std() + 1e-8)
         if self.history > 0:
             self.stages.append(current)
@@ -270,18 +261,20 @@ class PromptStatTracker:
 
 
 def ddpo_advantages(prompts, rewards: torch.Tensor, buffers: dict, buffer_size: int, min_count: int) -> torch.Tensor:
-    """DDPO's per-prompt stat tracker: z over the last `buffer_size` rewards of the prompt (batch stats if fewer)."""
+    """DDPO's per-prompt stat tracker [ddpo stat_tracking.py]: z over the last `buffer_size` rewards of the prompt
+    (batch stats while it holds fewer than `min_count`), population std + 1e-6."""
     rewards = rewards.double()  # [B]
-    z = torch.empty_like(rewards)
-    for p in dict.fromkeys(prompts):
-        rows = [i for i, q in enumerate(prompts) if q == p]
-        buf = buffers.setdefault(p, deque(maxlen=buffer_size))
-        buf.extend(rewards[rows].tolist())
-        ref = rewards if len(buf) < min_count else torch.tensor(list(buf), dtype=torch.float64)
-        z[rows] = (rewards[rows] - ref.mean()) / (ref.std(unbiased=False) + 1e-6)
+    z = torch.empty_like(rewards)  # [B]
+    for prompt in dict.fromkeys(prompts):
+        rows = [i for i, q in enumerate(prompts) if q == prompt]
+        buffer = buffers.setdefault(prompt, deque(maxlen=buffer_size))
+        buffer.extend(rewards[rows].tolist())
+        reference = rewards if len(buffer) < min_count else torch.tensor(list(buffer), dtype=torch.float64)
+        z[rows] = (rewards[rows] - reference.mean()) / (reference.std(unbiased=False) + 1e-6)
     return z.float()
 
 
+# ALGO LOGIC: the PPO-clip loss with advantage clipping and beta+- [code run_train.py] ---------------------------------
 def ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range, adv_clip, beta_pos=1.0, beta_neg=1.0):
     """L = mean max(-A rho, -A clip(rho, 1-eps, 1+eps)), A = clip(adv, +-adv_clip) (beta+ if adv > 0 else beta-)."""
     ratio = torch.exp(log_prob - old_log_prob)  # [R]
@@ -294,15 +287,7 @@ def ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range, adv_clip, beta
     return loss, stats
 
 
-def guided_eps(eps_fn, x, t, cond, null_cond, w):
-    """eps_u + w (eps_c - eps_u); one batched pass over [null; cond] (w = 1: the conditional pass alone)."""
-    if w == 1.0:
-        return eps_fn(x, t, cond)
-    null = null_cond.expand(len(x), *null_cond.shape[1:])
-    eps_u, eps_c = eps_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([null, cond])).chunk(2)  # [B, ...] x2
-    return eps_u + w * (eps_c - eps_u)
-
-
+# ALGO LOGIC: branch sampling [code run_sample.py] ---------------------------------------------------------------------
 @torch.no_grad()
 def ddim_step_in_chunks(eps_fn, scheduler, x, t, cond, null_cond, w, eta, batch_size=None, generator=None, table=None):
     """One guided DDIM step of every row of x, `batch_size` rows per eps_fn call (None: all rows in one call), so the
@@ -314,9 +299,14 @@ def ddim_step_in_chunks(eps_fn, scheduler, x, t, cond, null_cond, w, eta, batch_
         rows = slice(start, start + size)
         t_rows = t.expand(len(x[rows]))  # [b]
         cond_rows = cond[rows] if table is None else table[cond[rows]]  # [b, ...]
-        eps = guided_eps(eps_fn, x[rows], t_rows, cond_rows, null_cond, w)
+        eps = guided_eps(eps_fn, x[rows], t_rows, cond_rows, null_cond, w)  # [b, ...]
         steps.append(ddim_step_with_logprob(scheduler, eps, t_rows, x[rows], eta, None, generator))
-    return torch.cat([nxt for nxt, _ in steps]), torch.cat([lp for _, lp in steps])
+    return torch.cat([nxt for nxt, _ in steps]), torch.cat([lp for _, lp in steps])  # [B, ...], [B]
+
+
+def stack_steps(per_step: list[torch.Tensor]) -> Optional[torch.Tensor]:
+    """[N-b] tensors of [P*S, ...] -> [P*S, N-b, ...] (None when no step follows the branch)."""
+    return torch.stack(per_step, 1) if per_step else None
 
 
 @torch.no_grad()
@@ -334,30 +324,52 @@ def sample_with_branches(
     batch_size=None,
     storage=None,
     table=None,
+    progress: Optional[Progress] = None,
 ):
     """Shared prefix 0..b-1, then S continuations per prefix (rows p*S + j), `batch_size` rows per eps_fn call (None:
     every row at once; `table` given: cond holds prompt ids into it). Returns x_0 and the post-branch transitions,
     kept on `storage` (default: x_T's device), so that the device holds the activations of one chunk: x_0 [P*S, ...],
-    latents / next latents [P*S, N-b, ...], old log-probs [P*S, N-b]."""
-    x, timesteps = x_T, scheduler.timesteps
+    latents / next latents [P*S, N-b, ...], old log-probs [P*S, N-b]. `progress` advances once per denoising step."""
+    x = x_T  # [P, ...]
+    timesteps = scheduler.timesteps
     storage = storage or x_T.device
     for i in range(branch_index):
         x, _ = ddim_step_in_chunks(
             eps_fn, scheduler, x, timesteps[i], cond, null_cond, w, eta, batch_size, generator, table
         )
-    x, cond = x.repeat_interleave(num_branches, 0), cond.repeat_interleave(num_branches, 0)  # [P*S, ...]
+        if progress is not None:
+            progress.update()
+    x = x.repeat_interleave(num_branches, 0)  # [P*S, ...]: S copies of each prefix, rows p*S + j
+    cond = cond.repeat_interleave(num_branches, 0)  # [P*S, ...]
     latents, next_latents, log_probs = [], [], []
     for i in range(branch_index, len(timesteps)):
         nxt, lp = ddim_step_in_chunks(
             eps_fn, scheduler, x, timesteps[i], cond, null_cond, w, eta, batch_size, generator, table
         )
-        latents.append(x.to(storage)), next_latents.append(nxt.to(storage)), log_probs.append(lp.to(storage))
+        latents.append(x.to(storage))
+        next_latents.append(nxt.to(storage))
+        log_probs.append(lp.to(storage))
         x = nxt
-    stack = lambda v: torch.stack(v, 1) if v else None  # noqa: E731
-    return x.to(storage), stack(latents), stack(next_latents), stack(log_probs)
+        if progress is not None:
+            progress.update()
+    return x.to(storage), stack_steps(latents), stack_steps(next_latents), stack_steps(log_probs)
 
 
-# ------------------------------------------------------------------------------------------------------- the toy
+# TRY NOT TO MODIFY: the toy world (reconstruction: a 2-D stand-in for text-to-image) ----------------------------------
+TOY_CLASSES = 4  # the toy's "prompts"; class index TOY_CLASSES is the null class of CFG
+TOY_MODES = 4  # Gaussians per class, on one circle
+TOY_RADIUS = 2.0  # the circle the modes sit on
+TOY_ROTATION_DEGREES = 22.5  # class c's modes are rotated by c x 22.5 degrees, so classes do not share modes
+TOY_MODE_STD = 0.15  # std of each mode: wide against the reward's 0.05, so the pretrained precision reward is ~0.1
+TOY_REWARD_SIGMA = 0.05  # width of the precision reward exp(-d^2 / (2 sigma^2))
+TOY_NULL_DROPOUT = 0.1  # share of pretraining rows with the null class, so --guidance-scale works on the toy
+TOY_EVAL_SEED = 12345  # the eval noise, the same at every evaluation, so the curves compare like with like
+TOY_TRAIN_MICRO_BATCH = 4096  # transitions per forward/backward on the toy: a whole stage's batch in a few passes
+SD_GUIDANCE_SCALE = 5.0  # real path CFG w [code run_sample.py]
+SD_SAMPLE_BATCH_SIZE = 8  # real path rows per UNet call, VAE decode and CLIP call [code run_sample.py: 8 prompts]
+SD_TRAIN_MICRO_BATCH = 2  # real path transitions per forward/backward [code run_train.py: train batch size 2]
+
+
 class ToyDDIM:
     """The SD DDIM schedule (scaled-linear betas 0.00085..0.012, 1000 steps, leading spacing, offset 1) without
     diffusers; the attributes `ddim_step_with_logprob` reads have DDIMScheduler's names."""
@@ -365,18 +377,18 @@ class ToyDDIM:
     def __init__(self, num_train_timesteps=1000):
         betas = torch.linspace(0.00085**0.5, 0.012**0.5, num_train_timesteps, dtype=torch.float32) ** 2
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
-        self.final_alpha_cumprod = self.alphas_cumprod[0]
+        self.final_alpha_cumprod = self.alphas_cumprod[0]  # SD's set_alpha_to_one=False
         self.config = SimpleNamespace(num_train_timesteps=num_train_timesteps, prediction_type="epsilon")
 
     def set_timesteps(self, n):
         self.num_inference_steps = n
-        self.timesteps = torch.arange(n - 1, -1, -1) * (self.config.num_train_timesteps // n) + 1
+        self.timesteps = torch.arange(n - 1, -1, -1) * (self.config.num_train_timesteps // n) + 1  # 951, ..., 1
 
 
 class ToyEps(nn.Module):
     """eps(x, t, c): [x, 32-d sinusoidal t, 16-d class embedding (index C = null)] -> 3 x 128 SiLU -> 2."""
 
-    def __init__(self, num_classes=4, hidden=128):
+    def __init__(self, num_classes=TOY_CLASSES, hidden=128):
         super().__init__()
         self.class_emb = nn.Embedding(num_classes + 1, 16)
         layers = [nn.Linear(2 + 32 + 16, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()]
@@ -384,79 +396,157 @@ class ToyEps(nn.Module):
 
     def forward(self, x, t, c):
         freqs = torch.exp(-math.log(1000.0) * torch.arange(16, device=x.device) / 16)  # [16]
-        ang = t.float()[:, None] * freqs  # [B, 16]
-        return self.net(torch.cat([x, ang.sin(), ang.cos(), self.class_emb(c)], -1))  # [B, 2]
+        angles = t.float()[:, None] * freqs  # [B, 16]
+        return self.net(torch.cat([x, angles.sin(), angles.cos(), self.class_emb(c)], -1))  # [B, 2]
 
 
-def toy_centres(num_classes=4, radius=2.0):
+def toy_centres(num_classes=TOY_CLASSES, radius=TOY_RADIUS):
     """[C, 4, 2]: class c's 4 modes at angles c 22.5 + 90 j degrees; mode 0 is the designated one."""
-    ang = torch.deg2rad(torch.arange(num_classes)[:, None] * 22.5 + torch.arange(4)[None] * 90.0)  # [C, 4]
-    return radius * torch.stack([ang.cos(), ang.sin()], -1)
+    degrees = torch.arange(num_classes)[:, None] * TOY_ROTATION_DEGREES + torch.arange(TOY_MODES)[None] * 90.0
+    angles = torch.deg2rad(degrees)  # [C, 4]
+    return radius * torch.stack([angles.cos(), angles.sin()], -1)
 
 
-def toy_reward(x0, classes, centres, kind="precision", sigma=0.05):
+def toy_reward(x0, classes, centres, kind="precision", sigma=TOY_REWARD_SIGMA):
     """Sparse terminal reward; also returns the nearest mode index and distance for the metrics."""
-    d = (x0[:, None, :] - centres[classes]).norm(dim=-1)  # [B, 4]
-    dist, mode = d.min(-1)  # [B], [B]
-    r = torch.exp(-(dist**2) / (2 * sigma**2)) if kind == "precision" else (mode == 0).float()
-    return r, mode, dist
+    distances = (x0[:, None, :] - centres[classes]).norm(dim=-1)  # [B, 4]
+    dist, mode = distances.min(-1)  # [B], [B]
+    reward = torch.exp(-(dist**2) / (2 * sigma**2)) if kind == "precision" else (mode == 0).float()  # [B]
+    return reward, mode, dist
 
 
 def pretrain_toy(args, device):
     """DDPM eps-loss pretraining (10% null-class dropout for CFG), cached by recipe under runs/cache/."""
-    recipe = dict(v=1, steps=args.pretrain_steps, batch=args.pretrain_batch, lr=args.pretrain_lr, seed=args.seed)
+    recipe = dict(
+        v=1, steps=args.pretrain_steps, batch=args.pretrain_batch, lr=args.pretrain_learning_rate, seed=args.seed
+    )  # the keys are the cache's name: keep them, or every cached model is trained again
     path = CACHE_DIR / f"b2_toy_eps_{hashlib.md5(json.dumps(recipe).encode()).hexdigest()[:10]}.pt"
     model = ToyEps().to(device)
     if path.exists():
         model.load_state_dict(torch.load(path, map_location=device))
+        print(f"pretraining: cached ({path})", flush=True)
         return model
-    gen = torch.Generator().manual_seed(args.seed)
-    sched, centres = ToyDDIM(), toy_centres()
-    acp = sched.alphas_cumprod.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.pretrain_lr)
+    generator = torch.Generator().manual_seed(args.seed)
+    centres = toy_centres()
+    alphas_cumprod = ToyDDIM().alphas_cumprod.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.pretrain_learning_rate)
+    batch = args.pretrain_batch
+    progress = Progress("pretraining", total=args.pretrain_steps)
     for _ in range(args.pretrain_steps):
-        c = torch.randint(0, 4, (args.pretrain_batch,), generator=gen)
-        m = torch.randint(0, 4, (args.pretrain_batch,), generator=gen)
-        x0 = (centres[c, m] + 0.15 * torch.randn(args.pretrain_batch, 2, generator=gen)).to(device)  # [B, 2]
-        t = torch.randint(0, 1000, (args.pretrain_batch,), generator=gen).to(device)
-        noise = torch.randn(args.pretrain_batch, 2, generator=gen).to(device)
-        a = acp[t][:, None]
-        cond = torch.where(torch.rand(args.pretrain_batch, generator=gen) < 0.1, 4, c).to(device)
-        loss = ((model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, cond) - noise) ** 2).mean()
-        opt.zero_grad(), loss.backward(), opt.step()
+        classes = torch.randint(0, TOY_CLASSES, (batch,), generator=generator)
+        modes = torch.randint(0, TOY_MODES, (batch,), generator=generator)
+        noise_free = centres[classes, modes] + TOY_MODE_STD * torch.randn(batch, 2, generator=generator)
+        x0 = noise_free.to(device)  # [B, 2]
+        t = torch.randint(0, 1000, (batch,), generator=generator).to(device)  # [B]
+        noise = torch.randn(batch, 2, generator=generator).to(device)  # [B, 2]
+        alpha_bar = alphas_cumprod[t][:, None]  # [B, 1]
+        dropped = torch.rand(batch, generator=generator) < TOY_NULL_DROPOUT
+        cond = torch.where(dropped, TOY_CLASSES, classes).to(device)  # [B]
+        x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise  # [B, 2]
+        loss = ((model(x_t, t, cond) - noise) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        progress.update(loss=loss.item())
+    progress.done()
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return model
 
 
-# ---------------------------------------------------------------------------------------------- one arm's RL loop
+class ToyWorld:
+    """The 2-D toy behind the interface `run_arm` uses (eps_fn, scheduler, cond_table, null_cond, draw_prompts,
+    noise, reward, evaluate)."""
+
+    def __init__(self, args, model, device):
+        self.args = args
+        self.model = model
+        self.device = device
+        self.scheduler = ToyDDIM()
+        self.scheduler.set_timesteps(args.num_steps)
+        self.eps_fn = model
+        self.guidance = args.guidance_scale if args.guidance_scale is not None else 1.0
+        self.cond_table = torch.arange(TOY_CLASSES, device=device)  # a prompt id is its class
+        self.null_cond = torch.tensor([TOY_CLASSES], device=device)
+        self.centres = toy_centres().to(device)
+        self.kind = args.reward_fn or "precision"
+        self.sample_batch_size = args.sample_batch_size  # None: every row in one call
+        self.storage = device
+        self.train_micro_batch = args.train_micro_batch or TOY_TRAIN_MICRO_BATCH
+
+    def draw_prompts(self, n):  # stratified over the 4 classes, then shuffled
+        return (torch.arange(n) % TOY_CLASSES)[torch.randperm(n)].to(self.device)
+
+    def noise(self, n, generator=None):
+        return torch.randn(n, 2, generator=generator).to(self.device)
+
+    def reward(self, x0, prompt_ids):
+        return toy_reward(x0, prompt_ids, self.centres, self.kind)[0]
+
+    @torch.no_grad()
+    def evaluate(self, progress_name: Optional[str] = None):
+        """Eval reward, mode entropy (1 = uniform over the 4 modes) and spread of `eval_samples` samples per class
+        from fixed noise; with `progress_name`, a progress bar over the denoising steps."""
+        generator = torch.Generator().manual_seed(TOY_EVAL_SEED)
+        classes = torch.arange(TOY_CLASSES, device=self.device).repeat_interleave(self.args.eval_samples)  # [E]
+        x_T = self.noise(len(classes), generator)  # [E, 2]
+        progress = Progress(progress_name, total=self.args.num_steps) if progress_name else None
+        x0, *_ = sample_with_branches(
+            self.eps_fn,
+            self.scheduler,
+            x_T,
+            classes,
+            self.null_cond,
+            self.guidance,
+            self.args.eta,
+            self.args.num_steps,
+            1,
+            generator,
+            progress=progress,
+        )
+        if progress is not None:
+            progress.done()
+        reward, mode, dist = toy_reward(x0, classes, self.centres, self.kind)  # [E] each
+        counts = [torch.bincount(mode[classes == c], minlength=TOY_MODES) for c in range(TOY_CLASSES)]
+        occupancy = torch.stack(counts).float()  # [4, 4]
+        shares = occupancy / occupancy.sum(-1, keepdim=True)  # [4, 4]
+        entropy = -(shares * shares.clamp(min=1e-12).log()).sum(-1) / math.log(TOY_MODES)  # [4]
+        self.last_samples = (x0.cpu(), classes.cpu())
+        return dict(reward=reward.mean().item(), entropy=entropy.mean().item(), spread=dist.mean().item())
+
+
+# ALGO LOGIC: one arm's K stages of sample -> reward -> normalise -> select -> train [code run_process.sh] -------------
 def arm_config(args, arm):
     """The flags an arm runs with: main = as given; the others override one thing."""
-    cfg = dict(method=args.method, no_branch=args.no_branch, fixed_split=args.fixed_split, select=args.select)
+    config = dict(method=args.method, branch=args.branch, fixed_split=args.fixed_split, select=args.select)
     if arm == "ddpo":
-        cfg.update(method="ddpo")
+        config.update(method="ddpo")
     elif arm == "no-branch":
-        cfg.update(method="b2", no_branch=True)
+        config.update(method="b2", branch=False)
     elif arm == "fixed-split":
-        cfg.update(method="b2", fixed_split=args.fixed_split or args.s_max)
+        config.update(method="b2", fixed_split=args.fixed_split or args.s_max)
     elif arm == "select-all":
-        cfg.update(method="b2", select="all")
-    return SimpleNamespace(**cfg)
+        config.update(method="b2", select="all")
+    return SimpleNamespace(**config)
 
 
-def run_arm(args, cfg, world, params, tag, run, seed):
-    """K stages of sample -> reward -> normalise -> select -> train for one arm, optimiser carried across stages."""
+def run_arm(args, cfg, world, params, arm, run, seed):
+    """K stages of sample -> reward -> normalise -> select -> train for one arm, optimiser carried across stages;
+    `arm` names the arm's TensorBoard run."""
     torch.manual_seed(seed)
     ddpo = cfg.method == "ddpo"
-    S = 1 if ddpo or cfg.no_branch else args.num_branches
+    S = 1 if ddpo or not cfg.branch else args.num_branches
     calls_per_stage = args.prefixes_per_stage * args.num_branches  # equal reward calls for every arm
     num_prefixes = calls_per_stage // S
-    opt = torch.optim.AdamW(params, lr=args.ddpo_lr if ddpo else args.lr, weight_decay=args.weight_decay)
-    opt.zero_grad(set_to_none=True)  # no gradient left over from pretraining (a cold cache) joins the first step
-    tracker, buffers, w, N = PromptStatTracker(args.history), {}, world.guidance, args.num_steps
+    learning_rate = args.ddpo_learning_rate if ddpo else args.learning_rate
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=args.weight_decay)
+    optimizer.zero_grad(set_to_none=True)  # no gradient left over from pretraining (a cold cache) joins the first step
+    tracker = PromptStatTracker(args.history)
+    ddpo_buffers = {}
+    N = args.num_steps
     clip_range = args.ddpo_clip if ddpo else args.ppo_clip
     curve = [dict(calls=0, **world.evaluate())]
-    run.log(0, {f"eval/{k}/{tag}": v for k, v in curve[0].items() if k != "calls"})
+    run.log(0, {f"eval/{k}": v for k, v in curve[0].items() if k != "calls"}, arm=arm)
     for stage in range(args.num_stages):
         # 1. the trained span: the last s_k steps (DDPO: all N), branch index b_k = N - s_k
         if ddpo:
@@ -466,16 +556,16 @@ def run_arm(args, cfg, world, params, tag, run, seed):
         else:
             steps = trained_step_indices(stage, args.num_stages, args.s_min, args.s_max, N)
         branch = steps[0]
-        # 2. sample with the current weights (= pi_old): shared prefix, S continuations each
+        # 2. sample with the current weights (= pi_old): shared prefix, S continuations each [code run_sample.py]
         prompt_ids = world.draw_prompts(num_prefixes)  # [P]
-        x_T = world.noise(num_prefixes)
-        x0, lat, nxt, old_lp = sample_with_branches(
+        x_T = world.noise(num_prefixes)  # [P, ...]
+        x0, latents, next_latents, old_log_probs = sample_with_branches(
             world.eps_fn,
             world.scheduler,
             x_T,
             prompt_ids,
             world.null_cond,
-            w,
+            world.guidance,
             args.eta,
             branch,
             S,
@@ -483,113 +573,91 @@ def run_arm(args, cfg, world, params, tag, run, seed):
             world.sample_batch_size,
             world.storage,
             world.cond_table,
-        )
+        )  # [P*S, ...], [P*S, N-b, ...] x2, [P*S, N-b]
         prompt_ids = prompt_ids.repeat_interleave(S)  # [P*S]
-        # 3. reward (sparse, terminal) and per-prompt z-scores
+        # 3. reward (sparse, terminal) and per-prompt z-scores [code run_select.py; ddpo stat_tracking.py]
         rewards = world.reward(x0, prompt_ids).float().cpu()  # [P*S]
         prompts = prompt_ids.tolist()
         if ddpo:
-            z = ddpo_advantages(prompts, rewards, buffers, args.ddpo_buffer, args.ddpo_min_count)
+            z = ddpo_advantages(prompts, rewards, ddpo_buffers, args.ddpo_buffer, args.ddpo_min_count)  # [P*S]
         else:
             z = tracker.update(prompts, rewards)  # [P*S]
-        # 4. select per branch group (best >= tau+, worst < tau-) or keep all
+        # 4. select per branch group (best >= tau+, worst < tau-) or keep all [code run_select.py]; the groups are
+        #    explicit row ranges g*S .. g*S+S-1 (the code recovers them by a reshape)
         if ddpo or cfg.select == "all":
-            rows, adv = torch.arange(len(z)), z
+            rows = torch.arange(len(z))
+            adv = z
         else:
             picked = [
                 (g * S + j, a)
                 for g in range(num_prefixes)
                 for j, a in select_from_branches(z[g * S : (g + 1) * S], args.tau_pos, args.tau_neg)
             ]
-            rows = torch.tensor([r for r, _ in picked], dtype=torch.long)
-            adv = torch.tensor([a for _, a in picked], dtype=torch.float32)
-        # 5. PPO-clip on the post-branch transitions of the selected samples
-        prompt_ids = prompt_ids.to(lat.device)
-        data = dict(prompt=prompt_ids[rows], lat=lat[rows], nxt=nxt[rows], old_lp=old_lp[rows], adv=adv.to(lat.device))
-        stats = train_on_transitions(args, world, params, opt, clip_range, ddpo, data, world.scheduler.timesteps[steps])
+            rows = torch.tensor([r for r, _ in picked], dtype=torch.long)  # [n]
+            adv = torch.tensor([a for _, a in picked], dtype=torch.float32)  # [n]
+        # 5. PPO-clip on the post-branch transitions of the selected samples [code run_train.py]
+        prompt_ids = prompt_ids.to(latents.device)
+        data = dict(
+            prompt=prompt_ids[rows],
+            lat=latents[rows],
+            nxt=next_latents[rows],
+            old_lp=old_log_probs[rows],
+            adv=adv.to(latents.device),
+        )
+        timesteps = world.scheduler.timesteps[steps]
+        stats = train_on_transitions(args, world, params, optimizer, clip_range, ddpo, data, timesteps)
         # 6. log against cumulative reward calls; the weights and optimiser state go on to stage k+1
         calls = (stage + 1) * calls_per_stage
         evals = world.evaluate()
         curve.append(dict(calls=calls, train_reward=rewards.mean().item(), **evals))
         metrics = {"reward": rewards.mean().item(), "reward_std": rewards.std().item(), "charts/span": len(steps)}
         metrics.update({"charts/selected": len(rows), **stats, **{f"eval/{k}": v for k, v in evals.items()}})
-        run.log(calls, {f"{k}/{tag}": v for k, v in metrics.items()})
+        run.log(calls, metrics, arm=arm)
     return curve
 
 
-def train_on_transitions(args, world, params, opt, clip_range, ddpo, data, timesteps):
-    """E epochs; an optimiser step per `train_batch_size` samples over all their (shuffled) transitions."""
-    n, s = data["lat"].shape[:2]
+def train_on_transitions(args, world, params, optimizer, clip_range, ddpo, data, timesteps):
+    """E epochs; an optimiser step per `train_batch_size` samples over all their (shuffled) transitions [code
+    run_train.py: accumulation over every trained step of a sample; reconstruction: the last partial batch of a
+    stage is stepped, where the code drops it]."""
+    num_samples, num_trained_steps = data["lat"].shape[:2]
     totals = {"losses/policy_loss": 0.0, "clip_ratio/region_mean": 0.0, "kl": 0.0}
-    chunks = 0
+    micro_batches = 0
     for _ in range(args.ddpo_epochs if ddpo else args.epochs):
-        perm = torch.randperm(n)
-        for start in range(0, n, args.train_batch_size):
-            idx = perm[start : start + args.train_batch_size]
-            sample_ix = idx.repeat_interleave(s)  # [b*s]
-            step_ix = torch.arange(s).repeat(len(idx))  # [b*s]
-            order = torch.randperm(len(sample_ix))
-            sample_ix, step_ix = sample_ix[order], step_ix[order]
-            for rows in torch.arange(len(sample_ix)).split(world.train_micro_batch):
-                si, ti = sample_ix[rows], step_ix[rows]
-                x, t = data["lat"][si, ti].to(world.device), timesteps[ti].to(world.device)  # [r, ...], [r]
-                cond = world.cond_table[data["prompt"][si].to(world.device)]
-                eps = guided_eps(world.eps_fn, x, t, cond, world.null_cond, world.guidance)
-                nxt = data["nxt"][si, ti].to(world.device)  # [r, ...]
-                _, log_prob = ddim_step_with_logprob(world.scheduler, eps, t, x, args.eta, nxt)
-                old_lp, adv = data["old_lp"][si, ti].to(world.device), data["adv"][si].to(world.device)
-                loss, st = ppo_clip_loss(log_prob, old_lp, adv, clip_range, args.adv_clip, args.beta_pos, args.beta_neg)
-                (loss * len(rows) / len(sample_ix)).backward()
+        perm = torch.randperm(num_samples)
+        for start in range(0, num_samples, args.train_batch_size):
+            batch = perm[start : start + args.train_batch_size]  # [b]
+            sample_index = batch.repeat_interleave(num_trained_steps)  # [b*s]
+            step_index = torch.arange(num_trained_steps).repeat(len(batch))  # [b*s]
+            order = torch.randperm(len(sample_index))  # the transitions of the batch, shuffled jointly
+            sample_index = sample_index[order]
+            step_index = step_index[order]
+            for rows in torch.arange(len(sample_index)).split(world.train_micro_batch):
+                sample_rows = sample_index[rows]  # [r]
+                step_rows = step_index[rows]  # [r]
+                x = data["lat"][sample_rows, step_rows].to(world.device)  # [r, ...]
+                t = timesteps[step_rows].to(world.device)  # [r]
+                cond = world.cond_table[data["prompt"][sample_rows].to(world.device)]  # [r, ...]
+                eps = guided_eps(world.eps_fn, x, t, cond, world.null_cond, world.guidance)  # [r, ...]
+                next_x = data["nxt"][sample_rows, step_rows].to(world.device)  # [r, ...]
+                _, log_prob = ddim_step_with_logprob(world.scheduler, eps, t, x, args.eta, next_x)  # [r]
+                old_log_prob = data["old_lp"][sample_rows, step_rows].to(world.device)  # [r]
+                adv = data["adv"][sample_rows].to(world.device)  # [r]
+                loss, loss_stats = ppo_clip_loss(
+                    log_prob, old_log_prob, adv, clip_range, args.adv_clip, args.beta_pos, args.beta_neg
+                )
+                (loss * len(rows) / len(sample_index)).backward()  # the mean over the batch's transitions
                 totals["losses/policy_loss"] += loss.item()
-                totals["clip_ratio/region_mean"] += st["clip_frac"]
-                totals["kl"] += st["approx_kl"]
-                chunks += 1
+                totals["clip_ratio/region_mean"] += loss_stats["clip_frac"]
+                totals["kl"] += loss_stats["approx_kl"]
+                micro_batches += 1
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-    return {k: v / max(chunks, 1) for k, v in totals.items()}
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {k: v / max(micro_batches, 1) for k, v in totals.items()}
 
 
-class ToyWorld:
-    """The 2-D toy behind the interface `run_arm` uses (eps_fn, scheduler, cond_table, null_cond, draw_prompts,
-    noise, reward, evaluate)."""
-
-    def __init__(self, args, model, device):
-        self.args, self.model, self.device = args, model, device
-        self.scheduler = ToyDDIM()
-        self.scheduler.set_timesteps(args.num_steps)
-        self.eps_fn, self.guidance = model, args.guidance_scale if args.guidance_scale is not None else 1.0
-        self.cond_table, self.null_cond = torch.arange(4, device=device), torch.tensor([4], device=device)
-        self.centres, self.kind = toy_centres().to(device), args.reward_fn or "precision"
-        self.sample_batch_size, self.storage = args.sample_batch_size, device  # None: every row in one call
-        self.train_micro_batch = args.train_micro_batch or 4096
-
-    def draw_prompts(self, n):  # stratified over the 4 classes, then shuffled
-        return (torch.arange(n) % 4)[torch.randperm(n)].to(self.device)
-
-    def noise(self, n, generator=None):
-        return torch.randn(n, 2, generator=generator).to(self.device)
-
-    def reward(self, x0, prompt_ids):
-        return toy_reward(x0, prompt_ids, self.centres, self.kind)[0]
-
-    @torch.no_grad()
-    def evaluate(self):
-        gen = torch.Generator().manual_seed(12345)  # the same noise at every evaluation
-        classes = torch.arange(4, device=self.device).repeat_interleave(self.args.eval_samples)
-        x_T, a = self.noise(len(classes), gen), self.args
-        x0, *_ = sample_with_branches(
-            self.eps_fn, self.scheduler, x_T, classes, self.null_cond, self.guidance, a.eta, a.num_steps, 1, gen
-        )
-        r, mode, dist = toy_reward(x0, classes, self.centres, self.kind)
-        occ = torch.stack([torch.bincount(mode[classes == c], minlength=4) for c in range(4)]).float()  # [4, 4]
-        p = occ / occ.sum(-1, keepdim=True)
-        ent = -(p * p.clamp(min=1e-12).log()).sum(-1) / math.log(4)  # [4]
-        self.last_samples = (x0.cpu(), classes.cpu())
-        return dict(reward=r.mean().item(), entropy=ent.mean().item(), spread=dist.mean().item())
-
-
-# ------------------------------------------------------------------------------------------- the real path (SD)
+# TRY NOT TO MODIFY: the real path (Stable Diffusion, LoRA, CLIP / JPEG / user rewards) --------------------------------
 TEMPLATE_ANIMALS = "cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion tiger bear".split()
 TEMPLATE_ACTIVITIES = ("washing dishes", "riding a bike", "playing chess")
 
@@ -597,7 +665,7 @@ TEMPLATE_ACTIVITIES = ("washing dishes", "riding a bike", "playing chess")
 def load_prompts(path):
     """A .txt (one prompt a line) or .json list; None = a 45-prompt animal-activity template [code template1]."""
     if path is None:
-        return [f"a {a} {act}" for a in TEMPLATE_ANIMALS for act in TEMPLATE_ACTIVITIES]
+        return [f"a {animal} {activity}" for animal in TEMPLATE_ANIMALS for activity in TEMPLATE_ACTIVITIES]
     if not Path(path).is_file():
         fail(f"--prompt-file {path} does not exist")
     text = Path(path).read_text()
@@ -626,18 +694,18 @@ def clip_pixels(images, preprocess):
 
 def build_reward_fn(name, device):
     """(images [B, 3, H, W] in [0, 1], prompts) -> rewards [B]. Fails at start-up when weights are missing."""
-    if name == "jpeg":  # DDPO's jpeg compressibility: minus the JPEG size in kB (weight-free)
+    if name == "jpeg":  # DDPO's jpeg compressibility [ddpo rewards.py]: minus the JPEG size in kB (weight-free)
         import io
 
         from PIL import Image
 
         def jpeg(images, prompts):
-            arr = (images.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+            arrays = (images.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
             sizes = []
-            for a in arr:
-                buf = io.BytesIO()
-                Image.fromarray(a).save(buf, format="JPEG", quality=95)
-                sizes.append(buf.tell() / 1000)
+            for array in arrays:
+                buffer = io.BytesIO()
+                Image.fromarray(array).save(buffer, format="JPEG", quality=95)
+                sizes.append(buffer.tell() / 1000)
             return -torch.tensor(sizes)
 
         return jpeg
@@ -649,14 +717,15 @@ def build_reward_fn(name, device):
         except Exception as e:  # no package, no weights offline
             why = f"{type(e).__name__}: {e}"
             fail(f"--reward-fn clip needs open_clip + ViT-H-14 laion2b weights ({why}); or use jpeg / module:function")
-        model, tokenizer = model.to(device).eval(), open_clip.get_tokenizer("ViT-H-14")
+        model = model.to(device).eval()
+        tokenizer = open_clip.get_tokenizer("ViT-H-14")
 
         @torch.no_grad()
         def clip_score(images, prompts):
             pixels = clip_pixels(images, preprocess).to(device)  # [B, 3, 224, 224]
-            img = nn.functional.normalize(model.encode_image(pixels).float(), dim=-1)  # [B, D]
-            txt = nn.functional.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)  # [B, D]
-            return (img * txt).sum(-1)
+            image_emb = nn.functional.normalize(model.encode_image(pixels).float(), dim=-1)  # [B, D]
+            text_emb = nn.functional.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
+            return (image_emb * text_emb).sum(-1)  # [B]
 
         return clip_score
     if ":" in name:
@@ -664,11 +733,11 @@ def build_reward_fn(name, device):
         try:
             if module.endswith(".py"):
                 spec = importlib.util.spec_from_file_location("user_reward", module)
-                mod = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(mod)
+                user_module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(user_module)
             else:
-                mod = importlib.import_module(module)
-            return getattr(mod, attr)
+                user_module = importlib.import_module(module)
+            return getattr(user_module, attr)
         except Exception as e:
             fail(f"could not load --reward-fn {name} ({type(e).__name__}: {e})")
     fail(f"--reward-fn {name!r} is not clip, jpeg or module:function (precision / mode are for the toy)")
@@ -683,7 +752,8 @@ class SDWorld:
             from peft import LoraConfig
         except ImportError as e:
             fail(f"the real path needs diffusers and peft ({e}): pip install 'rewardlab[diffusion,lora]'")
-        self.device, self.dtype = device, pick_dtype(args.dtype, device)
+        self.device = device
+        self.dtype = pick_dtype(args.dtype, device)
         self.reward_fn = build_reward_fn(args.reward_fn or "clip", device)
         self.prompts = load_prompts(args.prompt_file)
         try:
@@ -693,13 +763,14 @@ class SDWorld:
         except Exception as e:
             why = f"{type(e).__name__}: {str(e)[:300]}"
             fail(f"could not load --model-name {args.model_name!r} ({why}); offline, pass a save_pretrained folder")
-        self.vae, self.unet = pipe.vae.to(device), pipe.unet.to(device)
+        self.vae = pipe.vae.to(device)
+        self.unet = pipe.unet.to(device)
         vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        res = args.resolution or self.unet.config.sample_size * vae_factor
+        resolution = args.resolution or self.unet.config.sample_size * vae_factor
         multiple = vae_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
-        if res <= 0 or res % multiple:
-            fail(f"--resolution {res} is not a positive multiple of {multiple} (VAE factor x UNet downsampling)")
-        self.latent_shape = (self.unet.config.in_channels, res // vae_factor, res // vae_factor)
+        if resolution <= 0 or resolution % multiple:
+            fail(f"--resolution {resolution} is not a positive multiple of {multiple} (VAE factor x UNet downsampling)")
+        self.latent_shape = (self.unet.config.in_channels, resolution // vae_factor, resolution // vae_factor)
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         self.scheduler.set_timesteps(args.num_steps, device=device)
         self.scheduler.timesteps = self.scheduler.timesteps.cpu()
@@ -711,15 +782,20 @@ class SDWorld:
             if p.requires_grad:
                 p.data = p.data.float()  # LoRA weights in fp32, frozen weights in --dtype
         with torch.no_grad():
-            tok, length = pipe.tokenizer, pipe.tokenizer.model_max_length
-            ids = tok(
-                self.prompts + [""], padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+            tokenizer = pipe.tokenizer
+            ids = tokenizer(
+                self.prompts + [""],
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
             )
             embeds = pipe.text_encoder.to(device)(ids.input_ids.to(device))[0]  # [P+1, L, H]
-        self.cond_table, self.null_cond = embeds[:-1], embeds[-1:]
-        self.guidance = args.guidance_scale if args.guidance_scale is not None else 5.0
-        self.sample_batch_size = args.sample_batch_size or 8  # [code run_sample.py: 8 prompts per batch]
-        self.train_micro_batch = args.train_micro_batch or 2  # [code: train batch size 2]
+        self.cond_table = embeds[:-1]  # [P, L, H]
+        self.null_cond = embeds[-1:]  # [1, L, H]: the empty prompt
+        self.guidance = args.guidance_scale if args.guidance_scale is not None else SD_GUIDANCE_SCALE
+        self.sample_batch_size = args.sample_batch_size or SD_SAMPLE_BATCH_SIZE
+        self.train_micro_batch = args.train_micro_batch or SD_TRAIN_MICRO_BATCH
         self.storage = torch.device("cpu")  # the stage's trajectories wait on the CPU [code: .cpu() before pickling]
 
     def eps_fn(self, x, t, cond):
@@ -733,8 +809,8 @@ class SDWorld:
 
     @torch.no_grad()
     def reward(self, latents, prompt_ids):
-        """Decode and score `sample_batch_size` latents at a time [code: 8 images per CLIP call]: only one chunk of
-        images is ever held."""
+        """Decode and score `sample_batch_size` latents at a time [code run_select.py: 8 images per CLIP call]: only
+        one chunk of images is ever held."""
         rewards = []
         for start in range(0, len(latents), self.sample_batch_size):
             chunk = latents[start : start + self.sample_batch_size].to(self.device, self.dtype)
@@ -744,11 +820,11 @@ class SDWorld:
             rewards.append(torch.as_tensor(self.reward_fn(images, prompts)).float().cpu())
         return torch.cat(rewards)
 
-    def evaluate(self):
+    def evaluate(self, progress_name: Optional[str] = None):
         return {}
 
 
-# ---------------------------------------------------------------------------------------------------------- main
+# TRY NOT TO MODIFY: option checks, the table, the plot ----------------------------------------------------------------
 def check_args(args):
     """Every bad option fails here, before any model is built."""
     N = args.num_steps
@@ -760,7 +836,7 @@ def check_args(args):
     if args.fixed_split is not None and not 1 <= args.fixed_split <= N:
         fail(f"--fixed-split {args.fixed_split} must be in 1..--num-steps ({N})")
     toy_branch_arms = args.model_name is None and bool({"fixed-split", "select-all"} & set(args.arms))
-    branching = (args.method == "b2" and not args.no_branch) or toy_branch_arms
+    branching = (args.method == "b2" and args.branch) or toy_branch_arms
     if args.num_branches < 1:
         fail(f"--num-branches {args.num_branches}: a stage makes prefixes x S reward calls, so S must be >= 1")
     if branching and args.num_branches < 2:
@@ -770,9 +846,10 @@ def check_args(args):
     for name in ("train_micro_batch", "sample_batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1 (or left unset for the default)")
-    for name in ("lr", "ddpo_lr", "pretrain_lr"):
-        if not getattr(args, name) > 0 or not math.isfinite(getattr(args, name)):
-            fail(f"--{name.replace('_', '-')} {getattr(args, name)}: a learning rate must be a positive number")
+    for name in ("learning_rate", "ddpo_learning_rate", "pretrain_learning_rate"):
+        rate = getattr(args, name)
+        if not rate > 0 or not math.isfinite(rate):
+            fail(f"--{name.replace('_', '-')} {rate}: a learning rate must be a positive number")
     if args.dtype not in DTYPE_NAMES:
         fail(f"--dtype {args.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
     if args.prompt_file is not None and not Path(args.prompt_file).is_file():
@@ -794,7 +871,7 @@ def describe(cfg):
     if cfg.method == "ddpo":
         return "DDPO (S=1, all steps)"
     split = [f"fixed-split {cfg.fixed_split}"] if cfg.fixed_split else []
-    return " ".join(["B²"] + ["no-branch"] * cfg.no_branch + split + ["select all"] * (cfg.select == "all"))
+    return " ".join(["B²"] + ["no-branch"] * (not cfg.branch) + split + ["select all"] * (cfg.select == "all"))
 
 
 def mean_sd(values):
@@ -802,63 +879,9 @@ def mean_sd(values):
     return f"{t.mean():.3f} ± {t.std():.3f}" if len(t) > 1 else f"{t.mean():.3f}"
 
 
-def main(args: Args):
-    check_args(args)
-    torch.set_num_threads(args.torch_threads)
-    seed_everything(args.seed)
-    device = pick_device(args.cuda)
-    if args.model_name is not None:  # the real path: one arm (the flags as given)
-        world = SDWorld(args, device)
-        run = RunLogger(make_run_name("sd", args.exp_name, args.seed), args, track=args.track)
-        params = [p for p in world.unet.parameters() if p.requires_grad]
-        start, cfg = time.time(), arm_config(args, "main")
-        curve = run_arm(args, cfg, world, params, "main", run, args.seed)
-        from peft.utils import get_peft_model_state_dict
-
-        torch.save(get_peft_model_state_dict(world.unet), run.dir / "lora.pt")
-        rows = [
-            dict(arm=describe(cfg), stage=k, calls=c["calls"], reward=c["train_reward"])
-            for k, c in enumerate(curve[1:])
-        ]
-        run.finish(format_table(rows[:1] + rows[-1:]) + f"\n\ntrain wall {time.time() - start:.1f} s on {device}")
-        return curve
-
-    # 0. the toy: pretrain the eps-MLP once (cached), every arm and seed starts from these weights
-    t0 = time.time()
-    model = pretrain_toy(args, device)
-    pretrain_s = time.time() - t0
-    base = {k: v.clone() for k, v in model.state_dict().items()}
-    run = RunLogger(make_run_name("toy2d", args.exp_name, args.seed), args, track=args.track)
-    world = ToyWorld(args, model, device)
-    pre = world.evaluate()
-    samples = {"pretrained": world.last_samples}
-    curves, walls = {}, {}
-    for arm in args.arms:
-        cfg = arm_config(args, arm)
-        for k in range(args.num_seeds):
-            model.load_state_dict(base)
-            start = time.time()
-            curve = run_arm(args, cfg, world, list(model.parameters()), f"{arm}_s{args.seed + k}", run, args.seed + k)
-            curves.setdefault(arm, []).append(curve)
-            walls.setdefault(arm, []).append(time.time() - start)
-            samples.setdefault(arm, world.last_samples)
-    changed = any((base[k] != v).any() for k, v in model.state_dict().items())
-    # the table: eval reward at the end and at half the budget (equal reward calls), mode entropy, spread
-    half = args.num_stages // 2 + 1
-    rows = []
-    for arm, cs in {"pretrained": [[dict(calls=0, **pre)]], **curves}.items():
-        cell = lambda i, key: mean_sd([c[min(i, len(c) - 1)][key] for c in cs])  # noqa: E731
-        name = arm if arm == "pretrained" else f"{arm}: {describe(arm_config(args, arm))}"
-        row = dict(arm=name, seeds=len(cs), calls=cs[0][-1]["calls"], reward_final=cell(-1, "reward"))
-        row.update(reward_half=cell(half, "reward"), entropy=cell(-1, "entropy"), spread=cell(-1, "spread"))
-        rows.append(dict(row, wall_s_per_seed=sum(walls[arm]) / len(walls[arm]) if arm in walls else None))
-    plot_toy(run.dir / "b2_toy.png", curves, samples, world.centres.cpu())
-    run.save_text("curves.json", json.dumps(curves))
-    note = f"reward = mean {world.kind} reward of {args.eval_samples} eval samples per class (fixed noise); "
-    note += f"reward_half at {half * args.prefixes_per_stage * args.num_branches} calls; mean ± sd over seeds; "
-    note += f"pretraining {pretrain_s:.1f} s (~0 = cached); {args.torch_threads} torch thread(s) on {device}"
-    run.finish(format_table(rows) + "\n\n" + note)
-    return dict(curves=curves, pretrained=pre, params_changed=changed, dir=run.dir, args=asdict(args))
+def curve_cell(curves, index, key):
+    """mean ± sd over seeds of `key` at curve point `index` (clamped to each curve's last point)."""
+    return mean_sd([curve[min(index, len(curve) - 1)][key] for curve in curves])
 
 
 def plot_toy(path, curves, samples, centres):
@@ -871,22 +894,102 @@ def plot_toy(path, curves, samples, centres):
     shown = [k for k in ("pretrained", "main", "ddpo") if k in samples]
     fig, axes = plt.subplots(1, 2 + len(shown), figsize=(4.2 * (2 + len(shown)), 3.8))
     for ax, key in zip(axes[:2], ("reward", "entropy")):
-        for arm, cs in curves.items():
-            calls = torch.tensor([r["calls"] for r in cs[0]])
-            vals = torch.tensor([[r[key] for r in c] for c in cs])  # [seeds, stages+1]
-            sd = vals.std(0) if len(cs) > 1 else torch.zeros(vals.shape[1])
-            ax.plot(calls, vals.mean(0), label=arm)
-            ax.fill_between(calls, vals.mean(0) - sd, vals.mean(0) + sd, alpha=0.2)
-        ax.set_xlabel("reward calls"), ax.set_title(f"eval {key}"), ax.legend(fontsize=7)
+        for arm, arm_curves in curves.items():
+            calls = torch.tensor([point["calls"] for point in arm_curves[0]])
+            values = torch.tensor([[point[key] for point in curve] for curve in arm_curves])  # [seeds, stages+1]
+            sd = values.std(0) if len(arm_curves) > 1 else torch.zeros(values.shape[1])
+            ax.plot(calls, values.mean(0), label=arm)
+            ax.fill_between(calls, values.mean(0) - sd, values.mean(0) + sd, alpha=0.2)
+        ax.set_xlabel("reward calls")
+        ax.set_title(f"eval {key}")
+        ax.legend(fontsize=7)
     for ax, key in zip(axes[2:], shown):
-        x, c = samples[key]
-        ax.scatter(x[:, 0], x[:, 1], c=c, s=1, cmap="tab10", vmin=0, vmax=9, alpha=0.4)
+        points, classes = samples[key]
+        ax.scatter(points[:, 0], points[:, 1], c=classes, s=1, cmap="tab10", vmin=0, vmax=9, alpha=0.4)
         ax.scatter(centres[..., 0].flatten(), centres[..., 1].flatten(), marker="x", c="k", s=12)
-        ax.set_title(f"samples: {key}"), ax.set_aspect("equal"), ax.set_xlim(-2.7, 2.7), ax.set_ylim(-2.7, 2.7)
+        ax.set_title(f"samples: {key}")
+        ax.set_aspect("equal")
+        ax.set_xlim(-2.7, 2.7)
+        ax.set_ylim(-2.7, 2.7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
+def make_run(task, args, total_steps):
+    """The run folder; the progress line shows the step (cumulative reward calls), the arm and SHOWN_METRICS."""
+    run_name = make_run_name(task, args.exp_name, args.seed)
+    return RunLogger(run_name, args, track=args.track, show=SHOWN_METRICS, total_steps=total_steps)
+
+
+def main(args: Args):
+    # TRY NOT TO MODIFY: option checks, seeding, device
+    check_args(args)
+    torch.set_num_threads(args.num_threads)
+    seed_everything(args.seed)
+    device = pick_device(args.cuda)
+    calls_per_arm = args.num_stages * args.prefixes_per_stage * args.num_branches  # an arm's last step
+    if args.model_name is not None:  # the real path: one arm (the flags as given), steps 1-6 as below
+        world = SDWorld(args, device)
+        run = make_run("sd", args, calls_per_arm)
+        params = [p for p in world.unet.parameters() if p.requires_grad]
+        start = time.time()
+        cfg = arm_config(args, "main")
+        curve = run_arm(args, cfg, world, params, "main", run, args.seed)
+        from peft.utils import get_peft_model_state_dict
+
+        torch.save(get_peft_model_state_dict(world.unet), run.dir / "lora.pt")
+        rows = [
+            dict(arm=describe(cfg), stage=k, calls=point["calls"], reward=point["train_reward"])
+            for k, point in enumerate(curve[1:])
+        ]
+        run.finish(format_table(rows[:1] + rows[-1:]) + f"\n\ntrain wall {time.time() - start:.1f} s on {device}")
+        return curve
+
+    # 0. the toy: pretrain the eps-MLP once (cached); every arm and seed starts from these weights
+    pretrain_start = time.time()
+    model = pretrain_toy(args, device)
+    pretrain_s = time.time() - pretrain_start
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    run = make_run("toy2d", args, calls_per_arm)
+    world = ToyWorld(args, model, device)
+    pretrained_eval = world.evaluate(progress_name="evaluation (pretrained)")
+    samples = {"pretrained": world.last_samples}
+    curves = {}
+    walls = {}
+    # 1-6. every arm and seed: K stages of sample -> reward -> normalise -> select -> train (run_arm), from the same
+    #      pretrained weights; each (arm, seed) is a TensorBoard run of its own, arms/<arm>-seed<seed>/
+    for arm in args.arms:
+        cfg = arm_config(args, arm)
+        for k in range(args.num_seeds):
+            seed = args.seed + k
+            model.load_state_dict(base)
+            start = time.time()
+            curve = run_arm(args, cfg, world, list(model.parameters()), f"{arm}-seed{seed}", run, seed)
+            curves.setdefault(arm, []).append(curve)
+            walls.setdefault(arm, []).append(time.time() - start)
+            samples.setdefault(arm, world.last_samples)
+    changed = any((base[k] != v).any() for k, v in model.state_dict().items())
+
+    # TRY NOT TO MODIFY: the table: eval reward at the end and at half the budget (equal reward calls), entropy, spread
+    half = args.num_stages // 2 + 1
+    rows = []
+    for arm, arm_curves in {"pretrained": [[dict(calls=0, **pretrained_eval)]], **curves}.items():
+        name = arm if arm == "pretrained" else f"{arm}: {describe(arm_config(args, arm))}"
+        row = dict(arm=name, seeds=len(arm_curves), calls=arm_curves[0][-1]["calls"])
+        row.update(
+            reward_final=curve_cell(arm_curves, -1, "reward"), reward_half=curve_cell(arm_curves, half, "reward")
+        )
+        row.update(entropy=curve_cell(arm_curves, -1, "entropy"), spread=curve_cell(arm_curves, -1, "spread"))
+        rows.append(dict(row, wall_s_per_seed=sum(walls[arm]) / len(walls[arm]) if arm in walls else None))
+    plot_toy(run.dir / "b2_toy.png", curves, samples, world.centres.cpu())
+    run.save_text("curves.json", json.dumps(curves))
+    note = f"reward = mean {world.kind} reward of {args.eval_samples} eval samples per class (fixed noise); "
+    note += f"reward_half at {half * args.prefixes_per_stage * args.num_branches} calls; mean ± sd over seeds; "
+    note += f"pretraining {pretrain_s:.1f} s (~0 = cached); {args.num_threads} torch thread(s) on {device}"
+    run.finish(format_table(rows) + "\n\n" + note)
+    return dict(curves=curves, pretrained=pretrained_eval, params_changed=changed, dir=run.dir, args=asdict(args))
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args(Args, __doc__))  # --help opens with the docstring's first paragraph
