@@ -1,75 +1,27 @@
-# arXiv:2410.12735 | README: #cream
-"""CREAM: Consistency Regularized Self-Rewarding Language Models
-(Wang et al., ICLR 2025, https://arxiv.org/abs/2410.12735; code https://github.com/Raibows/CREAM).
+# arXiv:2410.12735 (CREAM) | docs: docs/cream.md (details, deviations, metrics, results, reproducing the paper)
+"""CREAM: Consistency Regularized Self-Rewarding Language Models (Wang et al., ICLR 2025,
+https://arxiv.org/abs/2410.12735; code https://github.com/Raibows/CREAM). A self-rewarding LM ranks its own samples
+with its DPO implicit reward and trains on the best-vs-worst pair; CREAM turns the agreement of that ranking with the
+previous model's (a Kendall tau per prompt) into a soft label C of the DPO loss. The offline toy (SRLM, CREAM and an
+oracle-ranked control from one M1 per seed, seeds 1-3, a few minutes on 2 CPU cores): python algos/cream.py
 
-Idea: a self-rewarding LM (SRLM) samples N responses per prompt, ranks them itself with its DPO implicit reward,
-and trains on the best-vs-worst pair with DPO, iteration after iteration; ranking errors compound. CREAM measures
-how far the current model's ranking of the same N responses agrees with the previous model's (Kendall tau) and
-uses that agreement C as a soft label: weight C on "chosen > rejected", 1 - C on the reverse.
+Idea: a self-rewarding LM (SRLM) samples N responses per prompt, ranks them itself and trains on the top and bottom
+one with DPO, iteration after iteration, so its ranking errors compound. CREAM measures how far the current model's
+ranking of the same N responses agrees with the previous model's and uses that agreement C as a soft label: weight
+C on "chosen > rejected", 1 - C on the reverse; rankings that flip between iterations get labels near 1/2.
 
     s_M(x, y) = sum_t log pi_M(y_t | x, y_<t)                    summed over the response tokens only
     r_M(x, y) = s_M(x, y) - s_M0(x, y)                            self-reward (no beta: it does not change a ranking)
     C_j = (tau(rank_ord(r_Mt), rank_ord(r_Mt-1)) + 1) / 2          per prompt; C = mean_j C_j (avg) or C_j (dyn)
     h = [s_theta(y+) - s_ref(y+)] - [s_theta(y-) - s_ref(y-)],   ref = M_t (the model at the start of iteration t)
     L = C softplus(-beta h) + (1 - C) softplus(beta h)            C = 1: plain DPO (the SRLM arm)
+    (at t = 1 the previous model is M0 itself, ranked by its mean token log-likelihood s_M0 / |y|)
 
-Implementation details ([code] = Raibows/CREAM @ de1d04b; [card] = rewardlab's method notes on that code):
-1. Self-reward [code rewarding.py]: summed response log-probs of the current model minus those of the frozen M0;
-   the previous model M0 (t = 1) is scored by its mean token log-likelihood s_M0 / |y| [code normalized_by_length].
-   For t >= 2 the previous model's score is its own DPO reward. Which reference the ranking uses at t >= 2 is
-   unverified (the README shows t = 1 only): --rank-ref m0 (default, a summary of Algorithm 1) or prev (M_{t-1}).
-2. DIFFERENCE: scored tokens are the response and its end-of-turn token; the code also scores the assistant header.
-   The header adds the same log-ratio to every response of a prompt, so rankings and DPO margins are unchanged; only
-   the t = 1 mean log-likelihood shifts by header/|y|.
-3. Pairs [code cal_consistency.py]: chosen = argmax, rejected = argmin of the current reward, first index on ties
-   (numpy's rule); a prompt whose rewards are all equal is dropped.
-4. Consistency [code cal_consistency.py]: scipy-style ordinal ranks (ties broken by response index) of both scores,
-   Kendall tau of the ranks (no ties remain, so tau-a), C_j = (tau + 1) / 2. The average is over the prompts kept for
-   DPO [card 5]; dyn uses C_j per pair. The code's zip of a set of keys with a list that skips prompts (card 5) cannot
-   misalign here: every prompt has both scores.
-5. Loss [code sft_dpo_trainer.py]: C * (-logsigmoid(beta h)) + (1 - C) * (-logsigmoid(-beta h)), mean over the step
-   batch (each micro-batch adds its sum / the step's pairs), beta 0.1; the reference log-probs are computed once,
-   before the first update, with the model at the start of the iteration (M_t). At the first step of every iteration
-   policy = reference, so the loss is exactly ln 2 (logged as charts/first_loss). The tiny Qwen2 has no dropout
-   (the card's GPT-2 prototype kept dropout 0.1, under which this does not hold); a real model with dropout would need
-   model.eval()-style training to keep it.
-6. Arms, all from the same M1, prompt subsets and sampling seeds: srlm (C = 1), cream (C from --consistency), oracle
-   (pairs ranked by the true quality, C = 1), optional fixed (the paper's "w/o RC": C = --fixed-c). With one seed every
-   arm samples the same responses at t = 1, so C at t = 1 is the same in every arm (a bug check).
-7. Loop [card 3.4]: M0 = the start model, M1 = SFT of M0 on seed data, iterations t = 1..3 on disjoint prompt subsets,
-   N = 5 samples at T 0.8, top-p 0.95 [code config.py]; one DPO epoch, AdamW (weight decay 0.01), grad clip 1.0.
-   SIMPLIFICATIONS: constant learning rate (no warmup / cosine), no vLLM, prompt tokens masked in SFT (the code trains
-   M1 to predict pad there, card 5).
-8. DIFFERENCE from the card's toy: prompts go through the chat template (shared.lm) with left padding and position ids
-   from the mask, as generate uses them; the card's prototype used right-padded groups of equal prompt length.
-9. Toy [card 6]: sort 4-7 digits (shared.tasks.SortDigits); true quality q = 1 - Levenshtein / max length, EM = exact
-   match. M0 = the tiny Qwen2 SFT'd 100 x 32 steps (lr 3e-3) on a corpus whose references are 50% corrupted (a drop,
-   duplicate or swap); M1 = M0 + 50 x 32 SFT steps on 200 clean examples (lr 1e-3); 256 prompts per iteration; greedy
-   evaluation on 300 held-out prompts; seeds 1-3 (each with its own M0 and M1), arms paired within a seed.
-   DIFFERENCES, set on seed 1 so that the oracle improves and M1 has headroom: the card's 400 + 150 SFT steps give this
-   Qwen2 an M1 with EM 0.93 (most prompts' 5 samples identical), 100 + 50 land in the card's M1 regime (q 0.87, EM
-   0.52); one DPO epoch (the issue, the paper) at lr 3e-5, not the card's 2 epochs at 1e-4: at 1e-4 even the oracle
-   arm lost quality in one epoch.
-10. Real path: --model-name (hub id or folder, its chat template), --dataset-name with a `prompt` column (an optional
-   `reference` column enables the quality metrics and the oracle arm), --sft-dataset-name with prompt/completion
-   columns for M1 (required: without SFT M1 = M0 and every t = 1 self-reward is 0). Precision (shared/precision.py):
-   M1 and the policies keep fp32 master weights under --dtype bf16 autocast; M0 and the snapshots M_t are frozen in
-   the compute dtype. --lora-r > 0 trains a fresh LoRA adapter per stage (peft) and merges it into the fp32 weights
-   afterwards, so M_t stays a plain model. Memory: generation in calls of --generation-batch-size sequences, no-grad
-   scoring in chunks of --score-batch-size sequences (one frozen model at a time [code rewarding.py]), SFT and DPO
-   forward + backward per --micro-batch-size with gradient accumulation, the loss normalised by the step batch.
-   Resident on the device: while sampling and evaluating, the policy; while scoring, the policy and the one frozen
-   model being scored; while training, the policy, its gradients and AdamW state. On the CPU: M0, M1 (fp32, every
-   arm's start), the snapshots M_{t-1} and M_t, and the finished arms' policies (compute dtype).
-
-Metrics (<tag> = <arm>_s<seed>; per iteration at step t): charts/consistency/<tag> (C_avg over kept prompts),
-charts/consistency_std/<tag>, charts/self_tau/<tag> (Kendall tau-b of self-reward vs true quality, mean over prompts
-where both vary), charts/pair_accuracy/<tag> (self-reward pairs: q(chosen) > q(rejected), ties excluded),
-charts/length_gap/<tag> (trained pairs: chosen minus rejected tokens), charts/kept_pairs/<tag>,
-charts/first_loss/<tag>, eval/quality/<tag>, eval/exact_match/<tag>, eval/length/<tag> (greedy, held out; m0_s<seed>,
-m1_s<seed> at step 0); per DPO step: losses/loss/<tag>, rewards/margins/<tag>, rewards/accuracies/<tag>; per SFT
-step: losses/sft_loss/s<seed>. The run folder also holds rows.json (every row of every seed) and samples.txt (pairs
-with their C_j).
+Source tags on the lines that implement a detail: [code <file>] = Raibows/CREAM@de1d04b <file>; [paper Alg. 1] =
+the paper's Algorithm 1 as summaries of the paper give it (not checked against its text); "reconstruction" where
+neither says. Arms, all from the same M1, prompt subsets and sampling seeds: srlm (C = 1), cream (C from
+--consistency), oracle (pairs ranked by the true quality, C = 1: the positive control) and, optionally, fixed (the
+paper's "w/o RC": C = --fixed-c).
 
 Commands:
     python algos/cream.py                                        # offline toy: seeds 1-3, srlm / cream / oracle
@@ -79,16 +31,6 @@ Commands:
         --max-new-tokens 512 --learning-rate 1e-6 --sft-learning-rate 5e-6 --sft-steps 0 --sft-epochs 5 \\
         --dpo-batch-size 32 --sft-batch-size 32 --micro-batch-size 4 --generation-batch-size 160 \\
         --score-batch-size 16 --gradient-checkpointing   # add --lora-r 32 when full fine-tuning does not fit
-
-Measured on 2 CPU cores, one torch thread (no GPU run yet): the default run (seeds 1-3) took
-58 s with cold warm starts (113 s under load), `--seed 4` (seeds 4-6) 93 s under load.
-Over the 6 paired seeds, greedy q / EM after t = 3: M1
-0.870 / 0.516, SRLM 0.751 / 0.204, CREAM 0.755 / 0.223, oracle 0.895 / 0.588. CREAM - SRLM in q per seed: +0.000
-+0.005 -0.012 +0.014 +0.010 +0.011 (mean +0.005, s.e. 0.004; EM +0.018, s.e. 0.010): within noise, as in the card's
-prototype. C is 0.62 at t = 1 (M0 likelihood vs M1 reward) and 0.87-0.91 at t >= 2 while the self-reward's tau with
-the truth falls from +0.37 to +0.08-0.10 and chosen responses are 0.5-0.9 tokens longer: C measures stability, not
-correctness. Unlike the card's GPT-2 the self-reward starts aligned (pair accuracy 0.76) and drifts by its length bias.
---rank-ref prev (seeds 1-3): faster drift (tau -0.29 at t = 3, SRLM q 0.713), CREAM - SRLM -0.001.
 """
 
 from __future__ import annotations
@@ -97,27 +39,25 @@ import copy
 import gc
 import json
 import math
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shared.data import load_data  # noqa: E402
-from shared.lm import completion_logprobs, load_causal_lm, sample, trained_parameters  # noqa: E402
-from shared.precision import Precision, setup_precision  # noqa: E402
-from shared.runs import RunLogger, fail, format_table, make_run_name, seed_everything  # noqa: E402
-from shared.tasks import levenshtein  # noqa: E402
-from shared.warmstart import sft_parts, warm_start  # noqa: E402
+from shared.data import load_data
+from shared.lm import completion_logprobs, load_causal_lm, sample, trained_parameters
+from shared.precision import Precision, setup_precision
+from shared.runs import Progress, RunLogger, fail, format_table, make_run_name, parse_args, seed_everything
+from shared.tasks import levenshtein
+from shared.warmstart import sft_parts, warm_start
 
 Arm = Literal["srlm", "cream", "oracle", "fixed"]
+# the TensorBoard tags (the same in every arm's run, arms/<arm>-seed<seed>/) of the row keys logged per DPO step ...
 STEP_METRICS = {"loss": "losses/loss", "margins": "rewards/margins", "accuracies": "rewards/accuracies"}
+# ... and per iteration (at step t)
 ITERATION_METRICS = {
     "C": "charts/consistency",
     "C_std": "charts/consistency_std",
@@ -130,6 +70,17 @@ ITERATION_METRICS = {
     "greedy_exact_match": "eval/exact_match",
     "greedy_length": "eval/length",
 }
+# the row keys (and their short names) on the console line of an iteration; every key is in TensorBoard and rows.json
+ITERATION_SHOWN = {
+    "C": "C",
+    "self_tau": "self_tau",
+    "pair_acc": "pair_acc",
+    "len_gap": "len_gap",
+    "greedy_quality": "quality",
+    "greedy_exact_match": "EM",
+}
+PAIRS_SHOWN_PER_ITERATION = 3  # samples.txt: the first few trained pairs of every iteration, with their C_j
+PROGRESS_MIN_CALLS = 10  # a phase of more model calls than this gets a Progress bar (the toy's take about a second)
 
 
 @dataclass
@@ -164,9 +115,11 @@ class Args:
     chat: bool = True
     """wrap prompts in the tokenizer's chat template"""
     m0_steps: int = 100
-    """toy M0: warm-start steps on the corrupted corpus [card 6]"""
+    """toy M0: warm-start steps on the corrupted corpus (reconstruction: the toy's own recipe)"""
     m0_learning_rate: float = 3e-3
     """toy M0: warm-start learning rate"""
+    m0_batch_size: int = 32
+    """toy M0: examples per warm-start step"""
     m0_corrupt_rate: float = 0.5
     """toy M0: share of corrupted references in the warm-start corpus"""
     num_sft_examples: int = 200
@@ -227,7 +180,7 @@ class Args:
     """sequences per no-grad scoring forward pass (self-rewards, the DPO reference)"""
 
 
-# ---------------------------------------------------------------- the maths
+# ALGO LOGIC: ordinal ranks, Kendall tau, the consistency C_j and the pairs [code cal_consistency.py] ------------------
 def ordinal_ranks(scores: torch.Tensor) -> torch.Tensor:
     """scipy's rankdata(method='ordinal') along the last dim: 1..N, ties broken by position."""
     return torch.argsort(torch.argsort(scores, dim=-1, stable=True), dim=-1) + 1  # [..., N]
@@ -275,6 +228,7 @@ def select_pair(rewards: Sequence[float]) -> tuple[int, int] | None:
     return (int(chosen), int(rejected)) if bool(keep) else None
 
 
+# ALGO LOGIC: the soft-label DPO loss on summed response log-probs [code sft_dpo_trainer.py] ---------------------------
 def cream_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -307,7 +261,7 @@ def response_logps(model, prompt_ids, prompt_mask, completion_ids, completion_ma
     return (token_logps * completion_mask).sum(-1)  # [B] summed, no length normalisation
 
 
-# ---------------------------------------------------------------- helpers (data, scoring, evaluation, training)
+# TRY NOT TO MODIFY: batching, model copies, no-grad scoring, evaluation, LoRA, the optimizer --------------------------
 def rows_of(samples, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """prompt ids/mask, completion ids/mask of the given sample rows, with all-padding columns trimmed."""
     prompt_ids, prompt_mask = samples.prompt_ids[rows], samples.prompt_mask[rows]  # [b, P], [b, P]
@@ -347,46 +301,79 @@ def trainable_copy(model, args, precision: Precision):
     return copied
 
 
+def phase_progress(name: str, calls: int) -> Progress | None:
+    """A Progress bar for a phase of more than PROGRESS_MIN_CALLS model calls (a real run's scoring and evaluation);
+    None for the toy's phases of a few calls, which are over in about a second each."""
+    return Progress(name, total=calls) if calls > PROGRESS_MIN_CALLS else None
+
+
+def num_calls(num_rows: int, batch_size: int) -> int:
+    """Calls of at most `batch_size` rows that `num_rows` rows take."""
+    return math.ceil(num_rows / batch_size)
+
+
 @torch.no_grad()
-def score_all(model, samples, rows: torch.Tensor, batch_size: int, precision: Precision | None = None) -> torch.Tensor:
+def score_all(
+    model,
+    samples,
+    rows: torch.Tensor,
+    batch_size: int,
+    precision: Precision | None = None,
+    progress: Progress | None = None,
+) -> torch.Tensor:
     """Summed response log-probs of `rows` under a model that is not being updated, `batch_size` sequences per
-    forward pass, without gradients -> [len(rows)] (fp64 on the CPU)."""
+    forward pass, without gradients -> [len(rows)] (fp64 on the CPU). `progress` advances by one per forward."""
     was_training = model.training
     model.eval()
     scores = []
     with precision.autocast() if precision is not None else nullcontext():
         for chunk in rows.split(batch_size):
             scores.append(response_logps(model, *rows_of(samples, chunk)).double().cpu())  # [c]
+            if progress is not None:
+                progress.update()
     model.train(was_training)
     return torch.cat(scores)
 
 
 def quality(completion: str, reference: str) -> float:
-    """True quality [card 6]: 1 - word Levenshtein / max length (1 = exact)."""
+    """True quality of the toy (reconstruction): 1 - word Levenshtein / max length (1 = exact)."""
     answer, truth = completion.split(), reference.split()
     return 1.0 - levenshtein(answer, truth) / max(len(answer), len(truth), 1)
 
 
+def mean_of(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
 @torch.no_grad()
-def evaluate(model, tokenizer, prompts, references, args, precision: Precision) -> dict[str, float]:
-    """Greedy true quality, exact match and length (words) on the held-out prompts ({} without references)."""
+def evaluate(model, tokenizer, prompts, references, args, precision: Precision, name: str) -> dict[str, float]:
+    """Greedy true quality, exact match and length (words) on the held-out prompts ({} without references), in
+    generate calls of --generation-batch-size prompts (the calls `sample` itself would make)."""
     if not references:
         return {}
-    with precision.autocast():
-        texts = sample(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=args.max_new_tokens,
-            greedy=True,
-            chat=args.chat,
-            batch_size=args.generation_batch_size,
-        ).texts
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    progress = phase_progress(f"evaluating {name}", num_calls(len(prompts), args.generation_batch_size))
+    texts = []
+    for start in range(0, len(prompts), args.generation_batch_size):
+        chunk = prompts[start : start + args.generation_batch_size]
+        with precision.autocast():
+            completions = sample(
+                model,
+                tokenizer,
+                chunk,
+                max_new_tokens=args.max_new_tokens,
+                greedy=True,
+                chat=args.chat,
+                batch_size=args.generation_batch_size,
+            )
+        texts += completions.texts
+        if progress is not None:
+            progress.update()
+    if progress is not None:
+        progress.done()
     return {
-        "quality": mean([quality(text, ref) for text, ref in zip(texts, references)]),
-        "exact_match": mean([float(text.split() == ref.split()) for text, ref in zip(texts, references)]),
-        "length": mean([len(text.split()) for text in texts]),
+        "quality": mean_of([quality(text, ref) for text, ref in zip(texts, references)]),
+        "exact_match": mean_of([float(text.split() == ref.split()) for text, ref in zip(texts, references)]),
+        "length": mean_of([len(text.split()) for text in texts]),
     }
 
 
@@ -412,6 +399,7 @@ def make_optimizer(model, lr: float, args, precision: Precision | None = None) -
     return precision.prepare_optimizer(optimizer) if precision is not None else optimizer
 
 
+# ALGO LOGIC: the training loops: SFT for M1, one DPO iteration M_t -> M_{t+1} -----------------------------------------
 def accumulate_sft_gradients(model, inputs, args, precision: Precision) -> float:
     """Forward and backward of the completion-only cross-entropy per micro-batch of --micro-batch-size examples;
     each adds its summed token NLL over the step batch's target tokens, so the gradients add up to those of the
@@ -436,6 +424,7 @@ def supervised_fine_tune(model, tokenizer, prompts, completions, args, seed: int
     optimizer = make_optimizer(model, args.sft_learning_rate, args, precision)
     generator = torch.Generator().manual_seed(seed)
     steps = args.sft_steps or args.sft_epochs * math.ceil(len(prompts) / args.sft_batch_size)
+    progress = Progress(f"M1 = SFT of M0 (seed {seed})", total=steps)
     model.train()
     for step in range(1, steps + 1):
         idx = torch.randint(len(prompts), (args.sft_batch_size,), generator=generator).tolist()
@@ -451,6 +440,8 @@ def supervised_fine_tune(model, tokenizer, prompts, completions, args, seed: int
         precision.clip_grad_norm_(parameters, args.max_grad_norm)
         optimizer.step()
         log(step, loss)
+        progress.update(loss=loss)
+    progress.done(f"last loss {loss:.4f}")
     optimizer.zero_grad(set_to_none=True)  # no gradients left on the device
     precision.release()  # the optimizer state can be freed
     return merge_lora(model, args), loss
@@ -462,8 +453,10 @@ def accumulate_dpo_gradients(
     """Forward and backward of the soft-label loss per micro-batch of --micro-batch-size pairs (chosen and rejected
     in one forward); each micro-batch adds sum(losses) / step pairs, so the gradients add up to those of the step
     batch's mean loss. Returns the step loss and the margins beta h ([B], detached)."""
-    num_pairs, device = len(chosen_rows), precision.device
-    total_loss, margins = 0.0, []
+    num_pairs = len(chosen_rows)
+    device = precision.device
+    total_loss = 0.0
+    margins = []
     for mb in micro_batches(num_pairs, args.micro_batch_size):
         batch = rows_of(samples, torch.cat([chosen_rows[mb], rejected_rows[mb]]))  # [2M, ...] chosen, then rejected
         with precision.autocast():
@@ -488,14 +481,20 @@ def dpo_iteration(
     policy = add_lora(policy, args)  # with --lora-r: a fresh adapter (B = 0), merged again at the end
 
     # 6. the reference is M_t, the weights at the start of the iteration: its log-probs, once, before any update
-    ref_chosen_logps = score_all(policy, samples, chosen_rows, args.score_batch_size, precision).float()  # [B]
-    ref_rejected_logps = score_all(policy, samples, rejected_rows, args.score_batch_size, precision).float()  # [B]
+    progress = phase_progress("reference log-probs", 2 * num_calls(len(chosen_rows), args.score_batch_size))
+    ref_chosen_logps = score_all(policy, samples, chosen_rows, args.score_batch_size, precision, progress)  # [B]
+    ref_rejected_logps = score_all(policy, samples, rejected_rows, args.score_batch_size, precision, progress)  # [B]
+    ref_chosen_logps = ref_chosen_logps.float()  # [B]
+    ref_rejected_logps = ref_rejected_logps.float()  # [B]
+    if progress is not None:
+        progress.done()
 
     # 7. one epoch of the soft-label DPO loss on the pairs, forward and backward per micro-batch
     parameters = trained_parameters(policy)
     optimizer = make_optimizer(policy, args.learning_rate, args, precision)
     generator = torch.Generator().manual_seed(seed)
-    losses_seen, start = [], time.time()
+    losses_seen = []
+    start = time.time()
     policy.train()
     for _ in range(args.dpo_epochs):
         for idx in torch.randperm(len(chosen_rows), generator=generator).split(args.dpo_batch_size):
@@ -520,6 +519,7 @@ def dpo_iteration(
     return merge_lora(policy, args).eval(), losses_seen[0], len(losses_seen) / max(time.time() - start, 1e-9)
 
 
+# TRY NOT TO MODIFY: option checks and data ----------------------------------------------------------------------------
 def check_args(args: Args) -> None:
     """Fail early, before any data, model or training, on every option the run cannot use."""
     if args.num_samples < 2:
@@ -529,7 +529,7 @@ def check_args(args: Args) -> None:
     if not 0 <= args.fixed_c <= 1:
         fail(f"--fixed-c {args.fixed_c} must lie in [0, 1] (it is the probability that chosen beats rejected)")
     positive = "iterations prompts_per_iter dpo_epochs dpo_batch_size sft_batch_size score_batch_size max_new_tokens"
-    sizes = "micro_batch_size generation_batch_size num_threads num_seeds"
+    sizes = "micro_batch_size generation_batch_size num_threads num_seeds m0_batch_size"
     for name in positive.split() + sizes.split():
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -570,7 +570,8 @@ def load_prompt_data(args: Args, seed: int):
     else:
         data = load_data(args.dataset_name, "train", ["prompt"]).shuffle(seed=seed)
         num_eval = max(0, min(args.num_eval, len(data) - need))  # held out: the rows after the iteration subsets
-        train, test = data.select(range(min(need, len(data)))), data.select(list(range(need, need + num_eval)))
+        train = data.select(range(min(need, len(data))))
+        test = data.select(list(range(need, need + num_eval)))
     if len(train) < need:
         fail(
             f"dataset {args.dataset_name!r} has {len(train)} prompts, fewer than --iterations x --prompts-per-iter "
@@ -602,16 +603,27 @@ def load_m0(args: Args, seed: int, precision: Precision):
         return load_causal_lm(args.model_name, device="cpu", dtype=precision.trained_dtype, seed=seed)
     task = args.model_name.split(":", 1)[1]
     kwargs = {"corrupt_rate": args.m0_corrupt_rate} if task == "sort_digits" else {}
-    folder = warm_start(task, seed, steps=args.m0_steps, batch_size=32, lr=args.m0_learning_rate, task_kwargs=kwargs)
+    folder = warm_start(
+        task,
+        seed,
+        steps=args.m0_steps,
+        batch_size=args.m0_batch_size,
+        lr=args.m0_learning_rate,
+        task_kwargs=kwargs,
+    )
     return load_causal_lm(str(folder), device="cpu", dtype=precision.trained_dtype)
 
 
+# ALGO LOGIC: the self-rewarding loop of one seed [paper Alg. 1] -------------------------------------------------------
 def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_m0=None) -> tuple[list[dict], dict]:
-    """The self-rewarding loop for one seed: M0, M1, then every arm from M1 over the same prompt subsets."""
+    """The self-rewarding loop for one seed: M0, M1, then every arm from M1 over the same prompt subsets. Each arm
+    (and M0, M1) logs to a TensorBoard run of its own, `<arm>-seed<seed>`, under the same tag names."""
+    # TRY NOT TO MODIFY: seeding and data
     seed_everything(seed)
     prompts, references, eval_prompts, eval_references = load_prompt_data(args, seed)
     sft_prompts, sft_completions = load_sft_data(args, seed)
-    start, device = time.time(), precision.device
+    seed_start = time.time()
+    device = precision.device
 
     # 1. M0: the start model on the CPU in the trained dtype; frozen in the compute dtype it is the self-reward's
     #    reference and the t = 1 "previous model"
@@ -619,9 +631,10 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
     same_dtype = precision.frozen_dtype == precision.trained_dtype
     m0 = m0_start.eval().requires_grad_(False) if same_dtype else frozen_copy(m0_start, precision.frozen_dtype)
 
-    # 2. M1 = SFT of M0 on the seed data D_S, trained on the device, then kept on the CPU: every arm starts from it
+    # 2. M1 = SFT of M0 on the seed data D_S [paper Alg. 1], trained on the device, then kept on the CPU: every arm
+    #    starts from it
     def log_sft(sft_step: int, loss: float) -> None:
-        run.log(sft_step, {f"losses/sft_loss/s{seed}": loss}, echo=False)
+        run.log(sft_step, {"losses/sft_loss": loss}, echo=False, arm=f"m1-seed{seed}")
 
     m1 = trainable_copy(m0_start, args, precision)
     m1, _ = supervised_fine_tune(m1, tokenizer, sft_prompts, sft_completions, args, seed, precision, log_sft)
@@ -629,34 +642,38 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
     rows = []
     for name, model in (("m0", m0), ("m1", m1)):
         with on_device(model, device):  # afterwards both wait on the CPU
-            evaluation = evaluate(model, tokenizer, eval_prompts, eval_references, args, precision)
-        run.log(0, {f"eval/{k}/{name}_s{seed}": v for k, v in evaluation.items()}, echo=False)
+            evaluation = evaluate(model, tokenizer, eval_prompts, eval_references, args, precision, name)
+        run.log(0, {f"eval/{k}": v for k, v in evaluation.items()}, echo=False, arm=f"{name}-seed{seed}")
         rows.append({"seed": seed, "arm": name, "t": 0, **{f"greedy_{k}": v for k, v in evaluation.items()}})
     shown = " ".join(f"{r['arm']} quality {r.get('greedy_quality', math.nan):.3f}" for r in rows)
-    print(f"seed {seed}: M0 and M1 ready in {time.time() - start:.1f} s: {shown}", flush=True)
+    print(f"seed {seed}: M0 and M1 ready in {time.time() - seed_start:.1f} s: {shown}", flush=True)
 
     def reward_ref(k: int) -> int:  # the model whose log-probs are subtracted in M_k's self-reward
         return 0 if args.rank_ref == "m0" else k - 1
 
-    policies, samples_text = {}, []
+    n = args.num_samples
+    policies = {}
+    samples_text = []
     for arm in args.arms:
-        arm_start, tag, step = time.time(), f"{arm}_s{seed}", 0
+        arm_start = time.time()
+        arm_run = f"{arm}-seed{seed}"  # this arm's TensorBoard run, arms/<arm>-seed<seed>/
+        dpo_step = 0
         policy = trainable_copy(m1, args, precision)  # on the device, fp32 master weights
 
         def log_step(**values: float) -> None:  # one DPO step, on this arm's own step axis
-            nonlocal step
-            step += 1
-            run.log(step, {f"{name}/{tag}": values[k] for k, name in STEP_METRICS.items()}, echo=False)
+            nonlocal dpo_step
+            dpo_step += 1
+            run.log(dpo_step, {tag: values[key] for key, tag in STEP_METRICS.items()}, arm=arm_run)
 
         frozen = {0: m0}  # frozen snapshots M_k (on the CPU, compute dtype) that the self-rewards still need
         for t in range(1, args.iterations + 1):
-            iter_start, n = time.time(), args.num_samples
+            iteration_start = time.time()
             offset = (t - 1) * args.prompts_per_iter
             subset = prompts[offset : offset + args.prompts_per_iter]
             num_prompts = len(subset)
 
-            # 3. sample N responses per prompt from M_t (the same seed in every arm: the same responses at t = 1), in
-            #    generate calls of at most --generation-batch-size sequences
+            # 3. sample N responses per prompt from M_t [code config.py: N 5, T 0.8, top-p 0.95] (the same seed in
+            #    every arm: the same responses at t = 1), in generate calls of at most --generation-batch-size
             torch.manual_seed(seed * 1000 + t)
             sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
             sampling.update(chat=args.chat, batch_size=args.generation_batch_size)
@@ -664,15 +681,19 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
                 samples = sample(policy, tokenizer, subset, num_samples=n, **sampling)
             lengths = samples.completion_mask.sum(1).double().cpu()  # [P*N] response tokens incl. end of turn
 
-            # 4. score them: summed log-probs under every model that the two self-rewards need, without gradients,
-            #    one frozen model on the device at a time [code rewarding.py loads one model at a time]
+            # 4. self-reward them [code rewarding.py]: summed log-probs under every model that the two self-rewards
+            #    need, without gradients, one frozen model on the device at a time (rewarding.py loads one at a time)
             frozen[t] = frozen_copy(policy, precision.frozen_dtype)  # M_t, next iteration's M_{t-1}
             needed = {t, reward_ref(t), t - 1} | ({reward_ref(t - 1)} if t >= 2 else set())
             all_rows = torch.arange(num_prompts * n)
+            calls = len(needed) * num_calls(len(all_rows), args.score_batch_size)
+            progress = phase_progress(f"self-rewards {arm} t={t}", calls)
             logps = {}
             for k in sorted(needed):
                 with on_device(frozen[k], device):
-                    logps[k] = score_all(frozen[k], samples, all_rows, args.score_batch_size, precision)  # [P*N]
+                    logps[k] = score_all(frozen[k], samples, all_rows, args.score_batch_size, precision, progress)
+            if progress is not None:
+                progress.done()
             current = (logps[t] - logps[reward_ref(t)]).view(num_prompts, n)  # [P, N] r_{M_t}, the DPO reward
             if t == 1:
                 previous = (logps[0] / lengths).view(num_prompts, n)  # [P, N] M0: mean token log-likelihood
@@ -682,6 +703,7 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
                 del frozen[k]
 
             # 5. pairs from the current self-reward; per-prompt consistency C_j with the previous ranking
+            #    [code cal_consistency.py]
             chosen, rejected, keep = select_pairs(current)  # [P] x 3
             c_j = batched_consistency(current, previous)  # [P]
             c_avg = c_j[keep].mean().item()  # over the prompts kept for DPO, as the code averages its DPO file
@@ -689,44 +711,48 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
             if references is not None:
                 q = torch.tensor([quality(y, references[offset + i // n]) for i, y in enumerate(samples.texts)])
                 q = q.double().view(num_prompts, n)  # [P, N] true quality
-                q_chosen, q_rejected = q.gather(1, chosen[:, None])[:, 0], q.gather(1, rejected[:, None])[:, 0]  # [P]
-                decided = keep & (q_chosen != q_rejected)
+                q_chosen = q.gather(1, chosen[:, None])[:, 0]  # [P]
+                q_rejected = q.gather(1, rejected[:, None])[:, 0]  # [P]
+                decided = keep & (q_chosen != q_rejected)  # [P] pairs the true quality can judge
                 row["self_tau"] = kendall_tau(current, q).nanmean().item()
                 row["pair_acc"] = (q_chosen > q_rejected)[decided].double().mean().item()
                 if arm == "oracle":
                     chosen, rejected, keep = select_pairs(q)  # the oracle arm: pairs ranked by the true quality
             c_of_arm = {"srlm": 1.0, "oracle": 1.0, "fixed": args.fixed_c, "cream": c_avg}[arm]
-            pair_c = (c_j if arm == "cream" and args.consistency == "dyn" else torch.full_like(c_j, c_of_arm))[keep]
+            per_pair = arm == "cream" and args.consistency == "dyn"
+            pair_c = (c_j if per_pair else torch.full_like(c_j, c_of_arm))[keep]  # [B]
             kept = keep.nonzero().squeeze(1)  # [B] prompts with a pair
             if len(kept) == 0:
                 fail(f"{arm} t={t}: every prompt's responses got equal rewards, no pair to train on")
-            chosen_rows, rejected_rows = kept * n + chosen[kept], kept * n + rejected[kept]  # [B], [B] sample rows
+            chosen_rows = kept * n + chosen[kept]  # [B] sample rows
+            rejected_rows = kept * n + rejected[kept]  # [B] sample rows
             row["len_gap"] = (lengths[chosen_rows] - lengths[rejected_rows]).mean().item()
             row["kept_pairs"] = len(kept)
 
             # 6-7. M_{t+1} = M_t + one DPO epoch on the soft-label loss, ref = M_t with precomputed log-probs
-            policy, row["first_loss"], steps_per_sec = dpo_iteration(
+            #      [code sft_dpo_trainer.py]
+            policy, row["first_loss"], _ = dpo_iteration(
                 policy, samples, chosen_rows, rejected_rows, pair_c, args, seed * 1000 + t, log_step, precision
             )
 
             # 8. evaluate M_{t+1} greedily on the held-out prompts
-            evaluation = evaluate(policy, tokenizer, eval_prompts, eval_references, args, precision)
+            evaluation = evaluate(policy, tokenizer, eval_prompts, eval_references, args, precision, f"{arm} t={t}")
             row.update({f"greedy_{k}": v for k, v in evaluation.items()})
-            run.log(t, {f"{name}/{tag}": row[k] for k, name in ITERATION_METRICS.items() if k in row}, echo=False)
+
+            # TRY NOT TO MODIFY: log the iteration (at step t) and show its main numbers
+            run.log(t, {tag: row[key] for key, tag in ITERATION_METRICS.items() if key in row}, echo=False, arm=arm_run)
             rows.append(row)
-            shown = " ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float))
-            print(
-                f"seed {seed} {arm} t={t}: {shown} | {steps_per_sec:.1f} DPO steps/s, {time.time() - iter_start:.1f} s"
-            )
+            shown = " ".join(f"{label}={row[key]:.3f}" for key, label in ITERATION_SHOWN.items() if key in row)
+            print(f"seed {seed} | {arm} | t={t} | {shown} | {time.time() - iteration_start:.1f} s", flush=True)
             samples_text += [
                 f"[seed {seed} {arm} t={t}] {subset[i]} | chosen: {samples.texts[i * n + chosen[i]]} | "
                 f"rejected: {samples.texts[i * n + rejected[i]]} | C_j={c_j[i]:.2f}"
-                for i in kept[:3].tolist()
+                for i in kept[:PAIRS_SHOWN_PER_ITERATION].tolist()
             ]
         rows[-1]["arm_seconds"] = time.time() - arm_start
         if args.save_model:  # the trained dtype: fp32 master weights
-            policy.save_pretrained(run.dir / f"model_{tag}")
-            tokenizer.save_pretrained(run.dir / f"model_{tag}")
+            policy.save_pretrained(run.dir / f"model_{arm}_s{seed}")
+            tokenizer.save_pretrained(run.dir / f"model_{arm}_s{seed}")
         policies[arm] = policy.to(device="cpu", dtype=precision.frozen_dtype)  # the next arm's policy takes its place
         del policy, frozen
         gc.collect()  # a dropped model's reference cycles hold its weights until collected
@@ -782,6 +808,7 @@ def summarise(rows: list[dict], args: Args) -> str:
 
 
 def main(args: Args) -> dict:
+    # TRY NOT TO MODIFY: option checks, precision, data and the run folder
     check_args(args)
     torch.set_num_threads(args.num_threads)
     precision = setup_precision(args.dtype, args.cuda, args.fp32_master)
@@ -790,8 +817,18 @@ def main(args: Args) -> dict:
     # a named model is the same M0 for every seed: load it (or fail on it) before the run folder exists
     named_m0 = None if args.model_name.startswith("tiny:") else load_m0(args, args.seed, precision)
     task = args.dataset_name.split(":", 1)[1] if args.dataset_name.startswith("tiny:") else "custom"
-    run = RunLogger(make_run_name(task, args.exp_name, args.seed), args, track=args.track)
-    rows, models = [], {}
+    # the DPO steps of an arm (at most: a prompt whose rewards all tie is dropped), for the progress line's ETA
+    steps_per_arm = args.iterations * args.dpo_epochs * math.ceil(args.prompts_per_iter / args.dpo_batch_size)
+    run = RunLogger(
+        make_run_name(task, args.exp_name, args.seed),
+        args,
+        track=args.track,
+        show=("losses/loss", "rewards/accuracies", "rewards/margins"),
+        total_steps=steps_per_arm,
+    )
+    # 1-8 for every seed (each with its own M0 and M1), the arms paired within a seed
+    rows = []
+    models = {}
     for seed in range(args.seed, args.seed + args.num_seeds):
         seed_rows, models = run_seed(args, seed, run, precision, named_m0)
         rows += seed_rows
@@ -801,4 +838,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args(Args, __doc__))  # --help opens with the docstring's first paragraph
