@@ -17,8 +17,14 @@ TINY = dict(pretrain_steps=400, num_stages=3, s_min=18, s_max=20, prefixes_per_s
 
 def sd_scheduler():
     diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install diffusers)")
-    sched = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                    clip_sample=False, set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    sched = diffusers.DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     sched.set_timesteps(20)
     return sched
 
@@ -45,7 +51,8 @@ def test_ddim_step_matches_diffusers_and_gaussian_logprob():
             assert torch.allclose(
                 lp, -(noise**2).flatten(1).mean(1) / 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
             )
-    # card 3.1: sigma 0.644 at 951 -> 901 and 0.0406 at 51 -> 1 (log-prob of the mean = -log sigma - log(2pi)/2)
+    # SD's schedule by hand: sigma 0.644 at 951 -> 901 and 0.0406 at 51 -> 1 (log-prob of the mean = -log sigma
+    # - log(2pi)/2)
     for t, sigma in ((951, 0.644), (51, 0.0406)):
         mean = sched.step(eps, t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
         _, lp = b2.ddim_step_with_logprob(toy, eps, t, x, 1.0, prev_sample=mean)
@@ -67,7 +74,8 @@ def test_eta_zero_fails():
         b2.ddim_step_with_logprob(toy, torch.zeros(1, 2), 951, torch.zeros(1, 2), eta=0.0)
 
 
-def test_trained_step_indices_card_schedule():
+def test_trained_step_indices_follow_the_official_schedule():
+    """[code run_process.sh]: s_min 14, s_max 20, K = 100 stages; each span level holds the stages listed."""
     spans = [len(b2.trained_step_indices(k, 100, 14, 20, 20)) for k in range(100)]
     for span, (lo, hi) in zip(range(14, 21), [(0, 14), (15, 28), (29, 42), (43, 57), (58, 71), (72, 85), (86, 99)]):
         assert all(spans[k] == span for k in range(lo, hi + 1)) and (lo == 0 or spans[lo - 1] == span - 1)
@@ -98,8 +106,8 @@ def test_prompt_stat_tracker_history():
     assert torch.allclose(z[:2], (torch.tensor([4.0, 5.0]) - 3) / (pooled_a.std() + 1e-8))
     assert torch.allclose(z[2], (30 - pooled_b.mean()) / pooled_b.std())
     z = tracker.update(["a", "a"], torch.tensor([0.0, 2.0]))  # H = 1: only the previous stage ([4, 5]) joins
-    assert torch.allclose(z, (torch.tensor([0.0, 2.0]) - torch.tensor([4.0, 5, 0, 2]).mean()) / torch.tensor(
-        [4.0, 5, 0, 2]).std())  # fmt: skip
+    pooled = torch.tensor([4.0, 5, 0, 2])
+    assert torch.allclose(z, (torch.tensor([0.0, 2.0]) - pooled.mean()) / pooled.std())
     fresh = b2.PromptStatTracker(history=0).update(["a", "a"], torch.tensor([0.0, 2.0]))
     assert torch.allclose(fresh, torch.tensor([-1.0, 1.0]) / math.sqrt(2))
 
@@ -139,18 +147,33 @@ def metrics_of(run_dir):
 
 
 def test_smoke_all_arms_equal_calls(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     args = replace(b2.Args(), **TINY, arms=b2.ARMS)
     out = b2.main(args)
     assert out["params_changed"]
     assert (out["dir"] / "summary.md").exists() and (out["dir"] / "b2_toy.png").stat().st_size > 1000
     assert "fixed-split 20" in (out["dir"] / "summary.md").read_text()
     rows = metrics_of(out["dir"])
-    calls = {arm: max(r["step"] for r in rows if f"charts/selected/{arm}_s1" in r) for arm in b2.ARMS}
-    assert set(calls.values()) == {3 * 32 * 5}  # equal reward calls for every arm
-    sel = lambda arm: [r[f"charts/selected/{arm}_s1"] for r in rows if f"charts/selected/{arm}_s1" in r]  # noqa
-    spans = [r["charts/span/main_s1"] for r in rows if "charts/span/main_s1" in r]
-    assert spans == [18, 19, 20] and set(sel("ddpo")) == set(sel("select-all")) == {160}
-    assert all(0 < s <= 64 for s in sel("main")) and all(s < 160 for s in sel("no-branch"))
+    runs = [f"{arm}-seed1" for arm in b2.ARMS]  # one TensorBoard run per (arm, seed)
+    assert [row["arm"] for row in rows] == [run for run in runs for _ in range(4)]  # stage 0's eval + 3 stages
+
+    def logged(run, key):
+        return [row[key] for row in rows if row["arm"] == run and key in row]
+
+    assert {max(logged(run, "step")) for run in runs} == {3 * 32 * 5}  # equal reward calls for every arm
+    assert logged("main-seed1", "charts/span") == [18, 19, 20]
+    assert set(logged("ddpo-seed1", "charts/selected")) == set(logged("select-all-seed1", "charts/selected")) == {160}
+    assert all(0 < n <= 64 for n in logged("main-seed1", "charts/selected"))
+    assert all(n < 160 for n in logged("no-branch-seed1", "charts/selected"))
+    tags = {}
+    for run in runs:
+        assert list((out["dir"] / "arms" / run).glob("events.out.tfevents.*")), run
+        tags[run] = set(EventAccumulator(str(out["dir"] / "arms" / run)).Reload().Tags()["scalars"])
+    expected = {"reward", "reward_std", "kl", "losses/policy_loss", "clip_ratio/region_mean", "eval/reward"}
+    assert expected <= tags["main-seed1"]
+    assert all(tags[run] - {"charts/steps_per_sec"} == tags["main-seed1"] - {"charts/steps_per_sec"} for run in runs)
+    assert not any(arm in tag or "seed" in tag for tag in set().union(*tags.values()) for arm in b2.ARMS)
 
 
 def test_it_learns_precision_reward():
@@ -167,25 +190,52 @@ def save_tiny_pipeline(folder):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), attention_head_dim=4,
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16)  # fmt: skip
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, sample_size=16)  # fmt: skip
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        attention_head_dim=4,
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+    )
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
     sizes = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    config = CLIPTextConfig(vocab_size=520, bos_token_id=512, eos_token_id=513, pad_token_id=513, **sizes,
-                            max_position_embeddings=32)  # fmt: skip
+    config = CLIPTextConfig(
+        vocab_size=520, bos_token_id=512, eos_token_id=513, pad_token_id=513, **sizes, max_position_embeddings=32
+    )
     byte_chars = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))  # GPT-2's byte alphabet
     chars = [chr(b) for b in byte_chars] + [chr(256 + n) for n in range(256 - len(byte_chars))]
     vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=32)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(config), tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)  # fmt: skip
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(config),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder / "pipe")
     return str(folder / "pipe")
 
@@ -196,8 +246,21 @@ def tiny_pipeline(tmp_path_factory):
     return save_tiny_pipeline(tmp_path_factory.mktemp("sd"))
 
 
-REAL = dict(reward_fn="jpeg", num_steps=4, num_stages=2, s_min=2, s_max=4, prefixes_per_stage=2, num_branches=3,
-            tau_pos=0.0, tau_neg=0.0, train_batch_size=4, train_micro_batch=4, guidance_scale=2.0, lr=1e-2)  # fmt: skip
+REAL = dict(
+    reward_fn="jpeg",
+    num_steps=4,
+    num_stages=2,
+    s_min=2,
+    s_max=4,
+    prefixes_per_stage=2,
+    num_branches=3,
+    tau_pos=0.0,
+    tau_neg=0.0,
+    train_batch_size=4,
+    train_micro_batch=4,
+    guidance_scale=2.0,
+    learning_rate=1e-2,
+)
 
 
 def test_real_path_tiny_pipeline(tiny_pipeline, tmp_path, runs_in_tmp):
@@ -220,14 +283,16 @@ def test_real_path_tiny_pipeline(tiny_pipeline, tmp_path, runs_in_tmp):
         (dict(eta=0.0), "eta"),
         (dict(fixed_split=0), "fixed-split"),
         (dict(reward_fn="clip"), "toy"),
-        (dict(num_branches=0, no_branch=True, arms=("main",)), "S must be >= 1"),
+        (dict(num_branches=0, branch=False, arms=("main",)), "S must be >= 1"),
         (dict(prompt_file="/nonexistent"), "does not exist"),
         (dict(prompt_file=__file__), "real path"),
-        (dict(lr=0.0), "--lr 0.0"),
-        (dict(lr=-1e-4), "--lr"),
-        (dict(lr=float("nan")), "--lr nan"),
-        (dict(ddpo_lr=0.0), "--ddpo-lr"),
-        (dict(pretrain_lr=float("nan")), "--pretrain-lr"),
+        (dict(learning_rate=0.0), "--learning-rate 0.0"),
+        (dict(learning_rate=-1e-4), "--learning-rate -0.0001"),
+        (dict(learning_rate=float("nan")), "--learning-rate nan"),
+        (dict(ddpo_learning_rate=0.0), "--ddpo-learning-rate 0.0"),
+        (dict(ddpo_learning_rate=float("inf")), "--ddpo-learning-rate inf"),
+        (dict(pretrain_learning_rate=-1.0), "--pretrain-learning-rate -1.0"),
+        (dict(pretrain_learning_rate=float("nan")), "--pretrain-learning-rate nan"),
         (dict(dtype="foo"), "dtype"),
         (dict(sample_batch_size=0), "sample-batch-size"),
         (dict(train_micro_batch=0), "train-micro-batch"),
@@ -313,7 +378,7 @@ def run_b2_child(pipeline, prompts, tmp_path, prefixes, sample_batch, micro_batc
     stage = "--select=all --num-steps=2 --s-min=1 --s-max=2 --num-stages=1 --num-branches=4 --epochs=1".split()
     sizes = [f"--prefixes-per-stage={prefixes}", f"--train-batch-size={4 * prefixes}"]
     sizes += [f"--sample-batch-size={sample_batch}", f"--train-micro-batch={micro_batch}"]
-    run = "--reward-fn=jpeg --lr=1e-6 --dtype=fp32 --torch-threads=1 --no-cuda".split()
+    run = "--reward-fn=jpeg --learning-rate=1e-6 --dtype=fp32 --num-threads=1 --no-cuda".split()
     argv = ["algos/b2_diffurl.py", f"--model-name={pipeline}", f"--prompt-file={prompts}", *stage, *sizes, *run]
     name = f"p{prefixes}-s{sample_batch}-m{micro_batch}"
     return real_shape.measure(argv, tmp_path / name, tmp_path / f"{name}.log")["peak"]
@@ -334,10 +399,31 @@ def test_real_architecture_peak_memory_is_set_by_chunk_and_micro_batch(tmp_path)
     assert peak_4n <= 1.25 * peak_n, (peak_n / 2**20, peak_4n / 2**20)
 
 
-def test_a_cold_cache_trains_like_a_warm_one(tmp_path, monkeypatch):
-    """Pretraining in-process leaves gradients on the weights; they must not join the first RL step."""
+def test_a_cold_cache_trains_like_a_warm_one(tmp_path, monkeypatch, capsys):
+    """Pretraining in-process leaves gradients on the weights; they must not join the first RL step. Pretraining and
+    the pretrained evaluation show progress bars; the progress lines fit one line."""
     monkeypatch.setattr(b2, "CACHE_DIR", tmp_path / "cache")
     args = replace(b2.Args(), **dict(TINY, num_stages=1, prefixes_per_stage=16, eval_samples=64), arms=("main",))
     cold = b2.main(args)["curves"]
+    cold_out = capsys.readouterr().out
     warm = b2.main(args)["curves"]
+    warm_out = capsys.readouterr().out
     assert cold == warm
+    assert "pretraining [####################] 400/400 100%" in cold_out and "pretraining: done in" in cold_out
+    assert "pretraining: cached" in warm_out and "pretraining [" not in warm_out
+    assert "evaluation (pretrained): done in" in warm_out
+    lines = [line for line in (cold_out + warm_out).splitlines() if line.startswith(("step ", "pretraining ["))]
+    assert lines and all(len(line) <= 120 for line in lines)
+
+
+def test_flags_have_one_name_for_one_thing(capsys):
+    """--num-threads, --learning-rate, --<phase>-learning-rate; --no-branch is tyro's negation of --branch."""
+    import tyro
+
+    args = tyro.cli(b2.Args, args=["--no-branch", "--learning-rate", "1e-4", "--num-threads", "2"])
+    assert not args.branch and args.learning_rate == 1e-4 and args.num_threads == 2
+    args = tyro.cli(b2.Args, args=["--ddpo-learning-rate", "1e-3", "--pretrain-learning-rate", "1e-2"])
+    assert args.branch and args.ddpo_learning_rate == 1e-3 and args.pretrain_learning_rate == 1e-2
+    for old in (["--lr", "1e-4"], ["--torch-threads", "2"], ["--ddpo-lr", "1e-3"], ["--pretrain-lr", "1e-3"]):
+        with pytest.raises(SystemExit):
+            tyro.cli(b2.Args, args=old)
