@@ -1,77 +1,27 @@
-# arXiv:2309.06256 | README: #ama
-"""AMA / HMA: adaptive (heterogeneous) layer-wise model averaging against the alignment tax
-(Lin et al., "Mitigating the Alignment Tax of RLHF", EMNLP 2024, https://arxiv.org/abs/2309.06256;
-code https://github.com/avalonstrel/Mitigating-the-Alignment-Tax-of-RLHF on LMFlow).
+# arXiv:2309.06256 (AMA / HMA) | docs: docs/ama.md (details, deviations, metrics, results, reproducing the paper)
+"""AMA: adaptive (heterogeneous) layer-wise model averaging against the alignment tax of RLHF (Lin et al.,
+"Mitigating the Alignment Tax of RLHF", EMNLP 2024, https://arxiv.org/abs/2309.06256; code
+https://github.com/avalonstrel/Mitigating-the-Alignment-Tax-of-RLHF). Averaging the weights of the pre-RLHF model
+theta0 and the post-RLHF model theta trades reward against the abilities RLHF erodes; AMA gives each of K layer
+groups its own ratio at a fixed mean and tunes the K ratios on the likelihood of theta's high-reward samples. The
+offline toy (theta0, RSF, plain and partwise averaging, AMA; a tiny Qwen2 on 2 CPU cores): python algos/ama.py
 
-Idea: RLHF raises the reward but erodes earlier abilities (the alignment tax). Interpolating the weights of the
-pre-RLHF model theta0 and the post-RLHF model theta traces a good reward-tax front, and layer groups trade off
-differently. AMA splits the transformer into K groups with one ratio each, fixes their mean (a proxy for a fixed tax)
-and tunes the K ratios to maximise the likelihood of high-reward samples of the RLHF policy. No data of the protected
-abilities is used.
-
-RATIO CONVENTION (the official code's; the paper writes alpha = 1 - gamma on theta): gamma is the weight on the
-PRE-RLHF model theta0, so gamma = 1 is theta0 and gamma = 0 is theta; the recommended 0.2 means 80 % RLHF weights.
-Every ratio in this script, flag and table (`--pre-weights`, `--mean-pre-weights`, `gamma_k`) is that pre weight.
+Idea: RLHF raises the reward but erodes earlier abilities (the alignment tax). Plain interpolation of theta0 and
+theta traces a good reward-tax front, and layer groups trade off differently, so AMA fixes the mean ratio (a proxy
+for a fixed tax) and moves the K group ratios to raise a reward proxy; it uses no data of the protected abilities.
+Ratio convention (the official code's; the paper writes alpha = 1 - gamma on theta): gamma is the weight on the
+PRE-RLHF model theta0, so gamma = 1 is theta0, gamma = 0 is theta, and the recommended 0.2 is 80 % RLHF weights.
 
     W_m(gamma) = gamma_k(m) W0_m + (1 - gamma_k(m)) W1_m                 every nn.Linear m of layer group k(m)
     gamma_k = gbar K (sigmoid(s_k) + eps) / sum_j (sigmoid(s_j) + eps)    mean_k gamma_k = gbar; init s = logit(gbar)
     max_s  1/|D| sum_(x,a) in D log pi_theta(gamma(s))(a | x) - lambda sum_m w(l_m) |gamma_k(m) - gbar|
     w(l) = 25 / (|l - c| + 1),  c = L // 2                                 (code: c = 13 hard-coded for 26 layers)
 
-Implementation details ([code] = avalonstrel/Mitigating-the-Alignment-Tax-of-RLHF @ 40165e6; [card] =
-rewardlab's method notes, built from paper and code):
-1. Merge [paper D.4, code mask_trainer.py]: only nn.Linear weights and biases of the decoder layers get the group
-   ratios; the lm_head sits at gbar. Non-Linear tensors (embeddings, RMSNorms) are copied from theta0 as in the code
-   (`--nonlinear pre`), or interpolated at gbar (`--nonlinear interp`). A model with tied embeddings (e.g.
-   Qwen2.5-0.5B) has one tensor for both: it is treated as the head (gbar). The toy model is untied (as the card's).
-2. Parameterisation [code mask_norm_sigmoid_linear; paper Eq. 11 omits the factor K]: exact mean constraint, init at
-   s = logit(gbar) (= plain averaging of the Linear weights), no clamping (gamma_k may exceed 1 for large gbar).
-3. DIFFERENCE (the paper's intent, card 5.2-5.3): the live s forms the ratios every step (the code caches a stale
-   copy of the numerator), and each group logit is one Adam parameter with an explicit lr (3e-2, card 6) instead of
-   the code's duplicated optimiser entries (effective lr 1.4e-4 to 1.4e-3 at a nominal 2e-5). The lr decays linearly
-   to 0 over the AMA steps with no warm-up, as the code's HF Trainer default (`--lr-schedule constant` to switch off;
-   the paper's text says cosine with 3 % warm-up).
-4. Merge precision [ours; the code has the flaw]: `merge_linear` forms W1 + gamma (W0 - W1) in fp32 whatever the
-   weights' dtype (torch.lerp: exactly W0 at gamma = 1, W1 at 0), and its backward takes d/d(gamma) =
-   sum(dL/dW * (W0 - W1)) with the difference in fp32. Merged in bf16 instead, a 1 % RLHF delta gave a gradient 3.5 %
-   off on a 512 x 512 matrix and a 0.1 % delta exactly 0 (tested against fp64). The merged tensor is cast back to
-   the model's dtype for the forward.
-5. Memory [ours]: theta (`post`) is parametrized in place (torch.nn.utils.parametrize), each tensor merged from
-   theta0's and theta's own tensors inside its module's forward, so only theta0 and theta are held: no scratch model,
-   no merged copy, no fp32 copies saved for the backward. Only the decoder's Linear slots are in the graph (the
-   embeddings, norms and head are merged as constants); an AMA step is micro-batched (`--micro-batch-size`, the
-   gradient of the step batch accumulated on the slot ratios, then chained to the K logits once), and
-   `--gradient-checkpointing` recomputes each layer's merge in the backward, so one layer's merged weights are alive
-   at a time. Every evaluation (generation, the NLL over D) merges each tensor once (parametrize.cached), not per
-   batch or token.
-6. Groups [code, issue]: `block3` splits at layers 8/16 (L <= 30) and 11/21 (L > 30) when that leaves every group
-   non-empty, and equal thirds otherwise (the 6-layer toy: 0,0,1,1,2,2); `block<N>`: floor(L/N) layers per block,
-   remainder to the last; `layerwise`: K = L.
-7. Regulariser [code sum_reg_type]: summed per Linear module (7 per Qwen2/LLaMA layer), centre L // 2 instead of 13;
-   lambda 1e-4 [code].
-8. Loss [paper Eq. 9]: response-only NLL (mean over tokens, incl. the end-of-turn token); `--loss-on all` adds the
-   prompt tokens as the code's text_only data does (without its 512-token packing across samples).
-9. Partwise MA [paper Fig. 4, code weight_interpolation.py merge_split]: one third (block3 groups) at pre weight r,
-   the rest at theta; every tensor of a layer is interpolated, the embedding takes the input part's ratio, and the
-   final norm and head take a ratio of their own, `--partwise-head-pre-weight` (the code's --weight_ensamble_ratios
-   value, which the paper does not report for Fig. 4; default 0 = theta's, like the rest of the model). Plain MA
-   interpolates every tensor with one gamma.
-10. RLHF = RSF [paper main experiments]: best-of-n samples at T = 1 on the RLHF prompts, one SFT epoch on the best,
-   no ability data; reward and tax are logged after every iteration (the early-stopping baseline). D = the top
-   `--num-d-keep` of `--num-d-samples` policy samples by reward (the paper: ~2000 of the top 5000).
-11. Toy (the tiny world of shared/, not the card's digit vocabulary: same roles, one tokenizer for everything):
-   theta0 = the tiny Qwen2 with 6 layers (hidden 64, untied head) after mixture SFT on the ability `string_ops`
-   copy/reverse (3-6 letters) and the alignment task `preferences` (prompt `topic tK`, K < 4) whose SFT responses are
-   4 uniformly random words, so the start reward is ~0; the reward is the hidden true reward
-   `Preferences.score` in [-4, 4]. The tax is greedy exact match on held-out string_ops prompts, which AMA never sees.
-   The reward is the mean over --num-eval fresh samples at T = 1 (same sampling seed for every arm).
-12. Hypervolume: 2-D, both axes maximised, reference point (reward of theta0, accuracy of theta), divided by the
-   area of that box (1 = the corner point "theta's reward at theta0's accuracy"). MA and AMA are compared on the same
-   mean ratios, both fronts including the end points theta and theta0; `hv_ma_all` uses the whole MA grid.
-
-Metrics: rsf: reward, losses/sft_loss, eval/tax_accuracy (per RSF iteration); AMA (per step, tag g<gbar>):
-losses/proxy_nll/<tag>, losses/reg/<tag>, charts/gamma_<k>/<tag>; evaluation: eval/reward/<arm>,
-eval/tax_accuracy/<arm>. The run folder also holds fronts.png, results.json and samples.txt.
+Source tags on the lines that implement a detail: [paper <where>] = arXiv:2309.06256, the EMNLP 2024 text;
+[code <file>] = avalonstrel/Mitigating-the-Alignment-Tax-of-RLHF@40165e6 <file>; "reconstruction" where neither
+says (our choice). Arms: ma (every tensor at one gamma, the --pre-weights grid), partwise (one third of the layers at
+r, the rest theta), ama (K ratios trained at each --mean-pre-weights gbar; ama_init = their start, every Linear at
+gbar). On the toy theta = RSF(theta0) (best-of-n, SFT on the best); on real models --pre-model and --post-model.
 
 Commands:
     python algos/ama.py                                            # offline toy: theta0, RSF, D, MA, partwise, AMA
@@ -80,14 +30,6 @@ Commands:
         --dataset-name prompts_folder --reward-model RM_folder --tax-dataset-name qa_folder --mean-pre-weights 0.2 \\
         --num-d-samples 4000 --num-d-keep 2000 --max-new-tokens 256 --batch-size 4 --micro-batch-size 1 \\
         --gradient-checkpointing --generation-batch-size 32 --num-eval 200 --arms ma ama --groups block3
-
-Measured (fp32 merge, linear lr decay; seeds 1 / 2 / 3; 2 CPU cores under heavy load from other jobs,
-the runs got ~15 % of a core: wall 1447 / 1470 / 1070 s cold, 227 / 176 / 211 s of CPU time; quiet, earlier: 118 s
-cold, 52 s cached). RSF: reward -0.03 -> 3.96 / 0.14 -> 2.80 / 0.05 -> 3.37, tax accuracy 1.00 -> 0.76 / 0.39 -> 0.04 /
-1.00 -> 0.48 (seed 2's theta0 learned the ability only to 0.39 this time). Hypervolume on the shared grid, MA vs AMA:
-0.821 vs 0.631, 0.184 vs 0.121, 0.781 vs 0.754 (AMA at init 0.735 / 0.193 / 0.783): no gain, AMA below MA on every
-seed. AMA moves theta0 weight out of the input third (gbar 0.2: gamma_k 0.11 0.25 0.25 / 0.09 0.26 0.25 / 0.13 0.20
-0.27), and partwise input-third MA alone gives 0.859 / 0.090 / 0.815. The real path was not run on a GPU.
 """
 
 from __future__ import annotations
@@ -100,7 +42,6 @@ import os
 import random
 import re
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -109,22 +50,40 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-import tyro
 from torch.nn.utils import parametrize
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import shared.warmstart  # noqa: E402
-from shared.data import load_data  # noqa: E402
-from shared.lm import build_tokenizer, check_hub_id, load_causal_lm, sample, tiny_config  # noqa: E402
-from shared.runs import RunLogger, fail, format_table, make_run_name, pick_device, pick_dtype, seed_everything  # noqa: E402
-from shared.tasks import Preferences, StringOps  # noqa: E402
-from shared.warmstart import sft_batch, sft_loss  # noqa: E402
+import shared.warmstart
+from shared.data import load_data
+from shared.lm import build_tokenizer, check_hub_id, load_causal_lm, sample, tiny_config
+from shared.runs import (
+    Progress,
+    RunLogger,
+    fail,
+    format_table,
+    make_run_name,
+    parse_args,
+    pick_device,
+    pick_dtype,
+    seed_everything,
+)
+from shared.tasks import Preferences, StringOps
+from shared.warmstart import sft_batch, sft_loss
 
 ABILITY = dict(ops=("copy", "reverse"), min_len=3, max_len=5)  # the toy's protected ability (string_ops)
 NUM_TOPICS = 4  # preference prompts `topic t0` .. `topic t3`
-RECIPE_VERSION = 2
+RECIPE_VERSION = 2  # part of theta0's cache key: raise it when the toy's theta0 recipe changes
+RSF_EVAL_PROMPTS = 128  # prompts of the reward and tax evaluation after each RSF iteration (a cheap curve)
+MAX_GRAD_NORM = 1.0  # gradient-norm clip of theta0's SFT and of RSF's SFT (reconstruction)
+THETA0_WARMUP_STEPS = 50  # linear warm-up of theta0's mixture SFT, then linear decay to 0 (reconstruction)
+MAX_ABILITY_ROWS = 20000  # the ability rows theta0's SFT draws its batches from
+REWARD_MODEL_BATCH = 16  # rows per reward-model forward on the real path
+D_PROMPT_SEED_OFFSET = 1  # seed + 1 draws D's prompts, seed + 2 its samples: apart from RSF's own draws
+D_SAMPLE_SEED_OFFSET = 2
+EVAL_SEED_OFFSET = 777  # common random numbers: every evaluated arm draws the same uniforms
+FULL_NLL_ORDER_SEED = 0  # the (irrelevant) order of D in the full-D NLL
 COLUMNS = ("gamma (pre weight)", "MA reward", "MA tax acc", "AMA@init reward", "AMA@init acc", "AMA reward")
 COLUMNS += ("AMA tax acc", "AMA gamma_k", "D NLL init -> AMA")
+SHOWN = ("reward", "eval/reward", "eval/tax_accuracy", "losses/proxy_nll")  # the progress line's metrics
 
 
 @dataclass
@@ -167,8 +126,8 @@ class Args:
     """toy: mixture SFT steps of theta0 (ability + alignment prompts)"""
     sft_batch_size: int = 64
     """toy: mixture SFT batch size"""
-    sft_lr: float = 3e-3
-    """toy: mixture SFT learning rate (AdamW, warm-up then linear decay; > 0)"""
+    sft_learning_rate: float = 3e-3
+    """toy: mixture SFT learning rate of theta0 (AdamW, warm-up then linear decay; > 0)"""
     ability_share: float = 0.5
     """toy: share of ability (string_ops) rows in each mixture SFT batch, in (0, 1)"""
 
@@ -178,7 +137,7 @@ class Args:
     """prompts per RSF iteration"""
     rsf_samples: int = 8
     """n of best-of-n"""
-    rsf_lr: float = 5e-4
+    rsf_learning_rate: float = 5e-4
     """RSF SFT learning rate (Adam; > 0)"""
     rsf_batch_size: int = 32
     """RSF SFT batch size"""
@@ -201,15 +160,15 @@ class Args:
     """partwise MA: pre weight of the final norm and head, a ratio of their own in the code (merge_split takes its
     --weight_ensamble_ratios value; not reported for the paper's Fig. 4); 0 = theta's, like the rest"""
     mean_pre_weights: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
-    """AMA mean pre weights gbar, each in (0, 1)"""
+    """AMA mean pre weights gbar, each in (0, 1) [paper: the grid 0.1 ... 0.6]"""
     groups: str = "block3"
     """layer groups: block3 (official splits), block<N>, layerwise"""
     eps: float = 0.2
-    """boundary constant eps of the ratio parameterisation"""
+    """boundary constant eps of the ratio parameterisation [code scripts/mask_post: 0.2]"""
     reg_coef: float = 1e-4
-    """lambda of the weighted L1 regulariser (0 turns it off)"""
-    lr: float = 3e-2
-    """Adam learning rate of the K logits"""
+    """lambda of the weighted L1 regulariser (0 turns it off) [code scripts/mask_post: 1e-4]"""
+    learning_rate: float = 3e-2
+    """Adam learning rate of the K logits (reconstruction: the code's nominal 2e-5 does not move K scalars; > 0)"""
     batch_size: int = 8
     """AMA batch size over D (one Adam step per batch)"""
     micro_batch_size: int = 8
@@ -223,7 +182,7 @@ class Args:
     epochs: int = 1
     """AMA epochs over D"""
     loss_on: Literal["response", "all"] = "response"
-    """proxy NLL on response tokens (paper) or prompt + response (code's text_only)"""
+    """proxy NLL on response tokens (paper Eq. 9) or prompt + response (the code's text_only data)"""
     nonlinear: Literal["pre", "interp"] = "pre"
     """AMA's non-Linear tensors: copied from theta0 (code) or interpolated at gbar"""
     arms: tuple[str, ...] = ("ma", "partwise", "ama")
@@ -232,17 +191,21 @@ class Args:
     """evaluation prompts for the reward and for the tax"""
 
 
-# ---------------------------------------------------------------- the maths
+# ALGO LOGIC: the ratios, the merge and the regulariser ----------------------------------------------------------------
 
 
 def group_ratios(logits: torch.Tensor, mean_ratio: float, eps: float) -> torch.Tensor:
-    """gamma_k = gbar K (sigmoid(s_k) + eps) / sum_j (sigmoid(s_j) + eps): weights on theta0 with mean exactly gbar."""
+    """gamma_k = gbar K (sigmoid(s_k) + eps) / sum_j (sigmoid(s_j) + eps): weights on theta0 with mean exactly gbar
+    [code mask_trainer.py mask_norm_sigmoid_linear; paper Eq. 11 omits the factor K]. Not clamped (as the code):
+    gamma_k may exceed 1 for a large gbar."""
     lifted = torch.sigmoid(logits) + eps  # [K]
     return mean_ratio * logits.numel() * lifted / lifted.sum()  # [K]
 
 
 def layer_groups(num_layers: int, scheme: str) -> list[int]:
-    """The group index of each layer for `block3` (official splits), `block<N>` or `layerwise`."""
+    """The group index of each layer for `block3` (official splits: 8/16 for L <= 30, 11/21 above, when every group
+    stays non-empty; equal thirds otherwise), `block<N>` (floor(L/N) layers per block, the remainder to the last) or
+    `layerwise` (K = L)."""
     if num_layers < 1:
         fail(f"the model has {num_layers} layers")
     if scheme == "layerwise":
@@ -262,7 +225,8 @@ def layer_groups(num_layers: int, scheme: str) -> list[int]:
 
 
 def regulariser_weights(num_layers: int, centre: int | None = None) -> torch.Tensor:
-    """w(l) = 25 / (|l - c| + 1) per 0-based layer l; c = L // 2 by default (the code hard-codes 13 for L = 26)."""
+    """w(l) = 25 / (|l - c| + 1) per 0-based layer l [code mask_trainer.py sum_reg_type]; c = L // 2 by default
+    (reconstruction: the code hard-codes 13 for L = 26)."""
     centre = num_layers // 2 if centre is None else centre
     layers = torch.arange(num_layers, dtype=torch.float32)  # [L]
     return 25.0 / ((layers - centre).abs() + 1.0)  # [L]
@@ -270,7 +234,8 @@ def regulariser_weights(num_layers: int, centre: int | None = None) -> torch.Ten
 
 class _Interpolate(torch.autograd.Function):
     """W1 + gamma (W0 - W1) in at least fp32 (torch.lerp: exact at gamma = 0 and 1); it saves the inputs themselves,
-    not fp32 copies, and forms the fp32 difference W0 - W1 again in the backward."""
+    not fp32 copies, and forms the fp32 difference W0 - W1 again in the backward (reconstruction: the code merges in
+    the weights' dtype, and in bf16 a 1 % RLHF delta gives a d/d(gamma) that is mostly rounding)."""
 
     @staticmethod
     def forward(ctx, w_pre, w_post, ratio):
@@ -304,15 +269,18 @@ def merge_linear(w_pre: torch.Tensor, w_post: torch.Tensor, ratio: torch.Tensor)
 def l1_regulariser(
     ratios: torch.Tensor, mean_ratio: float, groups: list[int], layer_weights: torch.Tensor
 ) -> torch.Tensor:
-    """sum_l layer_weights[l] |gamma_g(l) - gbar|; layer_weights = w(l) x (Linear modules in layer l)."""
+    """sum_l layer_weights[l] |gamma_g(l) - gbar|; layer_weights = w(l) x (Linear modules in layer l): summed per
+    Linear module, 7 per Qwen2 / LLaMA layer [code mask_trainer.py]."""
     per_layer = ratios[torch.as_tensor(groups)]  # [L]
     return (layer_weights * (per_layer - mean_ratio).abs()).sum()
 
 
 def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
-    """Area dominated by `points` (both coordinates maximised) above the reference point `ref`."""
+    """Area dominated by `points` (both coordinates maximised) above the reference point `ref` (reconstruction: the
+    paper compares fronts by eye)."""
     kept = sorted((x, y) for x, y in points if x > ref[0] and y > ref[1])
-    area, best_y = 0.0, ref[1]
+    area = 0.0
+    best_y = ref[1]
     for i in range(len(kept) - 1, -1, -1):  # sweep from the largest x: each strip adds its new height
         x, y = kept[i]
         next_x = kept[i - 1][0] if i > 0 else ref[0]
@@ -321,7 +289,7 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
     return area
 
 
-# ---------------------------------------------------------------- the merged model
+# ALGO LOGIC: the merged model (theta parametrized in place) -----------------------------------------------------------
 
 
 class Interpolation(torch.nn.Module):
@@ -345,7 +313,8 @@ class Merger:
     slots of the decoder layers carry gradients; every other tensor is merged out of the graph.
 
     Slots: [0, L) Linear tensors of layer l, [L, 2L) other tensors of layer l, 2L embedding, 2L + 1 head,
-    2L + 2 everything else (final norm)."""
+    2L + 2 everything else (final norm). Only nn.Linear weights and biases of the decoder layers get the group ratios
+    [paper App. D.4, code mask_trainer.py]; a tied embedding is one tensor with the head and follows the head."""
 
     def __init__(self, pre, post):
         self.model = post
@@ -361,7 +330,9 @@ class Merger:
         embed = {id(p) for p in post.get_input_embeddings().parameters()}
         head_module = post.get_output_embeddings()
         head = {id(p) for p in head_module.parameters()} if head_module is not None else set()
-        L, self.slot, self.linears_per_layer = self.num_layers, {}, [0] * self.num_layers
+        L = self.num_layers
+        self.slot = {}  # parameter name -> slot
+        self.linears_per_layer = [0] * L  # Linear weights per decoder layer (the regulariser sums over them)
         for name, param in post.named_parameters(remove_duplicate=False):  # a tied head is listed under both names
             layer = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name)
             if id(param) in head:  # a tied embedding is the head too: it follows the head (gbar)
@@ -402,7 +373,8 @@ class Merger:
     def merged(self, slot_ratios: torch.Tensor) -> dict[str, torch.Tensor]:
         """{name: merged tensor} in theta's dtype (tied tensors share one); for saving and tests (a full copy)."""
         self.set_ratios(slot_ratios.detach())
-        out, by_original = {}, {}
+        out = {}
+        by_original = {}  # id of theta's own tensor -> its merge (a tied head is merged once)
         for name in self.slot:
             module_name, _, attr = name.rpartition(".")
             original = self.model.get_submodule(module_name).parametrizations[attr].original
@@ -417,16 +389,19 @@ class Merger:
         tokenizer.save_pretrained(folder)
 
     def ma_slots(self, gamma: float) -> torch.Tensor:
+        """Plain MA: every tensor at gamma, the non-Linear ones too [code weight_interpolation.py]."""
         return torch.full((2 * self.num_layers + 3,), float(gamma))
 
     def partwise_slots(self, part: int, ratio: float, head_ratio: float = 0.0) -> torch.Tensor:
         """One third (block3) at `ratio` with its layers' every tensor, the embedding with the input third, final
-        norm and head at `head_ratio` [code weight_interpolation.py merge_split], the rest theta."""
+        norm and head at `head_ratio` [code weight_interpolation.py merge_split; paper Fig. 4], the rest theta."""
         in_part = torch.tensor([g == part for g in layer_groups(self.num_layers, "block3")], dtype=torch.float32)
         head = torch.full((1,), float(head_ratio))
         return torch.cat([ratio * in_part, ratio * in_part, ratio * in_part[:1], head, head])  # [2L + 3]
 
     def ama_slots(self, ratios: torch.Tensor, groups: list[int], mean: float, nonlinear: str) -> torch.Tensor:
+        """AMA: each layer's Linear tensors at its group's ratio, the head at gbar [paper, code mask_trainer.py]; the
+        non-Linear tensors (embedding, norms) from theta0 as the code's merge (`pre`) or at gbar (`interp`)."""
         other = torch.full((self.num_layers,), 1.0 if nonlinear == "pre" else mean)  # [L]
         rest = torch.tensor([1.0 if nonlinear == "pre" else mean, mean, 1.0 if nonlinear == "pre" else mean])
         return torch.cat([ratios[torch.as_tensor(groups)], other, rest])  # [2L + 3]
@@ -443,7 +418,7 @@ def num_layers_of(model) -> int:
     return layers if isinstance(layers, int) else fail(f"cannot tell the layer count of {type(model).__name__}")
 
 
-# ---------------------------------------------------------------- data, rewards and evaluation
+# TRY NOT TO MODIFY: data, rewards, evaluation, theta0 of the toy and option checks ------------------------------------
 
 
 def make_reward_fn(args: Args, device, dtype):
@@ -461,7 +436,7 @@ def make_reward_fn(args: Args, device, dtype):
     rm.eval()
 
     @torch.no_grad()
-    def score(prompts, texts, batch: int = 16):
+    def score(prompts, texts, batch: int = REWARD_MODEL_BATCH):
         out = []
         for i in range(0, len(prompts), batch):
             pairs = zip(prompts[i : i + batch], texts[i : i + batch])
@@ -479,10 +454,12 @@ def make_reward_fn(args: Args, device, dtype):
 
 @torch.no_grad()
 def evaluate(model, tokenizer, reward_fn, eval_prompts, tax_prompts, tax_refs, args: Args) -> dict:
-    """reward: mean over one T = 1 sample per prompt (fixed sampling seed); tax_accuracy: greedy exact match."""
-    result, batch = {}, args.generation_batch_size
+    """reward: mean over one T = 1 sample per prompt (fixed sampling seed) [paper: the test setting]; tax_accuracy:
+    greedy exact match on the held-out ability prompts (reconstruction of the paper's tax benchmarks on the toy)."""
+    result = {}
+    batch = args.generation_batch_size
     if reward_fn is not None and eval_prompts:
-        torch.manual_seed(args.seed + 777)  # common random numbers: every arm draws the same uniforms
+        torch.manual_seed(args.seed + EVAL_SEED_OFFSET)  # common random numbers: every arm draws the same uniforms
         texts = []
         for i in range(0, len(eval_prompts), batch):
             out = sample(
@@ -502,12 +479,13 @@ def evaluate(model, tokenizer, reward_fn, eval_prompts, tax_prompts, tax_refs, a
 
 
 def toy_theta0(args: Args, device):
-    """theta0 of the toy: mixture SFT on string_ops copy/reverse + preferences with random responses (cached)."""
+    """theta0 of the toy (reconstruction, the roles of the paper's SFT model): mixture SFT on string_ops copy/reverse
+    (the ability to protect) + preferences prompts with 4 uniformly random words (the alignment task, start reward
+    ~0), cached by its recipe."""
     from transformers import AutoModelForCausalLM
 
-    recipe = {
-        k: getattr(args, k) for k in "seed num_layers hidden_size sft_steps sft_batch_size sft_lr ability_share".split()
-    }
+    recipe = {k: getattr(args, k) for k in "seed num_layers hidden_size sft_steps sft_batch_size ability_share".split()}
+    recipe["sft_lr"] = args.sft_learning_rate  # the cache key keeps the old name, so cached theta0s stay valid
     recipe.update(ability=ABILITY, num_topics=NUM_TOPICS, version=RECIPE_VERSION)
     key = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     folder = Path(args.cache_dir or shared.warmstart.CACHE_DIR) / f"ama-theta0-{key}"
@@ -516,18 +494,21 @@ def toy_theta0(args: Args, device):
     start = time.time()
     tokenizer = build_tokenizer()
     config = tiny_config(tokenizer, num_layers=args.num_layers, hidden_size=args.hidden_size)
-    config.tie_word_embeddings = False  # an untied Linear head, as the card's toy (the head is merged at gbar)
+    config.tie_word_embeddings = False  # an untied Linear head, as OpenLLaMA / Mistral (the head is merged at gbar)
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config).to(device)
     n_ability = round(args.ability_share * args.sft_batch_size)
     n_pref = args.sft_batch_size - n_ability
-    ability = StringOps(**ABILITY).dataset(min(20000, max(1, args.sft_steps * n_ability)), seed=args.seed)
-    rng, words = random.Random(args.seed), Preferences().words
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.sft_lr, weight_decay=0.0)
+    num_rows = min(MAX_ABILITY_ROWS, max(1, args.sft_steps * n_ability))
+    ability = StringOps(**ABILITY).dataset(num_rows, seed=args.seed)
+    rng = random.Random(args.seed)  # the preference prompts and their random responses
+    words = Preferences().words
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.sft_learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 50) * (1 - s / max(1, args.sft_steps))
+        optimizer, lambda s: min(1.0, (s + 1) / THETA0_WARMUP_STEPS) * (1 - s / max(1, args.sft_steps))
     )
     generator = torch.Generator().manual_seed(args.seed)
+    progress = Progress("theta0 mixture SFT", total=args.sft_steps)
     for step in range(args.sft_steps):
         rows = ability[torch.randint(len(ability), (n_ability,), generator=generator).tolist()]
         prompts = rows["prompt"] + [f"topic t{rng.randrange(NUM_TOPICS)}" for _ in range(n_pref)]
@@ -535,19 +516,21 @@ def toy_theta0(args: Args, device):
         loss = sft_loss(model, *sft_batch(tokenizer, prompts, targets, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
         optimizer.step()
         schedule.step()
-        if (step + 1) % max(1, args.sft_steps // 4) == 0:
-            print(f"theta0 mixture SFT: step {step + 1}/{args.sft_steps} loss {loss.item():.4f}", flush=True)
+        progress.update(loss=loss.item())
+    progress.done(f"cached in {folder}")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")  # write aside, then rename
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "recipe.json").write_text(json.dumps({**recipe, "seconds": round(time.time() - start, 1)}, indent=2))
-    shutil.rmtree(tmp) if folder.exists() else tmp.rename(folder)
-    print(f"theta0 ready in {time.time() - start:.1f} s -> {folder}", flush=True)
+    if folder.exists():  # another run cached the same recipe meanwhile
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(folder)
     return load_causal_lm(str(folder), device=device)
 
 
@@ -579,7 +562,7 @@ def check_args(args: Args) -> None:
     for name in f"{names} num_threads max_new_tokens sft_steps sft_batch_size".split():
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("lr", "rsf_lr", "sft_lr"):  # every learning rate, before any model is built or trained
+    for name in ("learning_rate", "rsf_learning_rate", "sft_learning_rate"):  # before any model is built or trained
         rate = getattr(args, name)
         if not (rate > 0 and math.isfinite(rate)):
             fail(f"--{name.replace('_', '-')} {rate}: a learning rate must be a positive finite number")
@@ -615,6 +598,9 @@ def load_pair(args: Args, device, dtype):
     return pre, post, tokenizer
 
 
+# ALGO LOGIC: the proxy objective on D and the AMA loop ----------------------------------------------------------------
+
+
 def proxy_batches(tokenizer, prompts, texts, args: Args, device, generator, batch_size: int | None = None):
     """Tokenised batches of D in a fresh random order: (ids, mask, positions, labels) with the loss tokens."""
     batch_size = batch_size or args.batch_size
@@ -624,7 +610,7 @@ def proxy_batches(tokenizer, prompts, texts, args: Args, device, generator, batc
         ids, mask, positions, labels = sft_batch(
             tokenizer, [prompts[j] for j in rows], [texts[j] for j in rows], device
         )
-        if args.loss_on == "all":  # the code's text_only data: prompt tokens count too
+        if args.loss_on == "all":  # the code's text_only data: prompt tokens count too [code mask_trainer.py]
             labels = ids.masked_fill(mask == 0, -100)  # [B, T]
         yield ids, mask, positions, labels
 
@@ -641,7 +627,8 @@ def loss_tokens(batch) -> int:
 
 
 def proxy_nll_sum(model, batch) -> torch.Tensor:
-    """Summed NLL of the loss tokens of one (micro-)batch of D under the model's current merge."""
+    """Summed NLL of the loss tokens of one (micro-)batch of D under the model's current merge [paper Eq. 9]: the
+    response tokens and the end-of-turn token, or every token with --loss-on all (without the code's packing)."""
     ids, mask, positions, labels = batch
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
     logits = out.logits[:, :-1].flatten(0, 1).float()  # [B * (T - 1), V]
@@ -653,7 +640,8 @@ def accumulate_proxy_gradient(merger: Merger, slots: torch.Tensor, batch, micro_
     micro-batches (each normalised by the whole batch's tokens, so 1 x 8 = 4 x 2). Returns (nll, d nll / d slots)."""
     leaf = slots.detach().requires_grad_(True)  # [2L + 3] the graph to the logits is applied once, afterwards
     merger.set_ratios(leaf)
-    tokens, total = max(loss_tokens(batch), 1), 0.0
+    tokens = max(loss_tokens(batch), 1)
+    total = 0.0
     for micro in micro_batches(batch, micro_batch_size):
         loss = proxy_nll_sum(merger.model, micro) / tokens
         loss.backward()  # gradients reach the Linear slot ratios only
@@ -665,8 +653,9 @@ def accumulate_proxy_gradient(merger: Merger, slots: torch.Tensor, batch, micro_
 @torch.no_grad()
 def full_nll(merger: Merger, slots, tokenizer, d_prompts, d_texts, args, device) -> float:
     """The proxy NLL over all of D (token mean), merged once, in micro-batches."""
-    generator = torch.Generator().manual_seed(0)
-    total, tokens = 0.0, 0
+    generator = torch.Generator().manual_seed(FULL_NLL_ORDER_SEED)
+    total = 0.0
+    tokens = 0
     with merger.evaluation(slots) as model:
         for batch in proxy_batches(tokenizer, d_prompts, d_texts, args, device, generator, args.micro_batch_size):
             total += proxy_nll_sum(model, batch).item()
@@ -674,15 +663,26 @@ def full_nll(merger: Merger, slots, tokenizer, d_prompts, d_texts, args, device)
     return total / max(tokens, 1)
 
 
-def train_ama(merger: Merger, tokenizer, d_prompts, d_texts, mean, groups, layer_weights, args, run, step0):
-    """Adam on the K logits only: proxy NLL of D under the merged model + lambda x weighted L1; the learning rate
-    decays linearly to 0 over the steps (the code's HF Trainer default, no warm-up) or stays constant."""
+def ama_steps(num_d: int, args: Args) -> int:
+    """Adam steps of AMA at one mean pre weight: --epochs passes over D in batches of --batch-size."""
+    return args.epochs * math.ceil(num_d / args.batch_size)
+
+
+def train_ama(merger: Merger, tokenizer, d_prompts, d_texts, mean, groups, layer_weights, args, run) -> torch.Tensor:
+    """Adam on the K logits only (theta0 and theta frozen): proxy NLL of D under the merged model + lambda x weighted
+    L1. The live logits form the ratios at every step, and each group logit is one Adam parameter at an explicit
+    learning rate (reconstruction of the paper's intent: the code caches a stale copy of the numerator and lists a
+    group logit once per Linear module [code mask_trainer.py set_wise_model]). The learning rate decays linearly to
+    0 with no warm-up (the code's HF Trainer default; the paper's text says cosine with 3 % warm-up) or stays
+    constant. Returns the final K ratios; logs arm `ama_g<gbar>`."""
     logits = torch.full((max(groups) + 1,), math.log(mean / (1 - mean)), requires_grad=True)  # [K] s = logit(gbar)
-    optimizer = torch.optim.Adam([logits], lr=args.lr)
-    total_steps = args.epochs * math.ceil(len(d_prompts) / args.batch_size)
+    optimizer = torch.optim.Adam([logits], lr=args.learning_rate)
+    total_steps = ama_steps(len(d_prompts), args)
     decay = (lambda s: 1.0 - s / total_steps) if args.lr_schedule == "linear" else (lambda s: 1.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
-    generator, step, tag, start = torch.Generator().manual_seed(args.seed), step0, f"g{mean:g}", time.time()
+    generator = torch.Generator().manual_seed(args.seed)  # the same order of D at every mean pre weight
+    arm = f"ama_g{mean:g}"
+    step = 0
     merger.model.train(args.gradient_checkpointing)  # HF checkpoints decoder layers only in train mode
     for _ in range(args.epochs):
         for batch in proxy_batches(tokenizer, d_prompts, d_texts, args, merger.device, generator):
@@ -695,49 +695,50 @@ def train_ama(merger: Merger, tokenizer, d_prompts, d_texts, mean, groups, layer
             optimizer.step()
             schedule.step()
             step += 1
-            gammas = {f"charts/gamma_{k}/{tag}": r for k, r in enumerate(ratios.tolist())}
-            metrics = {f"losses/proxy_nll/{tag}": nll, f"losses/reg/{tag}": reg.item(), **gammas}
-            run.log(step, metrics, echo=False)
+            gammas = {f"charts/gamma_{k}": r for k, r in enumerate(ratios.tolist())}
+            run.log(step, {"losses/proxy_nll": nll, "losses/reg": reg.item(), **gammas}, arm=arm)
     merger.model.eval()
-    print(f"AMA gbar {mean:g}: {step - step0} steps ({(step - step0) / (time.time() - start):.1f} steps/s)", flush=True)
-    return group_ratios(logits.detach(), mean, args.eps), step
+    return group_ratios(logits.detach(), mean, args.eps)
+
+
+# ALGO LOGIC: RLHF by RSF, the toy's theta -----------------------------------------------------------------------------
 
 
 def rsf(pre, tokenizer, reward_fn, pool, evaluate_small, args: Args, run, device):
-    """RLHF by RSF: best-of-n samples at T = 1, one SFT epoch on the best per prompt; no ability data."""
+    """RLHF by RSF [paper: its main experiments]: best-of-n samples at T = 1, one SFT epoch on the best per
+    prompt, no ability data; reward and tax after every iteration (the early-stopping baseline). Logs arm `rsf`."""
     post = copy.deepcopy(pre).requires_grad_(True)
-    optimizer = torch.optim.Adam(post.parameters(), lr=args.rsf_lr)
+    optimizer = torch.optim.Adam(post.parameters(), lr=args.rsf_learning_rate)
     generator = torch.Generator().manual_seed(args.seed)
-    for it in range(1, args.rsf_iterations + 1):
-        start = time.time()
+    for iteration in range(1, args.rsf_iterations + 1):
         prompts = [pool[i] for i in torch.randint(len(pool), (args.rsf_prompts,), generator=generator).tolist()]
         out = sample(post, tokenizer, prompts, args.rsf_samples, args.max_new_tokens, args.temperature, chat=args.chat)
         rewards = reward_fn([p for p in prompts for _ in range(args.rsf_samples)], out.texts)  # [P * n]
         best_reward, best = rewards.view(len(prompts), args.rsf_samples).max(dim=1)  # [P] first best on ties
-        best_reward = best_reward.mean().item()
         texts = [out.texts[i * args.rsf_samples + b] for i, b in enumerate(best.tolist())]
-        losses, order = [], torch.randperm(len(prompts), generator=generator).tolist()
+        losses = []
+        order = torch.randperm(len(prompts), generator=generator).tolist()
         for i in range(0, len(order), args.rsf_batch_size):  # one SFT epoch on the best responses
             rows = order[i : i + args.rsf_batch_size]
             batch = sft_batch(tokenizer, [prompts[j] for j in rows], [texts[j] for j in rows], device)
             loss = sft_loss(post, *batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(post.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(post.parameters(), MAX_GRAD_NORM)
             optimizer.step()
             losses.append(loss.item())
-        ev = evaluate_small(post.eval())
-        metrics = {"reward": rewards.mean().item(), "losses/sft_loss": sum(losses) / len(losses)}
-        run.log(it, {**metrics, **{f"eval/{k}/rsf": v for k, v in ev.items()}}, echo=False)
-        print(
-            f"RSF {it}/{args.rsf_iterations}: sample reward {rewards.mean():.3f}, best-of-n {best_reward:.3f}, "
-            f"eval {ev} ({time.time() - start:.1f} s)",
-            flush=True,
-        )
+        evaluation = evaluate_small(post.eval())
+        metrics = {
+            "reward": rewards.mean().item(),
+            "rewards/best_of_n": best_reward.mean().item(),
+            "losses/sft_loss": sum(losses) / len(losses),
+        }
+        run.log(iteration, {**metrics, **{f"eval/{k}": v for k, v in evaluation.items()}}, echo=True, arm="rsf")
     return post
 
 
 def main(args: Args) -> dict:
+    # TRY NOT TO MODIFY: option checks, seeding, device, the reward, data
     check_args(args)
     torch.set_num_threads(args.num_threads)
     seed_everything(args.seed)
@@ -765,40 +766,53 @@ def main(args: Args) -> dict:
         pool, eval_prompts = data["prompt"][: len(data) - num_eval], data["prompt"][len(data) - num_eval :]
     if not pool:
         fail(f"dataset {args.dataset_name!r} has no prompts: D would be empty")
-    tax_prompts, tax_refs = [], []
+    tax_prompts = []
+    tax_refs = []
     if args.tax_dataset_name:
         kwargs = ABILITY if args.tax_dataset_name == "tiny:string_ops" else None
         tax = load_data(args.tax_dataset_name, "test", ["prompt", "reference"], args.num_eval, args.seed, kwargs)
         tax_prompts, tax_refs = tax["prompt"], tax["reference"]
-    run = RunLogger(make_run_name("preferences" if toy else "real", args.exp_name, args.seed), args, track=args.track)
+    run = RunLogger(
+        make_run_name("preferences" if toy else "real", args.exp_name, args.seed),
+        args,
+        track=args.track,
+        print_every=25,
+        show=SHOWN,
+        total_steps=args.rsf_iterations,  # the RSF arm's; set to an AMA arm's steps once D is known
+    )
     start = time.time()
 
     def evaluate_at(model, n=None):
         n = n or args.num_eval
         return evaluate(model, tokenizer, reward_fn, eval_prompts[:n], tax_prompts[:n], tax_refs[:n], args)
 
-    # 1. theta0 (toy: mixture SFT of ability + alignment prompts, cached) and 2. theta = RSF(theta0); or both by name
+    # ALGO LOGIC: the paper's Algorithm 1
+    # 1. theta0 (toy: mixture SFT of ability + alignment prompts, cached) and theta = RLHF(theta0) by RSF, as the
+    #    paper's main experiments; or both by name
     if toy:
         pre, tokenizer = toy_theta0(args, device)
         pre.eval().requires_grad_(False)
-        ev = evaluate_at(pre, 128)
-        run.log(0, {f"eval/{k}/rsf": v for k, v in ev.items()}, echo=False)
-        print(f"theta0: {ev}", flush=True)
-        post = rsf(pre, tokenizer, reward_fn, pool, lambda m: evaluate_at(m, 128), args, run, device)
+        start_evaluation = evaluate_at(pre, RSF_EVAL_PROMPTS)
+        run.log(0, {f"eval/{k}": v for k, v in start_evaluation.items()}, echo=False, arm="rsf")
+        print(f"theta0: {start_evaluation}", flush=True)
+        post = rsf(pre, tokenizer, reward_fn, pool, lambda m: evaluate_at(m, RSF_EVAL_PROMPTS), args, run, device)
     else:
         pre, post, tokenizer = load_pair(args, device, dtype)
     pre.eval().requires_grad_(False)
     post.eval().requires_grad_(False)
     rsf_seconds = time.time() - start
 
-    # 3. D: sample theta on the RLHF prompts, keep the highest-reward samples
-    generator = torch.Generator().manual_seed(args.seed + 1)
+    # 2. D: sample theta on the RLHF prompts, keep the highest-reward samples (the paper: ~2000 of the top 5000)
+    generator = torch.Generator().manual_seed(args.seed + D_PROMPT_SEED_OFFSET)
     d_prompts = [pool[i] for i in torch.randint(len(pool), (args.num_d_samples,), generator=generator).tolist()]
-    torch.manual_seed(args.seed + 2)
+    torch.manual_seed(args.seed + D_SAMPLE_SEED_OFFSET)
     d_texts = []
+    progress = Progress("D sampling", total=math.ceil(len(d_prompts) / args.generation_batch_size))
     for i in range(0, len(d_prompts), args.generation_batch_size):
         chunk = d_prompts[i : i + args.generation_batch_size]
         d_texts += sample(post, tokenizer, chunk, 1, args.max_new_tokens, args.temperature, chat=args.chat).texts
+        progress.update()
+    progress.done()
     if reward_fn is not None:
         d_rewards = reward_fn(d_prompts, d_texts).float()  # [N]
         keep = torch.argsort(d_rewards, descending=True, stable=True)[: args.num_d_keep].tolist()
@@ -809,56 +823,63 @@ def main(args: Args) -> dict:
     else:
         keep = list(range(args.num_d_keep))
         print("D: no reward model, so D keeps the first samples unfiltered (pass --reward-model)", flush=True)
-    d_prompts, d_texts = [d_prompts[i] for i in keep], [d_texts[i] for i in keep]
+    d_prompts = [d_prompts[i] for i in keep]
+    d_texts = [d_texts[i] for i in keep]
     pairs = [(p, t) for p, t in zip(d_prompts, d_texts) if t]
     if not pairs:
         fail("D is empty: theta produced no non-empty response; raise --max-new-tokens or check the prompts")
-    d_prompts, d_texts = [p for p, _ in pairs], [t for _, t in pairs]
+    d_prompts = [p for p, _ in pairs]
+    d_texts = [t for _, t in pairs]
     run.save_text("samples.txt", "".join(f"{p} ||| {t}\n" for p, t in pairs[:50]))
 
-    # 4-6. plain MA, partwise MA and AMA, all from the same theta0 / theta, evaluated the same way
+    # the baselines and AMA, all from the same theta0 / theta, evaluated the same way
     merger = Merger(pre, post)  # post becomes the merged model; theta0 and theta are the only copies held
     if args.gradient_checkpointing:
         post.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     num_layers = merger.num_layers
     groups = layer_groups(num_layers, args.groups)
     layer_weights = regulariser_weights(num_layers) * torch.tensor(merger.linears_per_layer, dtype=torch.float32)
-    results, eval_step = [], 0
+    results = []
 
     def point(arm: str, gamma: float, slots: torch.Tensor, **extra) -> dict:
-        nonlocal eval_step
+        """Evaluate one merge; logged on the arm's own run at step = 100 x its pre weight (the x axis it shares)."""
         with merger.evaluation(slots) as merged:  # every tensor merged once for the whole evaluation
-            ev = evaluate_at(merged)
-        eval_step += 1
-        run.log(eval_step, {f"eval/{k}/{arm}": v for k, v in ev.items()}, echo=False)
-        results.append({"arm": arm, "pre_weight": gamma, **ev, **extra})
+            evaluation = evaluate_at(merged)
+        run.log(round(100 * gamma), {f"eval/{k}": v for k, v in evaluation.items()}, echo=False, arm=arm)
+        results.append({"arm": arm, "pre_weight": gamma, **evaluation, **extra})
         return results[-1]
 
-    eval_start = time.time()
+    # 3. the baselines [paper Fig. 4]: plain MA, every tensor at gamma (0 = theta, 1 = theta0), and partwise
+    #    MA, one third at r with the rest at theta
     ma_grid = sorted(set(args.pre_weights) | {0.0, 1.0} if "ma" in args.arms else {0.0, 1.0})
-    for gamma in ma_grid:  # 4. plain MA: every tensor at gamma (0 = theta, 1 = theta0)
-        point("ma", gamma, merger.ma_slots(gamma))
-    print(f"MA: {len(ma_grid)} points in {time.time() - eval_start:.1f} s", flush=True)
-    if "partwise" in args.arms:  # 5. one third at r, the rest at theta
-        for part, name in enumerate(("input", "middle", "output")):
-            for r in args.partwise_pre_weights:
-                point(f"partwise_{name}", r, merger.partwise_slots(part, r, args.partwise_head_pre_weight))
-    step = 0
-    if "ama" in args.arms:  # 6. AMA: K ratios at fixed mean, trained on the proxy NLL of D
+    parts = ("input", "middle", "output") if "partwise" in args.arms else ()
+    progress = Progress("MA and partwise evaluation", total=len(ma_grid) + len(parts) * len(args.partwise_pre_weights))
+    for gamma in ma_grid:
+        row = point("ma", gamma, merger.ma_slots(gamma))
+        progress.update(reward=row.get("reward", math.nan), tax_accuracy=row.get("tax_accuracy", math.nan))
+    for part, name in enumerate(parts):
+        for r in args.partwise_pre_weights:
+            row = point(f"partwise_{name}", r, merger.partwise_slots(part, r, args.partwise_head_pre_weight))
+            progress.update(reward=row.get("reward", math.nan), tax_accuracy=row.get("tax_accuracy", math.nan))
+    progress.done()
+    if "ama" in args.arms:
+        run.total_steps = ama_steps(len(d_prompts), args)  # the ETA of each AMA arm's progress line
         for mean in args.mean_pre_weights:
+            # 4. initialise s = logit(gbar): every group at gbar, plain averaging of the Linear weights
             init = group_ratios(torch.full((max(groups) + 1,), math.log(mean / (1 - mean))), mean, args.eps)
             init_slots = merger.ama_slots(init, groups, mean, args.nonlinear)
             nll0 = full_nll(merger, init_slots, tokenizer, d_prompts, d_texts, args, device)
             point("ama_init", mean, init_slots, d_nll=nll0)
-            ratios, step = train_ama(
-                merger, tokenizer, d_prompts, d_texts, mean, groups, layer_weights, args, run, step
-            )
+            # 5. --epochs over D: merge at the live ratios, proxy NLL + lambda x L1, an Adam step on s only
+            arm_start = time.time()
+            ratios = train_ama(merger, tokenizer, d_prompts, d_texts, mean, groups, layer_weights, args, run)
+            # 6. merge once at the final ratios; evaluate reward and tax like every other arm
             slots = merger.ama_slots(ratios, groups, mean, args.nonlinear)
             nll = full_nll(merger, slots, tokenizer, d_prompts, d_texts, args, device)
             row = point("ama", mean, slots, d_nll=nll, gammas=[round(g, 4) for g in ratios.tolist()])
             print(
-                f"  gamma_k {row['gammas']}, D NLL {nll0:.4f} -> {nll:.4f}, reward {row.get('reward')}, "
-                f"tax accuracy {row.get('tax_accuracy')}",
+                f"AMA gbar {mean:g}: gamma_k {row['gammas']}, D NLL {nll0:.4f} -> {nll:.4f}, reward "
+                f"{row.get('reward')}, tax accuracy {row.get('tax_accuracy')} ({time.time() - arm_start:.1f} s)",
                 flush=True,
             )
             if args.save_model:
@@ -867,12 +888,15 @@ def main(args: Args) -> dict:
     if args.save_model and toy:
         post.save_pretrained(run.dir / "theta")
 
-    # 7. fronts, hypervolumes, plot and table
+    # 7. the fronts: hypervolumes, plot and table
     summary = summarise(results, args, run, groups)
     summary["rsf_seconds"] = round(rsf_seconds, 1)
     summary["wall_seconds"] = round(time.time() - start, 1)
     (run.dir / "results.json").write_text(json.dumps({"rows": results, **summary}, indent=2) + "\n")
     return {"rows": results, "run_dir": run.dir, "post": post, "pre": pre, **summary}
+
+
+# TRY NOT TO MODIFY: the table, the hypervolumes and the plot ----------------------------------------------------------
 
 
 def summarise(results: list[dict], args: Args, run: RunLogger, groups: list[int]) -> dict:
@@ -953,4 +977,4 @@ def plot_fronts(results: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args(Args, __doc__))  # --help opens with the docstring's first paragraph

@@ -18,7 +18,7 @@ TINY = dict(
     sft_steps=200,
     sft_batch_size=32,
     rsf_iterations=5,
-    rsf_lr=5e-3,
+    rsf_learning_rate=5e-3,
     rsf_prompts=64,
     rsf_samples=4,
     num_d_samples=96,
@@ -29,7 +29,7 @@ TINY = dict(
     num_eval=64,
     batch_size=8,
     epochs=3,
-    lr=0.1,
+    learning_rate=0.1,
     reg_coef=0.0,  # the L1 term has a dead zone: on this barely trained model it would pin gamma at gbar
 )
 
@@ -67,7 +67,7 @@ def test_group_ratios_hand_values_and_mean():
     # init s = logit(gbar): every group at gbar (plain averaging)
     init = ama.group_ratios(torch.full((3,), math.log(0.2 / 0.8)), 0.2, 0.2)
     assert torch.allclose(init, torch.full((3,), 0.2))
-    # the card's range for K = 3, eps = 0.2: [0.23, 2.25] x gbar at saturated logits
+    # the range for K = 3, eps = 0.2 (paper Eq. 11 with the factor K): [0.23, 2.25] x gbar at saturated logits
     hi = ama.group_ratios(torch.tensor([40.0, -40.0, -40.0]), 1.0, 0.2)
     assert hi[0].item() == pytest.approx(3 * 1.2 / 1.6, abs=1e-5) and hi[1].item() == pytest.approx(3 * 0.2 / 1.6)
 
@@ -220,9 +220,14 @@ def test_evaluation_merges_once_and_save_writes_the_merge(tmp_path, monkeypatch)
     assert torch.allclose(saved(input_ids=ids).logits, first, atol=1e-6)
 
 
-class NoLog:
-    def log(self, *args, **kwargs):
-        pass
+class StepLog:
+    """Stands in for the RunLogger: keeps the (arm, step) of every logged row."""
+
+    def __init__(self):
+        self.rows = []
+
+    def log(self, step, metrics, echo=None, arm=None):
+        self.rows.append((arm, step))
 
 
 def test_train_ama_lowers_the_proxy_nll_and_the_l1_pins_the_ratios():
@@ -245,12 +250,14 @@ def test_train_ama_lowers_the_proxy_nll_and_the_l1_pins_the_ratios():
     init = merger.ama_slots(ama.group_ratios(torch.full((3,), math.log(0.4 / 0.6)), 0.4, 0.2), groups, 0.4, "pre")
     spread = {}
     for reg_coef in (0.0, 10.0):
-        args = ama.Args(batch_size=8, micro_batch_size=4, epochs=4, lr=0.3, reg_coef=reg_coef)
+        args = ama.Args(batch_size=8, micro_batch_size=4, epochs=4, learning_rate=0.3, reg_coef=reg_coef)
         before = ama.full_nll(merger, init, tok, d_prompts, d_texts, args, "cpu")
-        ratios, steps = ama.train_ama(merger, tok, d_prompts, d_texts, 0.4, groups, weights, args, NoLog(), 0)
+        log = StepLog()
+        ratios = ama.train_ama(merger, tok, d_prompts, d_texts, 0.4, groups, weights, args, log)
         slots = merger.ama_slots(ratios, groups, 0.4, "pre")
         after = ama.full_nll(merger, slots, tok, d_prompts, d_texts, args, "cpu")
-        assert steps == 16 and ratios.mean().item() == pytest.approx(0.4, abs=1e-6)
+        assert log.rows == [("ama_g0.4", step) for step in range(1, 17)]  # one arm per mean pre weight, steps 1..16
+        assert ama.ama_steps(len(d_prompts), args) == 16 and ratios.mean().item() == pytest.approx(0.4, abs=1e-6)
         spread[reg_coef] = (ratios - 0.4).abs().max().item()
         if reg_coef == 0:
             assert after < before - 1e-3 and ratios[0] < ratios[1:].min() - 0.05  # layer 0 moves towards theta
@@ -274,9 +281,28 @@ def test_smoke_run_writes_results_and_changes_weights(toy_run):
     }
     assert "hv_ama" in out and "MA reward" in (run_dir / "summary.md").read_text()
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert any("losses/proxy_nll/g0.4" in row for row in logged)
+    assert any("losses/proxy_nll" in row and row["arm"] == "ama_g0.4" for row in logged)
     # AMA never sees the ability: D holds only RLHF prompts
     assert all(line.startswith("topic t") for line in (run_dir / "samples.txt").read_text().splitlines())
+
+
+def test_every_arm_is_a_tensorboard_run_of_its_own_with_the_same_tags(toy_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, out = toy_run
+    run_dir = out["run_dir"]
+    evaluated = ("ma", "partwise_input", "partwise_middle", "partwise_output", "ama_init", "ama")
+    tags = {}
+    for arm in ("rsf", "ama_g0.4", *evaluated):
+        assert list((run_dir / "arms" / arm).glob("events.out.tfevents.*")), arm
+        tags[arm] = set(EventAccumulator(str(run_dir / "arms" / arm)).Reload().Tags()["scalars"])
+        assert not any(arm in tag for tag in tags[arm]), (arm, tags[arm])  # no arm baked into a tag name
+    assert {"reward", "rewards/best_of_n", "losses/sft_loss", "eval/reward", "eval/tax_accuracy"} <= tags["rsf"]
+    assert {"losses/proxy_nll", "losses/reg", "charts/gamma_0", "charts/gamma_1", "charts/gamma_2"} <= tags["ama_g0.4"]
+    assert all({"eval/reward", "eval/tax_accuracy"} <= tags[arm] for arm in evaluated)  # one tag name for every arm
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    ma_steps = [row["step"] for row in logged if row.get("arm") == "ma"]
+    assert ma_steps == [0, 50, 100]  # evaluations sit at step = 100 x pre weight, shared by MA and AMA
 
 
 def test_it_learns_rsf_raises_reward_and_ama_lowers_the_proxy_nll(toy_run):
@@ -327,12 +353,15 @@ def test_mismatched_architectures_fail(tmp_path):
         (dict(pre_model="only-one"), "both --pre-model and --post-model"),
         (dict(arms=("ma", "dpo")), "choose from"),
         (dict(ability_share=1.5), "--ability-share 1.5"),
-        (dict(rsf_lr=0.0), "--rsf-lr 0.0: a learning rate"),
-        (dict(rsf_lr=float("nan")), "--rsf-lr nan"),
-        (dict(sft_lr=-1e-3), "--sft-lr -0.001"),
-        (dict(sft_lr=float("nan")), "--sft-lr nan"),
-        (dict(lr=float("nan")), "--lr nan"),
-        (dict(lr=0.0), "--lr 0.0"),
+        (dict(rsf_learning_rate=0.0), "--rsf-learning-rate 0.0: a learning rate"),
+        (dict(rsf_learning_rate=-1.0), "--rsf-learning-rate -1.0"),
+        (dict(rsf_learning_rate=float("nan")), "--rsf-learning-rate nan"),
+        (dict(sft_learning_rate=0.0), "--sft-learning-rate 0.0"),
+        (dict(sft_learning_rate=-1e-3), "--sft-learning-rate -0.001"),
+        (dict(sft_learning_rate=float("nan")), "--sft-learning-rate nan"),
+        (dict(learning_rate=float("nan")), "--learning-rate nan"),
+        (dict(learning_rate=0.0), "--learning-rate 0.0"),
+        (dict(learning_rate=-0.1), "--learning-rate -0.1"),
         (dict(micro_batch_size=0), "--micro-batch-size"),
     ],
 )
