@@ -168,12 +168,30 @@ def test_eval_parsing_and_imputation():
 
 
 # runs --------------------------------------------------------------------------------------------------------------
-def test_smoke_run_changes_the_policy(runs_in_tmp):
-    results = ppo_mc.main(Args(**TINY, save_model=True, arms=("ppo", "ppo-clean", "ppo-m", "ppo-c")))
+def test_smoke_run_changes_the_policy(runs_in_tmp, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    arms = ("ppo", "ppo-clean", "ppo-m", "ppo-c")
+    results = ppo_mc.main(Args(**TINY, save_model=True, arms=arms))
     (run_dir,) = runs_in_tmp.iterdir()
     assert (run_dir / "summary.md").read_text().count("| ppo") == 4
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert any("reward/ppo-c" in row for row in lines) and any("losses/value_loss/ppo-m" in row for row in lines)
+    logged = {(row.get("arm"), key) for row in lines for key in row}  # (arm, metric): the arms share the names
+    for arm in arms:
+        assert {(arm, "reward"), (arm, "kl"), (arm, "losses/value_loss"), (arm, "eval/ece")} <= logged, arm
+    assert ("ppo-c", "rewards/reward_avg") in logged and ("ppo", "rewards/reward_avg") not in logged
+    assert {("sft", "losses/sft_loss"), ("rm", "losses/rm_loss"), ("crm", "losses/rm_loss")} <= logged
+    for arm in (*arms, "sft", "rm", "crm"):  # one TensorBoard run per arm (and per fitted model), no arm in a tag
+        tags = EventAccumulator(str(run_dir / "arms" / arm)).Reload().Tags()["scalars"]
+        assert tags and not any(name in tag for tag in tags for name in (*arms, "crm")), (arm, tags)
+    assert {"reward", "kl", "losses/policy_loss", "eval/ece"} <= set(
+        EventAccumulator(str(run_dir / "arms" / "ppo-m")).Reload().Tags()["scalars"]
+    )
+    printed = capsys.readouterr().out.splitlines()
+    progress = [line for line in printed if line.startswith("step ")]
+    assert progress and all(len(line) <= 120 for line in progress), progress
+    assert any(line.startswith("toy SFT: done in ") for line in printed)  # the long phases show their bars
+    assert any(line.startswith("toy CRM: done in ") for line in printed)
     start = AutoModelForCausalLM.from_pretrained(run_dir / "sft").state_dict()
     for arm in ("ppo", "ppo-m", "ppo-c"):
         trained = AutoModelForCausalLM.from_pretrained(run_dir / arm).state_dict()
@@ -249,10 +267,15 @@ def test_real_path_through_folders(real_folders, runs_in_tmp):
         (dict(reward_model_name="some/rm"), "all or none"),
         (dict(max_new_tokens=6), "--max-new-tokens 5"),
         (dict(lam=1.5), "--lam"),
-        (dict(actor_lr=0.0), "--actor-lr must be a positive, finite learning rate"),
-        (dict(critic_lr=-1e-6), "--critic-lr must be a positive, finite learning rate"),
-        (dict(crm_lr=float("nan")), "--crm-lr must be a positive, finite learning rate"),
-        (dict(actor_lr=float("nan")), "--actor-lr"),
+        (dict(actor_learning_rate=0.0), "--actor-learning-rate must be a positive, finite learning rate"),
+        (dict(critic_learning_rate=-1e-6), "--critic-learning-rate must be a positive, finite learning rate"),
+        (dict(crm_learning_rate=float("nan")), "--crm-learning-rate must be a positive, finite learning rate"),
+        (dict(actor_learning_rate=float("nan")), "--actor-learning-rate"),
+        (dict(critic_learning_rate=float("inf")), "--critic-learning-rate"),
+        (dict(sft_learning_rate=0.0), "--sft-learning-rate must be a positive"),
+        (dict(rm_learning_rate=float("nan")), "--rm-learning-rate must be a positive"),
+        (dict(sft_batch_size=0), "--sft-batch-size must be at least 1"),
+        (dict(rm_batch_size=0), "--rm-batch-size must be at least 1"),
         (dict(dtype="fp16"), "bf16"),
         (dict(crm_dataset_name="some/pairs"), "the toy trains its own"),
     ],
@@ -330,7 +353,9 @@ def test_crm_fine_tuned_on_the_official_columns(real_folders, runs_in_tmp):
     assert short.shape[1] == 5 and (short[:, -1] == tokenizer.eos_token_id).all()
     options = dict(crm_model_name=None, crm_dataset_name=str(real_folders / "crm_pairs"), arms=("ppo-m",))
     ppo_mc.main(
-        real_args(real_folders, **options, crm_batch_size=4, crm_micro_batch_size=2, crm_lr=1e-2, save_model=True)
+        real_args(
+            real_folders, **options, crm_batch_size=4, crm_micro_batch_size=2, crm_learning_rate=1e-2, save_model=True
+        )
     )
     run_dir = next(runs_in_tmp.iterdir())
     crm = AutoModelForSequenceClassification.from_pretrained(run_dir / "crm")
@@ -338,8 +363,8 @@ def test_crm_fine_tuned_on_the_official_columns(real_folders, runs_in_tmp):
     assert not torch.equal(crm.score.weight, vanilla.score.weight)  # the head was loaded, then trained
     assert crm.config.mean != 0.25 and crm.config.std > 0  # the CRM's own six-variant statistics
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert sum("losses/rm_loss/crm" in row for row in lines) == 2  # 6 pairs / 4 per step, one epoch
-    assert any("losses/policy_loss/ppo-m" in row for row in lines)
+    assert sum(row.get("arm") == "crm" and "losses/rm_loss" in row for row in lines) == 2  # 6 pairs / 4 a step
+    assert any(row.get("arm") == "ppo-m" and "losses/policy_loss" in row for row in lines)
 
 
 # truncation, sampling, micro-batches, precision ------------------------------------------------------------------
@@ -446,7 +471,7 @@ def test_bf16_autocast_moves_the_weights_like_fp32(tmp_path, runs_in_tmp):
     Dataset.from_dict({"prompt": [f"Q {k} A" for k in range(8)]}).save_to_disk(tmp_path / "prompts")
     options = dict(model_name=str(tmp_path / "start"), reward_model_name=str(tmp_path / "rm"), arms=("ppo",))
     options.update(dataset_name=str(tmp_path / "prompts"), steps=1, rollout_batch_size=4, num_minibatches=1)
-    options.update(max_new_tokens=4, actor_lr=1e-6, critic_lr=1e-6, num_eval=0, save_model=True)
+    options.update(max_new_tokens=4, actor_learning_rate=1e-6, critic_learning_rate=1e-6, num_eval=0, save_model=True)
     distances = {}
     for name, extra in (
         ("fp32", dict(dtype="fp32")),
