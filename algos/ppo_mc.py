@@ -81,7 +81,8 @@ CONFIDENCE_QUERY = (
     "is accurate or helpful.>\nEnsure that your response strictly adheres to this format. Explicitly include the word "
     '"Confidence:" in your response.'
 )
-REWARD_CLAMP = 10.0  # |reward| bound before the running mean and after the PPO-C adjustment [OpenRLHF experience maker]
+# |reward| bound before the running mean and after the PPO-C adjustment [OpenRLHF trainer/ppo_utils/experience_maker.py]
+REWARD_CLAMP = 10.0
 # the toy (reconstruction): fixed parts of its SFT data and of the RM / CRM statistics
 SFT_PLAIN_PROMPT_SHARE = 0.25  # SFT prompts without the confidence query, whose response states none
 SFT_LABEL_NOISE = 2.5  # std of the noise on the SFT confidence label 10 p: the SFT start is calibrated only roughly
@@ -191,7 +192,7 @@ class Args:
     """a response cut at --max-new-tokens: EOS written into its last position before scoring (the code), or a
     fixed score --penalty-reward-value (summarize-from-feedback's PPO)"""
     penalty_reward_value: float = -1.0
-    """the score of a response without EOS under --truncation penalty [summarize-from-feedback: -1]"""
+    """the score of a response without EOS under --truncation penalty (summarize-from-feedback's PPO: -1)"""
     alpha: float = 0.1
     """PPO-C moving-average rate of rbar [OpenRLHF cli/train_cppo.py: 0.1]"""
     weight: float = 2.0
@@ -404,7 +405,7 @@ def generate(model, prompt_ids, prompt_mask, stop_ids, args: Args, allowed=None,
     """One sample per row with the KV cache, in `generate` calls of at most --generation-batch-size rows; returns
     response ids [B, T] (pad after the first stop) and mask [B, T] (1 up to and including the first stop).
 
-    Sampling is plain temperature sampling unless `top_k` > 0 (the official actor passes top_k=None) [code
+    Sampling is plain temperature sampling unless `top_k` > 0 (the official actor passes top_k=None) [OpenRLHF
     models/actor.py]; only the options given here apply, never the checkpoint's generation defaults."""
     max_new_tokens = max_new_tokens or args.max_new_tokens
     top_k = args.top_k if top_k is None else top_k
@@ -440,7 +441,7 @@ def generate(model, prompt_ids, prompt_mask, stop_ids, args: Args, allowed=None,
 def end_truncated(ids, mask, stop_ids, eos_token_id: int, truncation: str = "eos"):
     """Responses that reached max_new_tokens without a stop token ([B] bool) and what becomes of them.
 
-    `eos` [code models/actor.py process_sequences]: EOS is written into their last position, so the RM reads its
+    `eos` [OpenRLHF models/actor.py process_sequences]: EOS is written into their last position, so the RM reads its
     reward at an EOS and the last action the policy is trained on is EOS. `penalty`: they stay as sampled; their
     score is replaced by a fixed value (`apply_missing_eos_penalty`), as summarize-from-feedback's PPO does."""
     last_is_stop = torch.isin(ids[:, -1], torch.as_tensor(stop_ids, device=ids.device))  # [B]
@@ -499,7 +500,7 @@ def normalisation(model) -> tuple[float, float]:
 
 
 def rm_reward(rm, prompt_ids, prompt_mask, ids, mask, normalise: bool = True) -> torch.Tensor:
-    """Sequence reward [B], read at the last attended token (the EOS) [code models/model.py RewardModel]."""
+    """Sequence reward [B], read at the last attended token (the EOS) [OpenRLHF models/model.py RewardModel]."""
     attention_mask = torch.cat([prompt_mask, mask], 1)  # [B, P+T]
     scores = token_scores(rm, torch.cat([prompt_ids, ids], 1), attention_mask)  # [B, P+T]
     last = attention_mask.size(1) - 1 - attention_mask.long().fliplr().argmax(1)  # [B]
@@ -509,7 +510,7 @@ def rm_reward(rm, prompt_ids, prompt_mask, ids, mask, normalise: bool = True) ->
 
 
 def critic_values(critic, prompt_ids, prompt_mask, ids, mask) -> torch.Tensor:
-    """V before each response token [B, T], normalised like the reward [code models/model.py CriticModel]."""
+    """V before each response token [B, T], normalised like the reward [OpenRLHF models/model.py CriticModel]."""
     scores = token_scores(critic, torch.cat([prompt_ids, ids], 1), torch.cat([prompt_mask, mask], 1))  # [B, P+T]
     values = scores[:, prompt_ids.shape[1] - 1 : -1]  # [B, T] the state before token t
     mean, std = normalisation(critic)
@@ -670,8 +671,10 @@ def decode(tokenizer, ids, mask, toy: bool) -> list[str]:
 
 def strip_and_retokenise(tokenizer, texts: list[str], toy: bool, device):
     """The RM's view of a response: confidence stripped, " " + EOS added if missing, re-tokenised (right padding)."""
-    stripped = [s if s.endswith(eos := tokenizer.eos_token) else f"{s} {eos}" for s in map(strip_confidence, texts)]
-    stripped = [toy_text(s, back=True) if toy else s for s in stripped]
+    eos = tokenizer.eos_token
+    stripped = [strip_confidence(text) for text in texts]
+    stripped = [text if text.endswith(eos) else f"{text} {eos}" for text in stripped]
+    stripped = [toy_text(text, back=True) if toy else text for text in stripped]
     batch = tokenizer(stripped, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
@@ -825,7 +828,8 @@ def encode_crm_rows(tokenizer, rows: dict, max_length: int, device) -> list[tupl
             padding_side="right",
             return_tensors="pt",
         )
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # [n, L]
+        ids = batch["input_ids"].to(device)  # [n, L]
+        mask = batch["attention_mask"].to(device)  # [n, L]
         last = mask.sum(1) - 1  # [n] the last attended token
         ids[torch.arange(len(ids), device=device), last] = tokenizer.eos_token_id
         variants.append((ids, mask))
@@ -1077,14 +1081,15 @@ def check_args(args: Args) -> None:
         fail(f"--lam {args.lam} must be in [0, 1] and --gamma {args.gamma} in (0, 1]")
     if args.dtype == "fp16":
         fail("--dtype fp16: PPO-M/C steps two models (actor, critic) and runs bf16 (the code's) or fp32; use those")
-    toy = [args.model_name == "tiny", args.reward_model_name == "tiny", args.dataset_name == "tiny"]
-    if any(toy) and not all(toy) or all(toy) and args.max_new_tokens != 5:
+    tiny_parts = [args.model_name == "tiny", args.reward_model_name == "tiny", args.dataset_name == "tiny"]
+    toy = all(tiny_parts)
+    if any(tiny_parts) and not toy or toy and args.max_new_tokens != 5:
         fail("the toy needs --model-name, --reward-model-name, --dataset-name `tiny` (all or none), --max-new-tokens 5")
-    if all(toy) and (args.crm_dataset_name or args.crm_model_name or args.critic_model_name):
+    if toy and (args.crm_dataset_name or args.crm_model_name or args.critic_model_name):
         fail("the toy trains its own RM, CRM and critic: --crm-dataset-name, --crm-model-name, --critic-model-name")
     if args.crm_dataset_name and args.crm_model_name:
         fail("pass one of --crm-model-name (a ready calibrated RM) or --crm-dataset-name (fine-tune one), not both")
-    if "ppo-m" in args.arms and not all(toy) and not (args.crm_model_name or args.crm_dataset_name):
+    if "ppo-m" in args.arms and not toy and not (args.crm_model_name or args.crm_dataset_name):
         fail(
             "ppo-m on the real path needs a calibrated RM: --crm-dataset-name (pairs with the columns "
             f"{', '.join(CRM_COLUMNS)}, fine-tuned from --reward-model-name) or --crm-model-name (a ready one)"
