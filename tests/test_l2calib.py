@@ -14,9 +14,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import algos.l2calib as L  # noqa: E402
-import shared.runs  # noqa: E402
+import algos.l2calib as L
+import shared.runs
 
 F64 = torch.float64
 
@@ -47,8 +46,17 @@ def runs_dir(tmp_path, monkeypatch):
 
 
 def tiny(**kw):
-    base = dict(segments=2, segment_seconds=3.0, updates=4, warmup_updates=2, init_candidates=2, num_envs=4,
-                num_collects=8, ppo_epochs=2, motions=("full",))  # fmt: skip
+    base = dict(
+        segments=2,
+        segment_seconds=3.0,
+        updates=4,
+        warmup_updates=2,
+        init_candidates=2,
+        num_envs=4,
+        num_collects=8,
+        ppo_epochs=2,
+        motions=("full",),
+    )
     return L.Args(**{**base, **kw})
 
 
@@ -199,7 +207,7 @@ def test_preintegration_with_irregular_stamps_matches_a_plain_loop():
 
 
 def test_excitation_score_intended_and_as_written():
-    rates = torch.tensor([0.0, 0.0, 0.3], dtype=F64)  # yaw only, 0.3 rad/s, 150 rates at 10 Hz [card 5.4]
+    rates = torch.tensor([0.0, 0.0, 0.3], dtype=F64)  # yaw only, 0.3 rad/s, 150 rates at 10 Hz
     rot = L.so3_exp(torch.arange(151, dtype=F64)[:, None] * 0.1 * rates)
     dt = torch.full((150,), 0.1, dtype=F64)
     assert L.excitation_score(rot, dt).item() == pytest.approx((150 * 0.09 / 100) ** 2, rel=1e-6)  # 0.018
@@ -227,16 +235,31 @@ def metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_smoke_every_arm(runs_dir):
+def test_smoke_every_arm(runs_dir, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     L.main(tiny(arms=("l2calib", "hand-eye", "gaussian", "no-select")))
     (run,) = runs_dir.iterdir()
     rows = metrics(run)
-    mine = [r for r in rows if "charts/sigma_t_cm/full_l2calib" in r]  # one row per update and arm
-    first, last = mine[0], mine[-1]
-    assert first["charts/sigma_t_cm/full_l2calib"] == pytest.approx(15.0)  # rho / 2
-    assert last["charts/sigma_t_cm/full_l2calib"] != pytest.approx(15.0, abs=1e-6)  # parameters moved
-    assert last["charts/bingham_min_abs_z/full_l2calib"] != pytest.approx(20.0, abs=1e-6)
-    assert {r["step"] for r in rows} == {1, 2, 3, 4} and any("losses/policy_loss/full_gaussian" in r for r in rows)
+    mine = [r for r in rows if r["arm"] == "full/l2calib"]  # one row per update and arm
+    assert [r["step"] for r in mine] == [1, 2, 3, 4]
+    first = mine[0]
+    last = mine[-1]
+    assert first["charts/sigma_t_cm"] == pytest.approx(15.0)  # rho / 2
+    assert last["charts/sigma_t_cm"] != pytest.approx(15.0, abs=1e-6)  # parameters moved
+    assert last["charts/bingham_min_abs_z"] != pytest.approx(20.0, abs=1e-6)
+    assert {r["arm"] for r in rows} == {"full/l2calib", "full/gaussian", "full/no-select"}  # hand-eye trains nothing
+    assert all(set(L.PROGRESS_METRICS) <= set(r) for r in rows)  # what the progress line shows
+    gaussian = [r for r in rows if r["arm"] == "full/gaussian"]
+    assert "losses/policy_loss" in gaussian[-1] and "charts/bingham_min_abs_z" not in gaussian[-1]
+    for arm in ("l2calib", "gaussian", "no-select"):  # each arm a TensorBoard run of its own, under the same tags
+        folder = run / "arms" / "full" / arm
+        assert any(p.name.startswith("events.out.tfevents") for p in folder.iterdir())
+        tags = set(EventAccumulator(str(folder)).Reload().Tags()["scalars"])
+        assert {"reward", "reward_std", "losses/value_loss", "charts/ape_cm", "charts/rot_err_deg"} <= tags
+        assert not any(arm in tag or "full" in tag for tag in tags), tags
+    shown = capsys.readouterr().out
+    assert "init search: done in" in shown and "(48 odometry runs)" in shown  # 3 RL arms x 2 candidates x 8 collects
     summary = (run / "summary.md").read_text()
     for arm in ("l2calib", "hand-eye", "gaussian", "no-select"):
         assert f"| full | {arm} " in summary
@@ -251,8 +274,8 @@ def test_it_learns(runs_dir):
         L.Args(motions=("full",), segments=4, segment_seconds=6.0, updates=130, warmup_updates=10, arms=("l2calib",))
     )
     (run,) = runs_dir.iterdir()
-    rot = [r["charts/rot_err_deg/full_l2calib"] for r in metrics(run)]
-    ape = [r["charts/ape_cm/full_l2calib"] for r in metrics(run)]
+    rot = [r["charts/rot_err_deg"] for r in metrics(run)]
+    ape = [r["charts/ape_cm"] for r in metrics(run)]
     assert np.mean(rot[-10:]) < 0.4 * rot[0] and np.mean(ape[-20:]) < 0.6 * np.mean(ape[:10])
 
 
@@ -384,7 +407,8 @@ def test_real_files_through_main(tmp_path, runs_dir):
     assert answers["files_hand-eye"]["t_m"] is None and len(answers["files_l2calib"]["t_m"]) == 3
     summary = (run / "summary.md").read_text()
     assert "| files | l2calib" in summary and "files l2calib: IMU biases at this answer: gyro (" in summary
-    assert "charts/ape_cm/files_l2calib" in metrics(run)[-1]
+    last = metrics(run)[-1]
+    assert last["arm"] == "files/l2calib" and "charts/ape_cm" in last and "charts/rot_err_deg" not in last
 
 
 def expect_exit(match, fn, *a, **kw):
