@@ -37,7 +37,7 @@ def test_bt_loss_matches_log_sigmoid_by_hand():
 
 
 def test_keep_count_float_trap_and_limits():
-    rho = crm.keep_rate_schedule(9, 0.4, 10, "ramp")  # the card's example: 0.64 * 50
+    rho = crm.keep_rate_schedule(9, 0.4, 10, "ramp")  # eta 0.4, T_k 10, t 9: rho = 0.64, and 0.64 * 50
     assert math.floor(rho * 50) == 31  # the trap is real ...
     assert crm.keep_count(rho, 50) == 32  # ... and keep_count avoids it
     assert crm.keep_count(0.6, 64) == 38 and crm.keep_count(1.0, 7) == 7 and crm.keep_count(0.01, 10) == 1
@@ -111,7 +111,7 @@ class FakePairs:
         self.calls.append((model, idx.tolist(), torch.is_grad_enabled()))
         return model.theta[idx], torch.zeros(len(idx))
 
-    def all(self, model, clean=False):
+    def all(self, model, clean=False, phase=""):
         return model.theta.detach().clone()
 
 
@@ -172,7 +172,8 @@ def test_keep_rate_moves_every_step_and_scoring_builds_no_graph(shared_batch, tm
     run.close()
     assert last_step == 8
     rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
-    rates = [row["charts/keep_rate/t"] for row in rows]
+    assert {row["arm"] for row in rows} == {"t"}
+    rates = [row["charts/keep_rate"] for row in rows]
     assert rates == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6, 0.6, 0.6, 0.6])  # per-epoch: 1.0 x 4, then 0.6 x 4
     keep_counts = [4, 3, 3, 2, 2, 2, 2, 2]  # floor(4 rho + 1e-6)
     steps = split_steps(pairs.calls, models, 4, 2, keep_counts)
@@ -241,15 +242,48 @@ def test_micro_batches_give_the_full_batch_gradient(picked):
 
 
 # ---- smoke, learning, real paths ---------------------------------------------------------------------------------
-def test_smoke_run_writes_metrics_and_changes_both_models():
+def test_smoke_run_writes_metrics_and_changes_both_models(capsys):
+    """Two arms: both models of each move; each arm is a TensorBoard run of its own (arms/<regime>/<arm>/) under the
+    same tag names, none of which names an arm or a regime; the progress lines are short and name the arm."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     out = crm.main(cli(*TINY, "--arms", "coteach", "crm"))
     for (n, arm), models in out["models"].items():
         for model, start in zip(models, out["start_models"]):
             assert not torch.equal(model.score.weight, start.score.weight), arm
-    rows = [json.loads(line) for line in (out["run_dir"] / "metrics.jsonl").read_text().splitlines()]
-    assert any("charts/pick_overlap/32x2_crm" in r for r in rows)
-    assert any("eval/accuracy_ensemble/32x2_crm" in r for r in rows)
-    assert "| crm" in (out["run_dir"] / "summary.md").read_text()
+    run_dir = out["run_dir"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["arm"] for row in rows] == ["32x2/coteach"] * 8 + ["32x2/crm"] * 8  # 4 steps x 2 epochs each
+    assert [row["step"] for row in rows] == list(range(1, 9)) * 2  # each arm counts its own steps
+    assert any("charts/pick_overlap" in row and row["arm"] == "32x2/crm" for row in rows)
+    assert any("eval/accuracy_ensemble" in row and row["arm"] == "32x2/crm" for row in rows)
+    tags = {}
+    for arm in ("coteach", "crm"):
+        events = EventAccumulator(str(run_dir / "arms" / "32x2" / arm)).Reload()
+        tags[arm] = set(events.Tags()["scalars"]) - {"charts/steps_per_sec"}
+    assert tags["coteach"] == tags["crm"]
+    assert {"losses/bt_rm1", "charts/keep_rate", "charts/purity_pick1", "eval/accuracy_mean"} <= tags["crm"]
+    assert not any(name in tag for tag in tags["crm"] for name in ("coteach", "crm", "32x2"))
+    assert "| crm" in (run_dir / "summary.md").read_text()
+    printed = capsys.readouterr().out.splitlines()
+    lines = [line for line in printed if line.startswith("step ")]
+    assert lines and all(len(line) <= 120 for line in lines), lines
+    assert any(line.startswith("step 8 | 32x2/crm | ") and "eval/accuracy_mean=" in line for line in lines), lines
+    assert any(line.startswith("setup: two models and the held-out pairs: done in") for line in printed)
+
+
+def test_a_long_scoring_pass_shows_a_progress_bar_and_a_short_one_does_not(capsys):
+    """score_margins over LONG_PASS_CHUNKS micro-batches or more prints a bar named after its phase; fewer stay
+    silent (the toy's passes take under a second), and the margins are the same either way."""
+    pairs = FakePairs(crm.LONG_PASS_CHUNKS)
+    model = ParamMargins([float(i) for i in range(crm.LONG_PASS_CHUNKS)])
+    ids = torch.arange(crm.LONG_PASS_CHUNKS)
+    long_pass = crm.score_margins(pairs, model, ids, False, 1, phase="curriculum scoring")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("curriculum scoring [##") and lines[-1].startswith("curriculum scoring: done in")
+    short_pass = crm.score_margins(pairs, model, ids, False, 2, phase="curriculum scoring")
+    assert capsys.readouterr().out == ""
+    assert torch.equal(long_pass, short_pass) and torch.equal(long_pass, model.theta.detach())
 
 
 def test_peer_review_learns_and_its_picks_are_cleaner_than_the_data():
@@ -337,7 +371,18 @@ def test_bf16_autocast_moves_the_weights_like_fp32(tmp_path, runs_in_tmp):
     model.save_pretrained(tmp_path / "start")
     tokenizer.save_pretrained(tmp_path / "start")
     flags = ["--model-name", str(tmp_path / "start"), "--num-pairs", "24", "--epochs", "1", "--ramp-epochs", "0"]
-    flags += ["--num-test-pairs", "8", "--batch-size", "8", "--micro-batch-size", "4", "--lr", "1e-6", "--arms", "crm"]
+    flags += [
+        "--num-test-pairs",
+        "8",
+        "--batch-size",
+        "8",
+        "--micro-batch-size",
+        "4",
+        "--learning-rate",
+        "1e-6",
+        "--arms",
+        "crm",
+    ]
     distances = {}
     for name, extra in (
         ("fp32", ["--dtype", "fp32"]),
@@ -380,7 +425,7 @@ def test_pretrained_minilm_backbone_offline(tmp_path):
             "8",
             "--batch-size",
             "8",
-            "--lr",
+            "--learning-rate",
             "1e-4",
             "--noise-rate",
             "0.25",
@@ -412,9 +457,9 @@ def write_jsonl(path, rows):
         (("--implicit",), "add --no-shared-batch"),
         (("--implicit", "--beta", "-1"), r"--beta -1.0 with --implicit"),
         (("--implicit", "--no-shared-batch", "--beta", "0"), r"--beta 0.0 with --implicit"),
-        (("--lr", "0"), r"--lr 0.0 must be a positive number"),
-        (("--lr", "-1e-5"), r"--lr -1e-05 must be a positive number"),
-        (("--lr", "nan"), r"--lr nan must be a positive number"),
+        (("--learning-rate", "0"), r"--learning-rate 0.0 must be a positive number"),
+        (("--learning-rate", "-1e-5"), r"--learning-rate -1e-05 must be a positive number"),
+        (("--learning-rate", "nan"), r"--learning-rate nan must be a positive number"),
         (("--weight-decay", "-0.1"), r"--weight-decay -0.1 must be a number >= 0"),
         (("--micro-batch-size", "0"), "--micro-batch-size 0 must be at least 1"),
         (("--ramp-epochs", "-1", "3"), r"--ramp-epochs >= 0"),
@@ -425,6 +470,16 @@ def test_bad_options_fail_fast(flags, message, runs_in_tmp):
     with pytest.raises(SystemExit, match=message):
         crm.main(cli(*flags))
     assert not runs_in_tmp.exists()
+
+
+@pytest.mark.parametrize("old_flag", ["--lr", "--threads"])
+def test_old_flag_names_are_gone(old_flag, capsys):
+    """One name for one thing: the rate is --learning-rate, the threads --num-threads (tyro refuses the old names)."""
+    with pytest.raises(SystemExit) as stopped:
+        cli(old_flag, "1")
+    assert stopped.value.code != 0
+    args = cli("--learning-rate", "1e-4", "--num-threads", "2")
+    assert (args.learning_rate, args.num_threads) == (1e-4, 2)
 
 
 def test_bad_datasets_fail_fast(tmp_path, runs_in_tmp):
