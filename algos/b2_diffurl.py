@@ -917,9 +917,15 @@ def plot_toy(path, curves, samples, centres):
 
 
 def make_run(task, args, total_steps):
-    """The run folder; the progress line shows the step (cumulative reward calls), the arm and SHOWN_METRICS."""
+    """The run folder. The progress line shows the step (cumulative reward calls), the arm and SHOWN_METRICS: on the
+    toy once per arm and seed, at its last stage (an arm logs K + 1 rows); on a real model also every 30 s, with the
+    ETA of the arm. (RunLogger counts log calls, not steps, for the first line after the step restarts, so a line
+    in the middle of a toy arm would show a wrong ETA: a step here is 320 reward calls.)"""
     run_name = make_run_name(task, args.exp_name, args.seed)
-    return RunLogger(run_name, args, track=args.track, show=SHOWN_METRICS, total_steps=total_steps)
+    print_every = args.num_stages + 1
+    return RunLogger(
+        run_name, args, track=args.track, print_every=print_every, show=SHOWN_METRICS, total_steps=total_steps
+    )
 
 
 def main(args: Args):
@@ -976,12 +982,17 @@ def main(args: Args):
     rows = []
     for arm, arm_curves in {"pretrained": [[dict(calls=0, **pretrained_eval)]], **curves}.items():
         name = arm if arm == "pretrained" else f"{arm}: {describe(arm_config(args, arm))}"
-        row = dict(arm=name, seeds=len(arm_curves), calls=arm_curves[0][-1]["calls"])
-        row.update(
-            reward_final=curve_cell(arm_curves, -1, "reward"), reward_half=curve_cell(arm_curves, half, "reward")
+        row = dict(
+            arm=name,
+            seeds=len(arm_curves),
+            calls=arm_curves[0][-1]["calls"],
+            reward_final=curve_cell(arm_curves, -1, "reward"),
+            reward_half=curve_cell(arm_curves, half, "reward"),
+            entropy=curve_cell(arm_curves, -1, "entropy"),
+            spread=curve_cell(arm_curves, -1, "spread"),
+            wall_s_per_seed=sum(walls[arm]) / len(walls[arm]) if arm in walls else None,
         )
-        row.update(entropy=curve_cell(arm_curves, -1, "entropy"), spread=curve_cell(arm_curves, -1, "spread"))
-        rows.append(dict(row, wall_s_per_seed=sum(walls[arm]) / len(walls[arm]) if arm in walls else None))
+        rows.append(row)
     plot_toy(run.dir / "b2_toy.png", curves, samples, world.centres.cpu())
     run.save_text("curves.json", json.dumps(curves))
     note = f"reward = mean {world.kind} reward of {args.eval_samples} eval samples per class (fixed noise); "
