@@ -62,7 +62,8 @@ def tiny(**kw):
 
 # ---------------------------------------------------------------- rotations against scipy (scalar-last)
 def test_rotations_match_scipy():
-    q, p = random_quats(50, 1), random_quats(50, 2)
+    q = random_quats(50, 1)
+    p = random_quats(50, 2)
     assert torch.allclose(L.quat_to_rotmat(q), torch.tensor(Rotation.from_quat(q.numpy()).as_matrix()), atol=1e-12)
     assert torch.allclose(L.quat_to_rotmat(3 * q), L.quat_to_rotmat(q), atol=1e-12)  # a non-unit q is one rotation
     product = (Rotation.from_quat(p.numpy()) * Rotation.from_quat(q.numpy())).as_matrix()
@@ -83,7 +84,10 @@ def test_rotations_match_scipy():
 def surface_log_normalizer(z, n=120):
     """log of the integral of exp(sum_i z_i x_i^2) over S^3 on a hyperspherical Gauss-Legendre grid (no 1-D formula)."""
     x, w = np.polynomial.legendre.leggauss(n)
-    th, w_th, ph, w_ph = (x + 1) * np.pi / 2, w * np.pi / 2, (x + 1) * np.pi, w * np.pi
+    th = (x + 1) * np.pi / 2
+    w_th = w * np.pi / 2
+    ph = (x + 1) * np.pi
+    w_ph = w * np.pi
     t1, t2, p = np.meshgrid(th, th, ph, indexing="ij")
     pts = [
         np.cos(t1),
@@ -112,14 +116,17 @@ def test_log_normalizer_large_concentrations_match_laplace(scale, tol):
 
 
 def test_density_is_sign_invariant_and_normalised():
-    m, z, q = random_orthonormal(3), torch.tensor([-2.0, -7.0, -15.0], dtype=F64), random_quats(100, 4)
+    m = random_orthonormal(3)
+    z = torch.tensor([-2.0, -7.0, -15.0], dtype=F64)
+    q = random_quats(100, 4)
     assert torch.allclose(L.bingham_log_prob(q, m, z), L.bingham_log_prob(-q, m, z), atol=1e-12)
     uniform = random_quats(400_000, 5)  # E_uniform[p] * |S^3| = 1
     assert (L.bingham_log_prob(uniform, m, z).exp().mean() * 2 * math.pi**2).item() == pytest.approx(1.0, abs=0.02)
 
 
 def test_sampler_moments_match_the_density():
-    m, z = random_orthonormal(6), torch.tensor([-3.0, -12.0, -40.0], dtype=F64, requires_grad=True)
+    m = random_orthonormal(6)
+    z = torch.tensor([-3.0, -12.0, -40.0], dtype=F64, requires_grad=True)
     (expected,) = torch.autograd.grad(L.bingham_log_normalizer(z), z)  # dlogF/dz_i = E[(m_i^T q)^2]
     x = L.sample_bingham(m, z.detach(), 100_000, torch.Generator().manual_seed(0))
     assert x.shape == (100_000, 4) and torch.allclose(x.norm(dim=-1), torch.ones(100_000, dtype=F64))
@@ -135,7 +142,8 @@ def test_entropy_gradient_true_vs_as_written():
     z = torch.tensor([-30.0, -50.0, -80.0], dtype=F64, requires_grad=True)
     (true_grad,) = torch.autograd.grad(L.bingham_entropy(z), z)
     (written_grad,) = torch.autograd.grad(L.bingham_entropy(z, as_written=True), z)
-    eps, basis = 1e-4, torch.eye(3, dtype=F64)
+    eps = 1e-4
+    basis = torch.eye(3, dtype=F64)
     numeric = torch.stack(
         [(L.bingham_entropy(z.detach() + eps * e) - L.bingham_entropy(z.detach() - eps * e)) / (2 * eps) for e in basis]
     )
@@ -154,12 +162,14 @@ def test_gram_schmidt_keeps_the_last_column_direction_of_an_orthonormal_completi
 def test_umeyama_recovers_a_known_transform():
     gen = torch.Generator().manual_seed(0)
     pts = torch.randn(3, 40, 3, generator=gen, dtype=F64)
-    rot, shift = L.quat_to_rotmat(random_quats(3, 8)), torch.randn(3, 1, 3, generator=gen, dtype=F64)
+    rot = L.quat_to_rotmat(random_quats(3, 8))
+    shift = torch.randn(3, 1, 3, generator=gen, dtype=F64)
     moved = pts @ rot.transpose(-1, -2) + shift
     assert L.umeyama_rmse(pts, moved).max() < 1e-10
     noisy = moved + 0.05 * torch.randn(moved.shape, generator=gen, dtype=F64)
     for b in range(3):  # scipy's Kabsch on the centred points gives the same residual
-        est, ref = pts[b] - pts[b].mean(0), noisy[b] - noisy[b].mean(0)
+        est = pts[b] - pts[b].mean(0)
+        ref = noisy[b] - noisy[b].mean(0)
         r, _ = Rotation.align_vectors(ref.numpy(), est.numpy())
         expected = np.sqrt(((ref.numpy() - r.apply(est.numpy())) ** 2).sum(-1).mean())
         assert L.umeyama_rmse(pts[b], noisy[b]).item() == pytest.approx(expected, rel=1e-9)
@@ -174,10 +184,15 @@ def simulated_chunks(motion, noise=False, segments=3, seconds=6.0, seed=0):
 @pytest.mark.parametrize("motion", ["full", "weak", "planar"])
 def test_filter_is_consistent_with_the_simulator(motion):
     _, data = simulated_chunks(motion)
-    n, g = len(data["p"]), torch.tensor([0.0, 0, -9.81], dtype=F64)
-    q_true, t_true = L.rpy_to_quat(L.TRUE_RPY_DEG), torch.tensor(L.TRUE_T, dtype=F64)
+    n = len(data["p"])
+    g = torch.tensor([0.0, 0, -9.81], dtype=F64)
+    q_true = L.rpy_to_quat(L.TRUE_RPY_DEG)
+    t_true = torch.tensor(L.TRUE_T, dtype=F64)
     ids = torch.arange(n)
-    error = lambda q, t: L.lio_rmse(data, ids, q.expand(n, 4), t.expand(n, 3), gravity=g)  # noqa: E731
+
+    def error(q, t):  # e of one extrinsic on every chunk
+        return L.lio_rmse(data, ids, q.expand(n, 4), t.expand(n, 3), gravity=g)
+
     assert error(q_true, t_true).max() < 1e-6  # noise-free: zero at the true extrinsic
     assert (
         error(L.quat_mul(L.quat_exp(torch.tensor([0.0, 0.02, 0.0], dtype=F64)), q_true), t_true).min() > 1e-4
@@ -192,16 +207,22 @@ def test_filter_is_consistent_with_the_simulator(motion):
 def test_preintegration_with_irregular_stamps_matches_a_plain_loop():
     gen = torch.Generator().manual_seed(1)
     imu_t = torch.cumsum(0.01 + 0.02 * torch.rand(300, generator=gen, dtype=F64), 0)
-    gyro, acc = torch.randn(300, 3, generator=gen, dtype=F64), torch.randn(300, 3, generator=gen, dtype=F64)
+    gyro = torch.randn(300, 3, generator=gen, dtype=F64)
+    acc = torch.randn(300, 3, generator=gen, dtype=F64)
     pose_t = torch.linspace(imu_t[3].item() + 0.003, imu_t[-5].item() - 0.004, 23, dtype=F64)
     pre = L.preintegrate(imu_t, gyro, acc, pose_t)
     for j in (0, 7, 21):
-        q, v, p = torch.tensor([0.0, 0, 0, 1], dtype=F64), torch.zeros(3, dtype=F64), torch.zeros(3, dtype=F64)
+        q = torch.tensor([0.0, 0, 0, 1], dtype=F64)
+        v = torch.zeros(3, dtype=F64)
+        p = torch.zeros(3, dtype=F64)
         cuts = [pose_t[j].item(), *[t for t in imu_t.tolist() if pose_t[j] < t < pose_t[j + 1]], pose_t[j + 1].item()]
         for a, b in zip(cuts[:-1], cuts[1:]):
-            k, h = int((imu_t <= a + 1e-12).sum()) - 1, b - a
+            k = int((imu_t <= a + 1e-12).sum()) - 1
+            h = b - a
             acc_w = L.quat_to_rotmat(q) @ acc[k]
-            p, v, q = p + v * h + 0.5 * acc_w * h**2, v + acc_w * h, L.quat_mul(q, L.quat_exp(gyro[k] * h))
+            p = p + v * h + 0.5 * acc_w * h**2
+            v = v + acc_w * h
+            q = L.quat_mul(q, L.quat_exp(gyro[k] * h))
         assert torch.allclose(pre["dp"][j], p, atol=1e-12) and torch.allclose(pre["dv"][j], v, atol=1e-12)
         assert L.quat_angle_deg(pre["dq"][j], q) < 1e-9
 
@@ -216,9 +237,11 @@ def test_excitation_score_intended_and_as_written():
 
 # ---------------------------------------------------------------- hand-eye
 def test_hand_eye_recovers_a_known_x_and_flags_planar_motion():
-    q_x, t_x = L.rpy_to_quat((10.0, -5.0, 30.0)), torch.tensor([0.15, -0.1, 0.05], dtype=F64)
+    q_x = L.rpy_to_quat((10.0, -5.0, 30.0))
+    t_x = torch.tensor([0.15, -0.1, 0.05], dtype=F64)
     r_x = L.quat_to_rotmat(q_x)
-    q_a, t_a = random_quats(30, 9), torch.randn(30, 3, dtype=F64)
+    q_a = random_quats(30, 9)
+    t_a = torch.randn(30, 3, dtype=F64)
     q_b = L.quat_mul(L.quat_mul(L.quat_conj(q_x).expand(30, 4), q_a), q_x.expand(30, 4))  # B = X^-1 A X
     t_b = (r_x.T @ (L.quat_to_rotmat(q_a) @ t_x + t_a - t_x)[..., None])[..., 0]
     q_est, t_est, sing = L.hand_eye((q_a, t_a), (-q_b, t_b))  # the sign of q_B does not matter
@@ -282,7 +305,8 @@ def test_it_learns(runs_dir):
 def write_files(tmp_path, seconds=24.0, noise=True, bias_scale=1.0, seed=3):
     sim = L.simulate("full", 1, seconds, noise, torch.Generator().manual_seed(seed), bias_scale=bias_scale)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    imu_path, pose_path = tmp_path / "imu.csv", tmp_path / "lidar.tum"
+    imu_path = tmp_path / "imu.csv"
+    pose_path = tmp_path / "lidar.tum"
     t0 = 1000.0
     lines = ["time,gx,gy,gz,ax,ay,az"]
     lines += [
@@ -323,7 +347,9 @@ def test_bias_jacobians_match_preintegrating_the_corrected_imu():
     acc = torch.randn(300, 3, generator=gen, dtype=F64) + torch.tensor([0.0, 0.0, 9.81], dtype=F64)
     pose_t = torch.linspace(imu_t[3].item() + 0.003, imu_t[-5].item() - 0.004, 23, dtype=F64)
     pre = L.preintegrate(imu_t, gyro, acc, pose_t)
-    mv = lambda m, x: (m @ x[:, None])[..., 0]  # noqa: E731
+
+    def mv(m, x):  # matrix [I, 3, 3] times vector [3] -> [I, 3]
+        return (m @ x[:, None])[..., 0]
 
     def residuals(b_g, b_a):  # first-order prediction against preintegrating the IMU with the biases taken out
         exact = L.preintegrate(imu_t, gyro - b_g, acc - b_a, pose_t)
@@ -339,8 +365,10 @@ def test_bias_jacobians_match_preintegrating_the_corrected_imu():
             ]
         )
 
-    b_g, b_a = torch.tensor([0.01, -0.02, 0.015], dtype=F64), torch.tensor([0.1, 0.2, -0.15], dtype=F64)
-    full, half = residuals(b_g, b_a), residuals(b_g / 2, b_a / 2)
+    b_g = torch.tensor([0.01, -0.02, 0.015], dtype=F64)
+    b_a = torch.tensor([0.1, 0.2, -0.15], dtype=F64)
+    full = residuals(b_g, b_a)
+    half = residuals(b_g / 2, b_a / 2)
     assert (full[:3] < 0.005 * full[3:]).all()  # the correction removes > 99.5 % of the bias effect
     assert (half[:3] < 0.3 * full[:3]).all()  # what is left is second order (a wrong Jacobian leaves first order)
     assert full[4] > 0.01  # the biases matter at this size (dv off by > 1 cm/s)
@@ -350,8 +378,10 @@ def reward_optimum(data, estimate_biases, iterations=4, h_rot=0.003, h_t=0.01):
     """The extrinsic that minimises the mean odometry error e over the chunks, by Newton steps on a central-difference
     gradient and Hessian around the truth (each step capped at 0.02 rad / 5 cm). Returns its rotation error (deg) and
     translation error (cm): the calibration error of the reward itself, whatever optimiser climbs it."""
-    n, gravity = len(data["p"]), torch.tensor([0.0, 0.0, -9.81], dtype=F64)
-    q_true, t_true = L.rpy_to_quat(L.TRUE_RPY_DEG), torch.tensor(L.TRUE_T, dtype=F64)
+    n = len(data["p"])
+    gravity = torch.tensor([0.0, 0.0, -9.81], dtype=F64)
+    q_true = L.rpy_to_quat(L.TRUE_RPY_DEG)
+    t_true = torch.tensor(L.TRUE_T, dtype=F64)
     h = torch.tensor([h_rot] * 3 + [h_t] * 3, dtype=F64)
     basis = torch.eye(6, dtype=F64) * h
     pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
@@ -417,7 +447,8 @@ def expect_exit(match, fn, *a, **kw):
 
 
 def test_bad_bingham_inputs_fail_clearly():
-    m, q = random_orthonormal(0), random_quats(4)
+    m = random_orthonormal(0)
+    q = random_quats(4)
     expect_exit(
         "concentrations must be finite and <= 0", L.bingham_log_normalizer, torch.tensor([-1.0, 2.0, -3.0], dtype=F64)
     )
