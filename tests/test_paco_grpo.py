@@ -12,7 +12,7 @@ from algos.paco_grpo import Args, group_advantages, log_tame, sde_step_with_logp
 
 
 def test_sde_step_worked_example():
-    # card 3.1: x=1, v=-1, t=0.8, t'=0.6, a=0.7 -> sigma_t = 0.7 sqrt(0.8/0.2) = 1.4, mu = 1.004, std 1.4 sqrt(0.2)
+    # by hand: x=1, v=-1, t=0.8, t'=0.6, a=0.7 -> sigma_t = 0.7 sqrt(0.8/0.2) = 1.4, mu = 1.004, std 1.4 sqrt(0.2)
     x, v = torch.ones(1, 1, 2, 2), -torch.ones(1, 1, 2, 2)
     target = torch.tensor([[[[1.2, 0.9], [1.004, 0.3]]]])
     prev, log_prob = sde_step_with_logprob(v, 0.8, 0.6, x, 0.7, prev_sample=target)
@@ -120,23 +120,52 @@ def test_velocity_net_is_resolution_free():
 TINY = dict(pretrain_steps=40, epochs=2, num_generations=4, num_prompts=2, micro_batch_size=4, eval_sets=4)
 
 
-def test_smoke_main_and_parameters_change(tmp_path, monkeypatch, runs_in_tmp):
+def test_smoke_main_and_parameters_change(tmp_path, monkeypatch, runs_in_tmp, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from shared.runs import PROGRESS_LINE_WIDTH, RunLogger
+
     monkeypatch.setenv("REWARDLAB_CACHE", str(tmp_path / "cache"))
     args = Args(arms=("paco", "sum"), num_seeds=1, **TINY)
     base, classifier, tau = pg.pretrain_toy(args)
     assert list((tmp_path / "cache" / "paco_grpo").glob("toy-*.pt"))
-    from shared.runs import RunLogger
+    pretraining = capsys.readouterr().out  # the pretraining shows a progress bar, then its time and loss
+    assert "pretraining [" in pretraining and "pretraining: done in" in pretraining, pretraining
 
     run = RunLogger("unit", args, root=tmp_path)
     net = pg.train_toy_arm("paco", base, classifier, tau, args, run, 0.2, seed=1)[0]
     assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), base.state_dict().values()))
+    capsys.readouterr()
     results = pg.main(args)
+    shown = capsys.readouterr().out
     assert set(results) == {"start", "paco", "sum"}
     folder = next(runs_in_tmp.iterdir())
-    assert (folder / "summary.md").exists() and (folder / "samples.png").stat().st_size > 1000
-    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert any("clip_ratio/region_mean/paco/seed1" in m for m in metrics)
-    assert any("rewards/cons/tamed/sum/seed1" in m for m in metrics)
+    assert (folder / "samples.png").stat().st_size > 1000
+    summary = (folder / "summary.md").read_text()
+    assert "| paco " in summary and "| sum " in summary
+    assert summary.count("wall time") == 1 and "total " not in summary  # one wall time: the run logger's
+    # each arm and seed is a TensorBoard run of its own, with the same tag names, none naming an arm or a seed
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    runs = ["paco-seed1", "sum-seed1"]
+    assert list(dict.fromkeys(row["arm"] for row in rows)) == runs
+    tags = {}
+    for name in runs:
+        assert list((folder / "arms" / name).glob("events.out.tfevents.*")), name
+        tags[name] = set(EventAccumulator(str(folder / "arms" / name)).Reload().Tags()["scalars"])
+        assert {"reward", "losses/loss", "clip_ratio/region_mean", "rewards/cons/tamed", "eval/reward"} <= tags[name]
+        assert not [tag for tag in tags[name] if "paco" in tag or "sum" in tag or "seed" in tag], tags[name]
+    steps_per_sec = {"charts/steps_per_sec"}  # only where a progress line was printed
+    assert tags["paco-seed1"] - steps_per_sec == tags["sum-seed1"] - steps_per_sec
+    # the console: a short progress line (step, arm, speed, ETA, the main metrics) and an evaluation bar per arm
+    steps = [line for line in shown.splitlines() if line.startswith("step ")]
+    assert all(len(line) <= PROGRESS_LINE_WIDTH for line in steps), steps
+    train_row = next(row for row in rows if "losses/loss" in row)
+    metrics = {k: v for k, v in train_row.items() if k not in ("step", "time", "arm")}
+    console = RunLogger("console", args, root=tmp_path, show=pg.SHOWN_METRICS, total_steps=args.epochs)
+    line = console.progress_line(1, pg.arm_run_name("quarter-res", 10), 123.45, metrics)
+    assert len(line) <= PROGRESS_LINE_WIDTH and "ETA" in line, line
+    assert " | reward=" in line and "rewards/cons/mean=" in line and "losses/" not in line, line
+    assert "evaluating sum-seed1: done in" in shown and "evaluating the start: done in" in shown
 
 
 def test_it_learns_consistency_at_high_resolution():
@@ -160,9 +189,11 @@ def test_it_learns_consistency_at_high_resolution():
         (dict(micro_batch_size=0), "micro-batch-size"),
         (dict(sample_batch_size=0), "sample-batch-size"),
         (dict(dtype="foo"), "dtype"),
-        (dict(lr=float("nan")), "--lr nan"),
-        (dict(lr=0.0), "--lr"),
-        (dict(lr=-1e-4), "--lr"),
+        (dict(learning_rate=float("nan")), "--learning-rate nan"),
+        (dict(learning_rate=0.0), "--learning-rate 0.0"),
+        (dict(learning_rate=-1e-4), "--learning-rate -0.0001"),
+        (dict(pretrain_learning_rate=float("nan")), "--pretrain-learning-rate nan"),
+        (dict(pretrain_learning_rate=0.0), "--pretrain-learning-rate 0.0"),
         (dict(updates_per_epoch=3), "updates-per-epoch"),
         (dict(eval_res=6), "panel side"),
         (dict(arms=("quarter-res",), eval_res=12), "panel side"),
@@ -191,24 +222,51 @@ def build_tiny_sd3(folder):
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
     torch.manual_seed(0)
     text = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=16, projection_dim=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )  # fmt: skip
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        projection_dim=16,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     transformer = diffusers.SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=32,
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        caption_projection_dim=16,
+        pooled_projection_dim=32,
         pos_embed_max_size=16,
-    )  # fmt: skip
+    )
     vae = diffusers.AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4, shift_factor=0.06,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        shift_factor=0.06,
         scaling_factor=1.5,
-    )  # fmt: skip
+    )
     pipe = diffusers.StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
-        text_encoder=CLIPTextModelWithProjection(text), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(text), tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
-    )  # fmt: skip
+        transformer=transformer,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=CLIPTextModelWithProjection(text),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(text),
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
     pipe.save_pretrained(folder / "pipe")
     return folder / "pipe"
 
@@ -216,9 +274,19 @@ def build_tiny_sd3(folder):
 def test_real_path_tiny_sd3_pipeline(tmp_path, runs_in_tmp):
     path = build_tiny_sd3(tmp_path / "tiny_sd3")
     args = Args(
-        model_name=str(path), no_t5=True, image_size=32, num_prompts=2, num_generations=4, micro_batch_size=4,
-        epochs=2, num_steps=4, eval_steps=4, rewards=("consistency", "colourfulness"), guidance_scale=2.0, cuda=False,
-    )  # fmt: skip
+        model_name=str(path),
+        load_t5=False,
+        image_size=32,
+        num_prompts=2,
+        num_generations=4,
+        micro_batch_size=4,
+        epochs=2,
+        num_steps=4,
+        eval_steps=4,
+        rewards=("consistency", "colourfulness"),
+        guidance_scale=2.0,
+        cuda=False,
+    )
     out = pg.main(args)
     assert set(out["start"]) == {"consistency", "colourfulness"}
     assert out["lora_b_norm"] > 0  # peft starts LoRA B at 0: the update moved it
@@ -261,10 +329,18 @@ def tiny_sd3_transformer():
     diffusers = pytest.importorskip("diffusers", reason="the real path needs diffusers")
     torch.manual_seed(0)
     return diffusers.SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=32,
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        caption_projection_dim=16,
+        pooled_projection_dim=32,
         pos_embed_max_size=16,
-    )  # fmt: skip
+    )
 
 
 def test_guided_velocity_detaches_the_unconditional_branch():
@@ -312,11 +388,13 @@ def run_paco_child(pipeline, tmp_path, generations, sample_batch, micro_batch):
     """One real-path epoch in a process of its own (benchmarks/real_shape.py's `measure`): its peak RSS in bytes."""
     from benchmarks import real_shape
 
-    setup = "--no-t5 --image-size=128 --train-res=half --num-steps=2 --eval-steps=1 --epochs=1 --num-prompts=2".split()
+    setup = (
+        "--no-load-t5 --image-size=128 --train-res=half --num-steps=2 --eval-steps=1 --epochs=1 --num-prompts=2".split()
+    )
     setup += "--updates-per-epoch=1 --guidance-scale=4.5 --max-sequence-length=77 --noise-steps 1".split()
     sizes = [f"--num-generations={generations}", f"--sample-batch-size={sample_batch}"]
     sizes += [f"--micro-batch-size={micro_batch}"]
-    run = "--lr=1e-6 --dtype=fp32 --num-threads=1 --no-cuda".split()
+    run = "--learning-rate=1e-6 --dtype=fp32 --num-threads=1 --no-cuda".split()
     argv = ["algos/paco_grpo.py", f"--model-name={pipeline}", *setup, *sizes, *run]
     name = f"g{generations}-s{sample_batch}-m{micro_batch}"
     return real_shape.measure(argv, tmp_path / name, tmp_path / f"{name}.log")["peak"]
@@ -332,3 +410,15 @@ def test_real_architecture_peak_memory_is_set_by_chunk_and_micro_batch(tmp_path)
     peak_n = run_paco_child(pipeline, tmp_path, 2, 2, 2)
     peak_4n = run_paco_child(pipeline, tmp_path, 8, 2, 2)
     assert peak_4n <= 1.25 * peak_n, (peak_n / 2**20, peak_4n / 2**20)
+
+
+def test_flags_are_named_for_what_they_set():
+    import tyro
+
+    argv = ["--no-load-t5", "--learning-rate", "1e-5", "--pretrain-learning-rate", "1e-3", "--num-threads", "2"]
+    args = tyro.cli(Args, args=argv)
+    assert (args.load_t5, args.learning_rate, args.pretrain_learning_rate, args.num_threads) == (False, 1e-5, 1e-3, 2)
+    assert tyro.cli(Args, args=[]).load_t5  # T5 loads unless asked not to
+    for old in (["--lr", "1e-5"], ["--no-t5"]):
+        with pytest.raises(SystemExit):
+            tyro.cli(Args, args=old)
