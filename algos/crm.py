@@ -56,6 +56,7 @@ Arm = Literal["single", "oracle", "coteach", "self-review", "crm", "crm-abs", "c
 Curriculum = Literal["none", "sort", "buckets", "abs"]
 TINY_RM = dict(hidden_size=48, intermediate_size=144)  # the toy's width (d = 48): tiny Qwen2, 2 layers, 4 heads
 LONG_PASS_CHUNKS = 100  # a no-grad pass over at least this many micro-batches shows a progress bar (the toy's: 16-32)
+EVALS_PER_REGIME = 8  # held-out evaluations per regime when --eval-every is 0 (plus the last epoch)
 PRINT_EVERY = 40  # steps between two progress lines (about every 3 s on the toy); evaluations print too
 
 
@@ -484,7 +485,7 @@ def run_arm(
     num_pairs = len(train.flipped)
     batch_size = args.batch_size
     batch_starts = range(0, num_pairs - 1, batch_size)  # a trailing batch of one pair is dropped
-    eval_every = args.eval_every or max(1, epochs // 8)
+    eval_every = args.eval_every or max(1, epochs // EVALS_PER_REGIME)
     history = []
     start_time = time.time()
     for epoch in range(epochs):
