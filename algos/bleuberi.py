@@ -30,6 +30,7 @@ Commands:
         --num-eval 200 --max-completion-length 512 --temperature 0.9 --learning-rate 1e-6 --steps 250 \
         --arms bleuberi sft-hard --micro-batch-size 8 --generation-batch-size 64 \
         --gradient-checkpointing   # add --lora-r 16 for 7B on one GPU
+    accelerate launch --multi_gpu --num_processes 8 algos/bleuberi.py ...   # data-parallel: README "Past one GPU"
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import torch
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 from shared.data import load_data
+from shared.distributed import ONE_PROCESS, Processes
 from shared.lm import (
     completion_logprobs,
     load_causal_lm,
@@ -341,17 +343,21 @@ def frozen_logprobs(model, inputs, args: Args, precision: Precision) -> torch.Te
         return torch.cat([completion_logprobs(model, *(x[mb] for x in inputs), args.temperature)[0] for mb in rows])
 
 
-def accumulate_grpo_gradients(model, inputs, old_logp, ref_logp, advantages, args: Args, precision: Precision):
+def accumulate_grpo_gradients(
+    model, inputs, old_logp, ref_logp, advantages, args: Args, precision: Precision, processes=ONE_PROCESS
+):
     """Forward and backward of the GRPO loss per micro-batch; the gradients add up to the full batch's (a deliberate
     difference: TRL normalises bnpo per micro-batch; ours is TRL's `dapo` normalisation, see docs/bleuberi.md).
+    With several processes these are this process's rows, normalised by the whole step batch's counts, so the
+    gradients summed over processes are the whole batch's.
 
-    Returns the policy's log-probs and token entropies ([B, T] each, detached) and the step batch's loss."""
+    Returns the policy's log-probs and token entropies ([B, T] each, detached) and this process's share of the loss."""
     prompt_ids, prompt_mask, completion_ids, completion_mask = inputs
-    batch_sequences = len(advantages)
-    batch_tokens = completion_mask.sum()
+    batch_sequences = len(advantages) * processes.count  # the step batch: every process holds as many rows
+    batch_tokens = processes.sum(completion_mask.sum())
     loss_args = (args.beta, args.epsilon, args.loss_type, args.max_completion_length, batch_sequences, batch_tokens)
     logps, entropies, total_loss = [], [], 0.0
-    for mb in micro_batches(batch_sequences, args.micro_batch_size, advantages.device):
+    for mb in micro_batches(len(advantages), args.micro_batch_size, advantages.device):
         # position ids come from the attention mask (shared/lm.py), as in generate: a deliberate difference from
         # TRL 0.17, which passes none, so left-padded prompts shift (docs/bleuberi.md)
         with precision.autocast():
@@ -368,8 +374,11 @@ def accumulate_grpo_gradients(model, inputs, old_logp, ref_logp, advantages, arg
     return torch.cat(logps), torch.cat(entropies), total_loss
 
 
-def train_grpo(arm, model, ref_model, tokenizer, rows, reward_name, args: Args, run: RunLogger, precision) -> None:
-    """GRPO [TRL GRPOTrainer] on `rows` (dicts with prompt and references) with `reward_name`."""
+def train_grpo(
+    arm, model, ref_model, tokenizer, rows, reward_name, args: Args, run: RunLogger, precision, processes=ONE_PROCESS
+) -> None:
+    """GRPO [TRL GRPOTrainer] on `rows` (dicts with prompt and references) with `reward_name`; with several
+    processes, each samples and trains on its share of every step's prompts (whole groups)."""
     parameters = trained_parameters(model)
     optimizer, scheduler = make_optimizer(parameters, args, precision)
     num_prompts, num_tokens = args.batch_size // args.num_generations, 0
@@ -377,7 +386,8 @@ def train_grpo(arm, model, ref_model, tokenizer, rows, reward_name, args: Args, 
     sampling = dict(temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_completion_length)
     sampling.update(chat=args.chat, max_prompt_length=args.max_prompt_length, batch_size=args.generation_batch_size)
     # 3. each step: the step's prompts, from shuffled epochs over the training set (the same order for every arm)
-    for step, batch in enumerate(prompt_batches(len(rows), num_prompts, args.steps, args.seed)):
+    for step, step_batch in enumerate(prompt_batches(len(rows), num_prompts, args.steps, args.seed)):
+        batch = processes.shard(step_batch)  # this process's prompts (all of them in a one-process run)
         prompts = [rows[i]["prompt"] for i in batch]
         # 4. sample G completions per prompt (rows prompt-major: each group of G is contiguous); sampling stops on
         #    end-of-turn tokens as well as EOS, a deliberate difference from TRL 0.17 (docs/bleuberi.md)
@@ -397,17 +407,28 @@ def train_grpo(arm, model, ref_model, tokenizer, rows, reward_name, args: Args, 
             # forward and backward per micro-batch, gradients accumulated over the step batch
             optimizer.zero_grad(set_to_none=True)
             logp, entropy, loss = accumulate_grpo_gradients(
-                model, inputs, old_logp, ref_logp, advantages, args, precision
+                model, inputs, old_logp, ref_logp, advantages, args, precision, processes
             )
+            processes.sum_gradients(parameters)  # several processes: each held its share of the step's loss
             # AdamW step on the trained parameters (fp32 master weights)
             grad_norm = precision.clip_grad_norm_(parameters, args.max_grad_norm)
             optimizer.step()
         scheduler.step()
-        # TRY NOT TO MODIFY: log TRL's metrics
+        # TRY NOT TO MODIFY: log TRL's metrics, over the whole step batch (every process's rows)
         old = logp if old_logp is None else old_logp  # [B, T]
+        stopped = torch.isin(out.completion_ids, stop_ids).any(dim=1).float()  # [B] rows that emitted a stop token
+        num_tokens += int(processes.sum(out.prompt_mask.sum() + mask.sum()))
+        loss = float(processes.sum(loss))
+        if ref_logp is None:
+            logp, old, entropy, mask, rewards, advantages, stopped = processes.gather(
+                logp, old, entropy, mask, rewards, advantages, stopped
+            )
+        else:
+            logp, old, ref_logp, entropy, mask, rewards, advantages, stopped = processes.gather(
+                logp, old, ref_logp, entropy, mask, rewards, advantages, stopped
+            )
         lengths = mask.sum(1).float()  # [B]
-        terminated = lengths[torch.isin(out.completion_ids, stop_ids).any(dim=1)]  # rows that emitted a stop token
-        num_tokens += int(out.prompt_mask.sum() + mask.sum())
+        terminated = lengths[stopped.bool()]
         grouped = rewards.view(-1, args.num_generations)  # [B/G, G]
         metrics = {
             "reward": rewards.mean().item(),
@@ -429,12 +450,12 @@ def train_grpo(arm, model, ref_model, tokenizer, rows, reward_name, args: Args, 
         run.log(step, metrics, arm=arm)
 
 
-def accumulate_sft_gradients(model, inputs, args: Args, precision: Precision) -> float:
+def accumulate_sft_gradients(model, inputs, args: Args, precision: Precision, processes=ONE_PROCESS) -> float:
     """Forward and backward of the mean token cross-entropy of the references, per micro-batch; each micro-batch
     adds its share (its summed NLL over the step batch's target tokens), so the gradients add up to the full
     batch's. Returns the step batch's loss."""
     target_mask = inputs[3]  # [N, T] 1 on reference tokens and the EOS
-    batch_tokens = target_mask.sum()
+    batch_tokens = processes.sum(target_mask.sum())  # the step batch's target tokens, over every process
     total_loss = 0.0
     for mb in micro_batches(len(target_mask), args.micro_batch_size, target_mask.device):
         with precision.autocast():
@@ -445,12 +466,15 @@ def accumulate_sft_gradients(model, inputs, args: Args, precision: Precision) ->
     return total_loss
 
 
-def train_sft(arm, model, tokenizer, rows, args: Args, run: RunLogger, precision: Precision) -> None:
+def train_sft(
+    arm, model, tokenizer, rows, args: Args, run: RunLogger, precision: Precision, processes=ONE_PROCESS
+) -> None:
     """Completion-only SFT on the references (one example per reference), as many steps as GRPO [code sft.py]."""
     parameters = trained_parameters(model)
     optimizer, scheduler = make_optimizer(parameters, args, precision)
     per_step = args.batch_size // args.num_generations
-    for step, batch in enumerate(prompt_batches(len(rows), per_step, args.steps, args.seed)):
+    for step, step_batch in enumerate(prompt_batches(len(rows), per_step, args.steps, args.seed)):
+        batch = processes.shard(step_batch)  # this process's prompts (all of them in a one-process run)
         pairs = [(rows[i]["prompt"], ref) for i in batch for ref in rows[i]["references"]]
         inputs = sft_parts(
             tokenizer,
@@ -462,7 +486,9 @@ def train_sft(arm, model, tokenizer, rows, args: Args, run: RunLogger, precision
             max_target_length=args.max_completion_length,
         )  # prompt ids and mask [N, P], target ids (reference + EOS) and mask [N, T]
         optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_sft_gradients(model, inputs, args, precision)
+        loss = accumulate_sft_gradients(model, inputs, args, precision, processes)
+        processes.sum_gradients(parameters)
+        loss = float(processes.sum(loss))
         grad_norm = precision.clip_grad_norm_(parameters, args.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -529,9 +555,9 @@ def generate(model, tokenizer, rows, args: Args, precision: Precision, greedy: b
     return out.texts
 
 
-def evaluate(model, tokenizer, rows, args: Args, precision: Precision) -> dict:
-    """Greedy exact match and BLEU on held-out rows, overall and per group."""
-    texts = generate(model, tokenizer, rows, args, precision, greedy=True)
+def evaluate(model, tokenizer, rows, args: Args, precision: Precision, processes=ONE_PROCESS) -> dict:
+    """Greedy exact match and BLEU on held-out rows, overall and per group (the rows split over the processes)."""
+    texts = processes.gather_rows(lambda shard: generate(model, tokenizer, shard, args, precision, greedy=True), rows)
     references = [r["references"] for r in rows]
     em, bleu = compute_rewards("exact_match", texts, references), compute_rewards("bleu", texts, references)  # [N]
     groups = defaultdict(list)
@@ -542,9 +568,18 @@ def evaluate(model, tokenizer, rows, args: Args, precision: Precision) -> dict:
 
 
 @torch.no_grad()
-def headroom(model, tokenizer, rows, args: Args, precision: Precision) -> tuple[float, float]:
+def headroom(model, tokenizer, rows, args: Args, precision: Precision, processes=ONE_PROCESS) -> tuple[float, float]:
     """pass@1 and pass@G of the exact match over G samples per row at the GRPO sampling settings: where pass@G is
     well above pass@1, GRPO's groups find right answers to reinforce."""
+    correct = torch.tensor(
+        processes.gather_rows(lambda shard: sample_correct(model, tokenizer, shard, args, precision), rows)
+    )
+    return correct.mean().item(), correct.amax(dim=1).mean().item()
+
+
+@torch.no_grad()
+def sample_correct(model, tokenizer, rows, args: Args, precision: Precision) -> list[list[float]]:
+    """The exact match of G samples per row ([N][G])."""
     prompts = [row["prompt"] for row in rows]
     with precision.autocast():
         out = sample(
@@ -560,8 +595,7 @@ def headroom(model, tokenizer, rows, args: Args, precision: Precision) -> tuple[
             batch_size=args.generation_batch_size,
         )
     references = [row["references"] for row in rows for _ in range(args.num_generations)]
-    correct = compute_rewards("exact_match", out.texts, references).view(len(rows), args.num_generations)  # [N, G]
-    return correct.mean().item(), correct.amax(dim=1).mean().item()
+    return compute_rewards("exact_match", out.texts, references).view(len(rows), args.num_generations).tolist()
 
 
 def check_args(args: Args) -> None:
@@ -594,8 +628,14 @@ def main(args: Args) -> dict:
     # TRY NOT TO MODIFY: option checks, seeding, precision, data
     check_args(args)
     torch.set_num_threads(args.num_threads)
-    seed_everything(args.seed)
     precision = setup_precision(args.dtype, args.cuda, args.fp32_master)
+    processes = Processes.from_precision(precision)  # one, or the N that `accelerate launch` started
+    if (args.batch_size // args.num_generations) % processes.count:
+        fail(
+            f"--batch-size {args.batch_size} / --num-generations {args.num_generations} prompts per step do not "
+            f"split over {processes.count} processes: each process takes whole prompts"
+        )
+    seed_everything(processes.seed(args.seed))
     start_time = time.time()
     pool, heldout = load_rows(args)
     # 1. pi_0 = the start policy; ref = pi_0 frozen (the KL reference of every GRPO arm), held in the frozen dtype
@@ -613,12 +653,15 @@ def main(args: Args) -> dict:
         print_every=25,
         show=("reward", "losses/sft_loss", "kl"),
         total_steps=args.steps,
+        write=processes.is_main,  # one run folder, whatever the number of processes
     )
 
     # 2. selection [code create_training_data.py]: one pi_0 sample per pool prompt, scored on its raw text; keep the
     #    lowest-scoring prompts
     sampling = dict(temperature=args.selection_temperature, top_p=args.selection_top_p)
-    texts = generate(start_model, tokenizer, pool, args, precision, greedy=False, **sampling)
+    texts = processes.gather_rows(
+        lambda shard: generate(start_model, tokenizer, shard, args, precision, greedy=False, **sampling), pool
+    )
     pool_refs = [r["references"] for r in pool]
     scores = {name: compute_rewards(name, texts, pool_refs, extract=False).tolist() for name in REWARDS}
     train_sets, notes = {}, []
@@ -631,36 +674,37 @@ def main(args: Args) -> dict:
             f"{np.mean([scores[rank][i] for i in kept]):.3f} (pool {np.mean(scores[rank]):.3f}); groups "
             + ", ".join(f"{g} {c}" for g, c in sorted(composition.items()))
         )
-        print(notes[-1], flush=True)
-    print(f"setup (data, start, selection): {time.time() - start_time:.1f} s", flush=True)
+        processes.print(notes[-1])
+    processes.print(f"setup (data, start, selection): {time.time() - start_time:.1f} s")
 
     # 3-6. each arm trains pi_0, loaded afresh in fp32 master weights (or with LoRA adapters), on its set from the
     #      same seed (train_grpo runs steps 3-6, train_sft its SFT counterpart); 7. greedy evaluation of the last
     #      policy on held-out prompts (the paper evaluates its last checkpoint on MT-Bench, ArenaHard, WildBench)
-    start_eval = evaluate(start_model, tokenizer, heldout, args, precision)
-    pass_at_1, pass_at_g = headroom(start_model, tokenizer, heldout, args, precision)
+    start_eval = evaluate(start_model, tokenizer, heldout, args, precision, processes)
+    pass_at_1, pass_at_g = headroom(start_model, tokenizer, heldout, args, precision, processes)
     headroom_note = (
         f"start headroom on the held-out prompts: pass@1 {pass_at_1:.3f}, pass@{args.num_generations} "
         f"{pass_at_g:.3f} (exact match of {args.num_generations} samples each at temperature {args.temperature})"
     )
-    print(headroom_note, flush=True)
+    processes.print(headroom_note)
     results = {"start": {**start_eval, "set": "-", "reward": "-", "seconds": 0.0}}
     policy_options = dict(
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, gradient_checkpointing=args.gradient_checkpointing
     )
     for arm in args.arms:
         trainer, reward_name, mode, rank = ARM_SETUP[arm]
-        seed_everything(args.seed)
+        seed_everything(processes.seed(args.seed))
         model, _ = load_policy(model_path, precision, seed=args.seed, **policy_options)
         arm_start = time.time()
         if trainer == "grpo":
-            train_grpo(arm, model, start_model, tokenizer, train_sets[mode, rank], reward_name, args, run, precision)
+            train_set = train_sets[mode, rank]
+            train_grpo(arm, model, start_model, tokenizer, train_set, reward_name, args, run, precision, processes)
         else:
-            train_sft(arm, model, tokenizer, train_sets[mode, rank], args, run, precision)
+            train_sft(arm, model, tokenizer, train_sets[mode, rank], args, run, precision, processes)
         seconds = time.time() - arm_start
         model.eval()
         results[arm] = {
-            **evaluate(model, tokenizer, heldout, args, precision),
+            **evaluate(model, tokenizer, heldout, args, precision, processes),
             "set": f"{mode} ({rank})",
             "reward": reward_name if trainer == "grpo" else "SFT",
             "seconds": seconds,
@@ -671,7 +715,7 @@ def main(args: Args) -> dict:
             echo=True,
             arm=arm,
         )
-        if args.save_model:
+        if args.save_model and processes.is_main:
             model.save_pretrained(run.dir / arm)  # fp32 master weights; with --lora-r, the peft adapter
             tokenizer.save_pretrained(run.dir / arm)
         precision.release()  # the arm's optimizer state goes with its policy

@@ -100,6 +100,8 @@ def setup_precision(dtype_name: str = "auto", cuda: bool = True, fp32_master: bo
     # but keep the process group that `accelerate launch` set up
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
+    if accelerator.num_processes > 1:  # under `accelerate launch`: each process on its own GPU (or the CPU)
+        device = accelerator.device
     return Precision(
         device=device,
         compute_dtype=compute_dtype,

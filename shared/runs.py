@@ -240,9 +240,15 @@ class RunLogger:
         print_every: int = 10,
         show: Sequence[str] = (),
         total_steps: int | None = None,
+        write: bool = True,
     ):
         from torch.utils.tensorboard import SummaryWriter
 
+        self.write = write  # False on every process but the main one of a multi-process run: nothing written
+        if not write:
+            self.dir = None
+            self.logged_rows = 0
+            return
         self.dir = make_run_folder(Path(root or RUNS_DIR), run_name)
         self.run_name = self.dir.name
         (self.dir / INCOMPLETE_MARKER).write_text("this run has not finished: no summary.md yet\n")
@@ -278,6 +284,8 @@ class RunLogger:
 
         With `arm`, the row is one arm's (metrics.jsonl gets `"arm": arm`) and goes to that arm's own TensorBoard
         run, `arms/<arm>/`, under the same tag names as every other arm's, so TensorBoard overlays the arms."""
+        if not self.write:
+            return
         row = {k: _jsonable(v) for k, v in metrics.items()}
         for key, value in row.items():
             if isinstance(value, float) and not math.isfinite(value) and key.startswith("losses/"):
@@ -334,14 +342,18 @@ class RunLogger:
             self.arm_writers[arm] = SummaryWriter(str(self.dir / "arms" / arm))
         return self.arm_writers[arm]
 
-    def save_text(self, name: str, text: str) -> Path:
-        """Write a text file (samples, notes) into the run folder."""
+    def save_text(self, name: str, text: str) -> Path | None:
+        """Write a text file (samples, notes) into the run folder (nothing on a process that does not write)."""
+        if not self.write:
+            return None
         path = self.dir / name
         path.write_text(text)
         return path
 
     def finish(self, summary: str) -> None:
         """Print the end-of-run summary, write it to summary.md, and close the writers."""
+        if not self.write:
+            return
         wall = time.time() - self.start
         text = f"{summary.rstrip()}\n\nwall time: {wall:.1f} s; run folder: {self.dir}\n"
         (self.dir / "summary.md").write_text(text)
@@ -351,6 +363,8 @@ class RunLogger:
 
     def close(self) -> None:
         """Close the writers (the folder keeps its INCOMPLETE marker unless `finish` ran)."""
+        if not self.write:
+            return
         if self in _OPEN_RUNS:
             _OPEN_RUNS.remove(self)
         if not self.metrics_file.closed:
@@ -363,6 +377,8 @@ class RunLogger:
 
     def discard(self) -> None:
         """Close and delete the run folder: for a run that stopped before it logged anything."""
+        if not self.write:
+            return
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
