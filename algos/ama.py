@@ -772,14 +772,6 @@ def main(args: Args) -> dict:
         kwargs = ABILITY if args.tax_dataset_name == "tiny:string_ops" else None
         tax = load_data(args.tax_dataset_name, "test", ["prompt", "reference"], args.num_eval, args.seed, kwargs)
         tax_prompts, tax_refs = tax["prompt"], tax["reference"]
-    run = RunLogger(
-        make_run_name("preferences" if toy else "real", args.exp_name, args.seed),
-        args,
-        track=args.track,
-        print_every=25,
-        show=SHOWN,
-        total_steps=args.rsf_iterations,  # the RSF arm's; set to an AMA arm's steps once D is known
-    )
     start = time.time()
 
     def evaluate_at(model, n=None):
@@ -792,12 +784,21 @@ def main(args: Args) -> dict:
     if toy:
         pre, tokenizer = toy_theta0(args, device)
         pre.eval().requires_grad_(False)
+    else:
+        pre, post, tokenizer = load_pair(args, device, dtype)
+    run = RunLogger(  # after the models load, so the first progress line's steps/s and ETA are RSF's own
+        make_run_name("preferences" if toy else "real", args.exp_name, args.seed),
+        args,
+        track=args.track,
+        print_every=25,
+        show=SHOWN,
+        total_steps=args.rsf_iterations,  # the RSF arm's; set to an AMA arm's steps once D is known
+    )
+    if toy:
         start_evaluation = evaluate_at(pre, RSF_EVAL_PROMPTS)
         run.log(0, {f"eval/{k}": v for k, v in start_evaluation.items()}, echo=False, arm="rsf")
         print(f"theta0: {start_evaluation}", flush=True)
         post = rsf(pre, tokenizer, reward_fn, pool, lambda m: evaluate_at(m, RSF_EVAL_PROMPTS), args, run, device)
-    else:
-        pre, post, tokenizer = load_pair(args, device, dtype)
     pre.eval().requires_grad_(False)
     post.eval().requires_grad_(False)
     rsf_seconds = time.time() - start
