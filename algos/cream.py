@@ -127,11 +127,11 @@ class Args:
     sft_steps: int = 50
     """SFT steps for M1 (0: use --sft-epochs)"""
     sft_epochs: int = 5
-    """SFT epochs for M1 when --sft-steps is 0 [code: 5]"""
+    """SFT epochs for M1 when --sft-steps is 0 [code README: 5]"""
     sft_batch_size: int = 32
     """SFT batch size"""
     sft_learning_rate: float = 1e-3
-    """SFT learning rate [code: 5e-6 on 7B]"""
+    """SFT learning rate [code README: 5e-6 on 7-8B]"""
     lora_r: int = 0
     """LoRA rank for SFT and DPO (needs peft); 0 trains every weight (the paper)"""
     lora_alpha: int = 0
@@ -146,15 +146,15 @@ class Args:
     num_eval: int = 300
     """held-out prompts for the greedy evaluation (needs a `reference` column)"""
     num_samples: int = 5
-    """N responses sampled per prompt [code: 5]"""
+    """N responses sampled per prompt [code config.py: 5]"""
     temperature: float = 0.8
-    """sampling temperature [code: 0.8]"""
+    """sampling temperature [code config.py: 0.8]"""
     top_p: float = 0.95
-    """nucleus sampling [code: 0.95]"""
+    """nucleus sampling [code config.py: 0.95]"""
     max_new_tokens: int = 10
-    """longest sampled or greedy response [code: 768]"""
+    """longest sampled or greedy response [code config.py: 768]"""
     beta: float = 0.1
-    """DPO beta [code: 0.1]"""
+    """DPO beta [code config.py: 0.1]"""
     consistency: Literal["avg", "dyn"] = "avg"
     """avg: every pair gets the mean C_j (the code README's default); dyn: each pair its own C_j"""
     rank_ref: Literal["m0", "prev"] = "m0"
@@ -162,15 +162,15 @@ class Args:
     fixed_c: float = 0.9
     """C of the `fixed` arm (the paper's hand-tuned "w/o RC" ablation)"""
     learning_rate: float = 3e-5
-    """DPO learning rate [code: 1e-6 on 7B]"""
+    """DPO learning rate [code README: 1e-6 on 7-8B]"""
     dpo_epochs: int = 1
-    """DPO epochs per iteration [code: 1]"""
+    """DPO epochs per iteration [code README: 1]"""
     dpo_batch_size: int = 32
-    """pairs per DPO step [code: 4 x 8 GPUs]"""
+    """pairs per DPO step [code config.py: 4 x 8 GPUs]"""
     weight_decay: float = 0.01
-    """AdamW weight decay [code: 0.01]"""
+    """AdamW weight decay [code config.py: 0.01]"""
     max_grad_norm: float = 1.0
-    """gradient clipping [code: 1.0]"""
+    """gradient clipping [code config.py: 1.0]"""
     micro_batch_size: int = 32
     """DPO pairs (2 sequences each) or SFT examples per forward + backward (gradient accumulation): sets memory, not
     the gradient"""
@@ -418,7 +418,8 @@ def accumulate_sft_gradients(model, inputs, args, precision: Precision) -> float
 
 
 def supervised_fine_tune(model, tokenizer, prompts, completions, args, seed: int, precision: Precision, log):
-    """M1 = M0 + completion-only SFT on the seed data (prompt tokens masked), micro-batched -> (M1, last loss)."""
+    """M1 = M0 + completion-only SFT on the seed data, micro-batched -> (M1, last loss). The prompt tokens are masked
+    (reconstruction: the official SFT labels them with the pad id, so it also trains M1 to predict pad there)."""
     model = add_lora(model, args)
     parameters = trained_parameters(model)
     optimizer = make_optimizer(model, args.sft_learning_rate, args, precision)
@@ -649,7 +650,7 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
     print(f"seed {seed}: M0 and M1 ready in {time.time() - seed_start:.1f} s: {shown}", flush=True)
 
     def reward_ref(k: int) -> int:  # the model whose log-probs are subtracted in M_k's self-reward
-        return 0 if args.rank_ref == "m0" else k - 1
+        return 0 if args.rank_ref == "m0" else k - 1  # m0 [paper Alg. 1]; prev: the other reading (reconstruction)
 
     n = args.num_samples
     policies = {}
@@ -696,7 +697,8 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
                 progress.done()
             current = (logps[t] - logps[reward_ref(t)]).view(num_prompts, n)  # [P, N] r_{M_t}, the DPO reward
             if t == 1:
-                previous = (logps[0] / lengths).view(num_prompts, n)  # [P, N] M0: mean token log-likelihood
+                # [P, N] M0: its mean token log-likelihood [code rewarding.py normalized_by_length]
+                previous = (logps[0] / lengths).view(num_prompts, n)
             else:
                 previous = (logps[t - 1] - logps[reward_ref(t - 1)]).view(num_prompts, n)  # [P, N] r_{M_{t-1}}
             for k in [k for k in frozen if k not in (0, t, t - 1)]:

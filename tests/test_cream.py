@@ -140,15 +140,32 @@ def test_response_logps_match_unpadded_forward():
 
 
 # ---------------------------------------------------------------- the loop on the toy
-def test_smoke_main_bug_signals(runs_in_tmp):
+def test_smoke_main_bug_signals(runs_in_tmp, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     result = cream.main(tiny_args())
     run_dir = result["run_dir"]
     assert (run_dir / "metrics.jsonl").stat().st_size > 0 and (run_dir / "summary.md").exists()
     assert "CREAM - SRLM" in (run_dir / "summary.md").read_text()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert any("losses/loss/cream_s1" in m for m in metrics)
-    assert [m["step"] for m in metrics if "losses/sft_loss/s1" in m] == [1, 2, 3, 4, 5]  # one row per SFT step
-    assert [m["step"] for m in metrics if "charts/first_loss/cream_s1" in m] == [1, 2]  # one row per iteration
+    assert any(m.get("arm") == "cream-seed1" and "losses/loss" in m for m in metrics)
+    sft_steps = [m["step"] for m in metrics if "losses/sft_loss" in m]
+    assert sft_steps == [1, 2, 3, 4, 5] and {m["arm"] for m in metrics if "losses/sft_loss" in m} == {"m1-seed1"}
+    first_losses = [(m["arm"], m["step"]) for m in metrics if "charts/first_loss" in m]  # one row per iteration
+    assert first_losses == [(f"{arm}-seed1", t) for arm in ("srlm", "cream", "oracle") for t in (1, 2)]
+    # every arm (and M0, M1) is a TensorBoard run of its own, arms/<arm>-seed<seed>/, with the same tag names
+    tags = {}
+    for arm in ("m0", "m1", "srlm", "cream", "oracle"):
+        events = EventAccumulator(str(run_dir / "arms" / f"{arm}-seed1")).Reload()
+        tags[arm] = set(events.Tags()["scalars"]) - {"charts/steps_per_sec"}  # only where a progress line printed
+        assert not any(arm in tag or "seed" in tag or "_s1" in tag for tag in tags[arm]), tags[arm]
+    assert tags["srlm"] == tags["cream"] == tags["oracle"]
+    assert {"losses/loss", "rewards/margins", "charts/consistency", "eval/quality"} <= tags["cream"]
+    assert tags["m0"] == {"eval/quality", "eval/exact_match", "eval/length"} and "losses/sft_loss" in tags["m1"]
+    out = capsys.readouterr().out
+    assert "M1 = SFT of M0 (seed 1): done in" in out  # the M1 warm start shows a Progress bar
+    iteration_lines = [line for line in out.splitlines() if line.startswith("seed 1 | ")]
+    assert len(iteration_lines) == 6 and all(len(line) <= 120 for line in iteration_lines), iteration_lines
     rows = {(r["arm"], r["t"]): r for r in result["rows"]}
     for arm in ("srlm", "cream", "oracle"):
         assert params_differ(result["models"][arm], result["models"]["m1"])
@@ -179,8 +196,31 @@ def test_it_learns_oracle_improves_and_srlm_lengthens(runs_in_tmp):
     assert oracle["greedy_quality"] > m1["greedy_quality"] + 0.005  # true-quality pairs help
     assert srlm["len_gap"] > 0 and srlm["greedy_length"] > m1["greedy_length"]  # the self-reward favours length
     metrics = [json.loads(line) for line in (result["run_dir"] / "metrics.jsonl").read_text().splitlines()]
-    accuracies = [m["rewards/accuracies/oracle_s1"] for m in metrics if "rewards/accuracies/oracle_s1" in m]
+    accuracies = [
+        m["rewards/accuracies"] for m in metrics if m.get("arm") == "oracle-seed1" and "rewards/accuracies" in m
+    ]
     assert accuracies[0] == 0 and max(accuracies[-3:]) > 0.6  # margins start at 0 and grow the right way
+
+
+def test_evaluation_in_chunks_is_what_sample_chunks_give_and_a_long_one_shows_a_bar(capsys):
+    """Greedy evaluation in calls of --generation-batch-size prompts scores the texts that `sample` itself gives for
+    that batch size; a phase of more than PROGRESS_MIN_CALLS calls shows a Progress bar, a one-call phase none."""
+    from shared.precision import setup_precision
+
+    model, tokenizer = build_tiny_lm(seed=3)
+    rng = random.Random(1)
+    prompts = ["sort " + " ".join(str(rng.randrange(10)) for _ in range(rng.randint(2, 6))) for _ in range(12)]
+    references = [" ".join(sorted(p.split()[1:])) for p in prompts]
+    precision = setup_precision("fp32", cuda=False)
+    for batch_size, shows_bar in ((1, True), (12, False)):
+        texts = sample(model, tokenizer, prompts, max_new_tokens=6, greedy=True, batch_size=batch_size).texts
+        capsys.readouterr()
+        args = cream.Args(generation_batch_size=batch_size, max_new_tokens=6)
+        got = cream.evaluate(model, tokenizer, prompts, references, args, precision, "held-out")
+        assert got["quality"] == pytest.approx(sum(map(cream.quality, texts, references)) / 12)
+        assert got["length"] == pytest.approx(sum(len(text.split()) for text in texts) / 12)
+        assert ("evaluating held-out: done in" in capsys.readouterr().out) == shows_bar, batch_size
+    assert 12 > cream.PROGRESS_MIN_CALLS
 
 
 # ---------------------------------------------------------------- the real path
@@ -255,6 +295,7 @@ def test_bad_options_fail_early(tmp_path):
         for rate in (0.0, -1e-6, float("nan")):
             expect_failure(tiny_args(**{flag: rate}), flag.replace("_", "-"), "positive finite")
     expect_failure(tiny_args(m0_corrupt_rate=1.5), "m0-corrupt-rate", "[0, 1]")
+    expect_failure(tiny_args(m0_batch_size=0), "m0-batch-size")
     for rank_ref in ("m0", "prev"):  # M1 = M0: every t = 1 self-reward is 0 under both readings
         expect_failure(tiny_args(sft_dataset_name=None, rank_ref=rank_ref), "m1 = m0", "--sft-dataset-name")
     expect_failure(tiny_args(sft_steps=0, sft_epochs=0), "m1 = m0")
