@@ -652,7 +652,7 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
     def reward_ref(k: int) -> int:  # the model whose log-probs are subtracted in M_k's self-reward
         return 0 if args.rank_ref == "m0" else k - 1  # m0 [paper Alg. 1]; prev: the other reading (reconstruction)
 
-    n = args.num_samples
+    num_samples = args.num_samples  # N responses per prompt
     policies = {}
     samples_text = []
     for arm in args.arms:
@@ -679,14 +679,14 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
             sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
             sampling.update(chat=args.chat, batch_size=args.generation_batch_size)
             with precision.autocast():
-                samples = sample(policy, tokenizer, subset, num_samples=n, **sampling)
+                samples = sample(policy, tokenizer, subset, num_samples=num_samples, **sampling)
             lengths = samples.completion_mask.sum(1).double().cpu()  # [P*N] response tokens incl. end of turn
 
             # 4. self-reward them [code rewarding.py]: summed log-probs under every model that the two self-rewards
             #    need, without gradients, one frozen model on the device at a time (rewarding.py loads one at a time)
             frozen[t] = frozen_copy(policy, precision.frozen_dtype)  # M_t, next iteration's M_{t-1}
             needed = {t, reward_ref(t), t - 1} | ({reward_ref(t - 1)} if t >= 2 else set())
-            all_rows = torch.arange(num_prompts * n)
+            all_rows = torch.arange(num_prompts * num_samples)
             calls = len(needed) * num_calls(len(all_rows), args.score_batch_size)
             progress = phase_progress(f"self-rewards {arm} t={t}", calls)
             logps = {}
@@ -695,12 +695,13 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
                     logps[k] = score_all(frozen[k], samples, all_rows, args.score_batch_size, precision, progress)
             if progress is not None:
                 progress.done()
-            current = (logps[t] - logps[reward_ref(t)]).view(num_prompts, n)  # [P, N] r_{M_t}, the DPO reward
+            current = (logps[t] - logps[reward_ref(t)]).view(num_prompts, num_samples)  # [P, N] r_{M_t}
             if t == 1:
                 # [P, N] M0: its mean token log-likelihood [code rewarding.py normalized_by_length]
-                previous = (logps[0] / lengths).view(num_prompts, n)
+                previous = (logps[0] / lengths).view(num_prompts, num_samples)
             else:
-                previous = (logps[t - 1] - logps[reward_ref(t - 1)]).view(num_prompts, n)  # [P, N] r_{M_{t-1}}
+                # [P, N] r_{M_{t-1}}, the previous model's DPO reward
+                previous = (logps[t - 1] - logps[reward_ref(t - 1)]).view(num_prompts, num_samples)
             for k in [k for k in frozen if k not in (0, t, t - 1)]:
                 del frozen[k]
 
@@ -711,8 +712,9 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
             c_avg = c_j[keep].mean().item()  # over the prompts kept for DPO, as the code averages its DPO file
             row = {"seed": seed, "arm": arm, "t": t, "C": c_avg, "C_std": c_j[keep].std().item()}
             if references is not None:
-                q = torch.tensor([quality(y, references[offset + i // n]) for i, y in enumerate(samples.texts)])
-                q = q.double().view(num_prompts, n)  # [P, N] true quality
+                sample_references = [references[offset + i // num_samples] for i in range(len(samples.texts))]
+                q = torch.tensor([quality(y, ref) for y, ref in zip(samples.texts, sample_references)])
+                q = q.double().view(num_prompts, num_samples)  # [P, N] true quality
                 q_chosen = q.gather(1, chosen[:, None])[:, 0]  # [P]
                 q_rejected = q.gather(1, rejected[:, None])[:, 0]  # [P]
                 decided = keep & (q_chosen != q_rejected)  # [P] pairs the true quality can judge
@@ -726,8 +728,8 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
             kept = keep.nonzero().squeeze(1)  # [B] prompts with a pair
             if len(kept) == 0:
                 fail(f"{arm} t={t}: every prompt's responses got equal rewards, no pair to train on")
-            chosen_rows = kept * n + chosen[kept]  # [B] sample rows
-            rejected_rows = kept * n + rejected[kept]  # [B] sample rows
+            chosen_rows = kept * num_samples + chosen[kept]  # [B] sample rows
+            rejected_rows = kept * num_samples + rejected[kept]  # [B] sample rows
             row["len_gap"] = (lengths[chosen_rows] - lengths[rejected_rows]).mean().item()
             row["kept_pairs"] = len(kept)
 
@@ -747,8 +749,8 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
             shown = " ".join(f"{label}={row[key]:.3f}" for key, label in ITERATION_SHOWN.items() if key in row)
             print(f"seed {seed} | {arm} | t={t} | {shown} | {time.time() - iteration_start:.1f} s", flush=True)
             samples_text += [
-                f"[seed {seed} {arm} t={t}] {subset[i]} | chosen: {samples.texts[i * n + chosen[i]]} | "
-                f"rejected: {samples.texts[i * n + rejected[i]]} | C_j={c_j[i]:.2f}"
+                f"[seed {seed} {arm} t={t}] {subset[i]} | chosen: {samples.texts[i * num_samples + chosen[i]]} | "
+                f"rejected: {samples.texts[i * num_samples + rejected[i]]} | C_j={c_j[i]:.2f}"
                 for i in kept[:PAIRS_SHOWN_PER_ITERATION].tolist()
             ]
         rows[-1]["arm_seconds"] = time.time() - arm_start
@@ -763,6 +765,7 @@ def run_seed(args: Args, seed: int, run: RunLogger, precision: Precision, named_
     return rows, {"m1": m1, **policies}
 
 
+# TRY NOT TO MODIFY: the table and main --------------------------------------------------------------------------------
 def summarise(rows: list[dict], args: Args) -> str:
     """Means over seeds per (arm, t), then the paired per-seed comparison after the last iteration."""
     columns = "C self_tau pair_acc len_gap first_loss greedy_quality greedy_exact_match greedy_length arm_seconds"
