@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -91,11 +92,20 @@ def warm_start(
     cache_dir: str | Path | None = None,
     num_eval: int = 200,
     verbose: bool = True,
+    sft_rows: Callable[[int], list[tuple[list[str], list[str]]]] | None = None,
+    sft_rows_recipe: dict | None = None,
 ) -> Path:
-    """The folder of the tiny LM fine-tuned on `task_name`'s references; trains it on the first call only."""
+    """The folder of the tiny LM fine-tuned on `task_name`'s references; trains it on the first call only.
+
+    A warm start on other sequences (e.g. Self-PRM's mix of solve and judge sequences) passes `sft_rows(step)`, the
+    step's sub-batches of (prompts, targets), in place of `batch_size` random references of the task (the loss is
+    then the sequence-weighted mean of the sub-batches' losses), and `sft_rows_recipe`, what they are: it joins the
+    recipe and the cache key. Without them the recipe, the key and the training are those of the references."""
     task = get_task(task_name, **(task_kwargs or {}))
     if "reference" not in task.dataset(1, seed).column_names:
         fail(f"task {task_name!r} has no references to warm-start on")
+    if (sft_rows is None) != (sft_rows_recipe is None):
+        fail("warm_start: pass sft_rows together with sft_rows_recipe (it names them in the cache key)")
     recipe = {
         "task": task_name,
         "task_options": dataclasses.asdict(task),
@@ -106,6 +116,8 @@ def warm_start(
         "lr": lr,
         "version": RECIPE_VERSION,
     }
+    if sft_rows_recipe is not None:  # only then: the references' recipes (and cache keys) stay as they were
+        recipe["sft_rows"] = sft_rows_recipe
     key = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     folder = Path(cache_dir or CACHE_DIR) / f"warmstart-{task_name}-{key}"
     if (folder / "warm_start.json").exists():
@@ -115,15 +127,23 @@ def warm_start(
     caller_rng = torch.random.get_rng_state()  # restored below: a cache miss must not change the caller's samples
     torch.manual_seed(seed)
     model, tokenizer = build_tiny_lm(seed=seed, **(config_kwargs or {}))
-    data = task.dataset(steps * batch_size if steps * batch_size <= 20000 else 20000, seed=seed, split="train")
+    if sft_rows is None:
+        data = task.dataset(steps * batch_size if steps * batch_size <= 20000 else 20000, seed=seed, split="train")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * (1 - s / steps))
     generator = torch.Generator().manual_seed(seed)
     progress = Progress(f"warm start {task_name}", total=steps) if verbose else None
     model.train()
     for step in range(steps):
-        rows = data[torch.randint(len(data), (batch_size,), generator=generator).tolist()]
-        loss = sft_loss(model, *sft_batch(tokenizer, rows["prompt"], rows["reference"]))
+        if sft_rows is None:
+            rows = data[torch.randint(len(data), (batch_size,), generator=generator).tolist()]
+            loss = sft_loss(model, *sft_batch(tokenizer, rows["prompt"], rows["reference"]))
+        else:
+            parts = [(prompts, targets) for prompts, targets in sft_rows(step) if prompts]
+            losses = [
+                len(prompts) * sft_loss(model, *sft_batch(tokenizer, prompts, targets)) for prompts, targets in parts
+            ]
+            loss = sum(losses) / sum(len(prompts) for prompts, _ in parts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,7 +1,8 @@
 """Tests of algos/self_prm.py: verdict/answer parsing, paragraph formatting, the voting rules (ties, unparsable
 answers, fallback) against hand cases and a brute-force loop, ProcessBench F1 and pooled precision by hand, the toy
-judge items against the task's step truth, a smoke run (oracle judge == pass@k), learning of the multitask warm
-start, the real path through saved folders, and the bad inputs."""
+judge items against the task's step truth, a smoke run (oracle judge == pass@k, one TensorBoard run per selector),
+learning of the multitask warm start (through shared.warmstart, whose other callers keep their cache keys), the real
+path through saved folders, and the bad inputs."""
 
 import json
 import math
@@ -26,7 +27,9 @@ from algos.self_prm import (
 )
 from shared.lm import build_tiny_lm
 
-WS = dict(ws_steps=40, ws_batch_size=32)  # a cheap warm start for the plumbing tests (cached after the first)
+WS = dict(
+    warmstart_steps=40, warmstart_batch_size=32
+)  # a cheap warm start for the plumbing tests (cached after the first)
 TINY = dict(num_problems=6, num_samples=4, k_max=4, num_pb_items=8, **WS)
 
 
@@ -256,12 +259,27 @@ def test_toy_judge_items_match_step_truth():
 
 
 # runs ------------------------------------------------------------------------------------------------------------
-def test_smoke_run(runs_in_tmp):
+def event_tags(folder) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return set(EventAccumulator(str(folder)).Reload().Tags()["scalars"])
+
+
+def test_smoke_run(runs_in_tmp, capsys):
     out = main(Args(**TINY))
     run_dir = out["run_dir"]
     assert (run_dir / "summary.md").exists() and (run_dir / "samples.txt").exists()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert any("eval/accuracy/self_prm@4" in m for m in metrics) and any("judge/f1" in m for m in metrics)
+    selectors = ["pass1", "majority", "self_prm", "self_prm_soft", "oracle_judge", "noisy_0.1", "noisy_0.3", "oracle"]
+    at_k = [(m["step"], m["arm"]) for m in metrics if "eval/accuracy" in m]  # one row per selector and k
+    assert at_k == [(k, arm) for k in (1, 2, 4) for arm in selectors]
+    assert any("judge/f1" in m and "arm" not in m for m in metrics)
+    for arm in selectors:  # each selector is a TensorBoard run of its own, under the same tag name
+        assert list((run_dir / "arms" / arm).glob("events.out.tfevents.*"))
+        assert event_tags(run_dir / "arms" / arm) == {"eval/accuracy"}
+    shown = capsys.readouterr().out
+    assert "sampling [" in shown and "judging: done in" in shown  # the long phases show progress bars
+    assert all(len(line) <= 120 for line in shown.splitlines() if line.startswith("step "))
     start, _ = build_tiny_lm(seed=0)  # the warm start (the only training) moved the weights off the init
     assert any(not torch.equal(p, q) for p, q in zip(start.parameters(), out["model"].parameters()))
     for row in out["selection"]:
@@ -275,9 +293,13 @@ def test_coevolve_arm_smoke(runs_in_tmp):
     out = main(Args(**TINY, coevolve=True, coevolve_steps=2))
     assert [r["checkpoint"] for r in out["coevolve"]] == ["before GRPO", "after 2 GRPO steps"]
     metrics = [json.loads(line) for line in (out["run_dir"] / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics if "coevolve/reward" in m] == [1, 2]  # two GRPO steps
-    assert all(math.isfinite(m["losses/grpo_loss"]) for m in metrics if "losses/grpo_loss" in m)
-    assert [m["step"] for m in metrics if "coevolve/judge_f1" in m] == [0, 2]  # before and after
+    arm = [m for m in metrics if m.get("arm") == "coevolve"]
+    assert [m["step"] for m in arm if "charts/reward" in m] == [1, 2]  # two GRPO steps
+    assert all(math.isfinite(m["losses/grpo_loss"]) for m in arm if "losses/grpo_loss" in m)
+    assert [m["step"] for m in arm if "judge/f1" in m] == [0, 2]  # before and after
+    tags = event_tags(out["run_dir"] / "arms" / "coevolve")
+    assert {"charts/reward", "losses/grpo_loss", "eval/solve_accuracy", "judge/f1"} <= tags
+    assert not any("coevolve" in tag for tag in tags)  # the arm is the run, not part of the tag names
     assert "Co-evolution" in (out["run_dir"] / "summary.md").read_text()
 
 
@@ -285,7 +307,7 @@ def test_warm_start_learns_to_solve_and_judge():
     """The multitask warm start (the toy's only training) learns both tasks: solving moves off 0, the judge's
     verdicts parse and endorse correct solutions, and the right critiques of corrupted ones gain probability.
     (Locating errors, acc_err > 0, needs the default ~1000 steps: too slow for a test; see the README table.)"""
-    args = Args(ws_steps=200, ws_batch_size=64)
+    args = Args(warmstart_steps=200, warmstart_batch_size=64)
     model, tokenizer = self_prm.load_causal_lm(str(self_prm.multitask_warm_start(args)))
     untrained, _ = build_tiny_lm(seed=0)
     prompts, labels = self_prm.synthetic_processbench(args, seed=5, n=120)
@@ -302,6 +324,50 @@ def test_warm_start_learns_to_solve_and_judge():
         warmstart.exact_match(m, tokenizer, self_prm.TASK, problems, max_new_tokens=32) for m in (model, untrained)
     ]
     assert solved[1] == 0.0 and solved[0] > 0.03
+
+
+def test_shared_warm_start_keeps_its_other_callers_cache_keys(tmp_path, monkeypatch):
+    """The solve + judge warm start goes through shared.warmstart.warm_start(sft_rows=..., sft_rows_recipe=...), an
+    addition made for this script: a warm start without them must keep the folder (cache key) that the code before
+    the addition gave it (the keys below were computed by that code, for BLEUBERI's, CREAM's and DR-IRL-like calls),
+    and the mix's recipe must enter this script's key."""
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cache miss: the cache key changed")
+
+    monkeypatch.setattr(warmstart, "build_tiny_lm", no_training)
+    calls = {
+        "warmstart-string_ops-f588a24df8": dict(task_name="string_ops", seed=0, steps=450),
+        "warmstart-sort_digits-5a9e673b6a": dict(
+            task_name="sort_digits", seed=1, steps=100, batch_size=32, lr=3e-3, task_kwargs={"corrupt_rate": 0.5}
+        ),
+        "warmstart-rule_categories-00353a51b2": dict(task_name="rule_categories", seed=0, steps=350, lr=2e-3),
+    }
+    for folder, call in calls.items():
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "warm_start.json").write_text("{}")
+        assert warmstart.warm_start(**call, cache_dir=tmp_path) == tmp_path / folder
+    rows = self_prm.solve_judge_rows(batch_size=8, judge_fraction=0.5, judge_max_terms=5, seed=0)
+    with pytest.raises(SystemExit, match="sft_rows_recipe"):  # a mix without its recipe would share a key
+        warmstart.warm_start("chain_addition", sft_rows=rows, cache_dir=tmp_path)
+    monkeypatch.undo()
+    step_rows = rows(0)  # one step: judge sequences, then solve sequences (the references)
+    judge_prompts, judge_targets = step_rows[0]
+    solve_prompts, solve_targets = step_rows[1]
+    assert len(judge_prompts) + len(solve_prompts) == 8 and judge_prompts[0].startswith("Q add ")
+    assert solve_targets[0].endswith(f"# {sum(self_prm.TASK.terms(solve_prompts[0]))}")
+    tiny = dict(steps=2, batch_size=4, num_eval=1, verbose=False, cache_dir=tmp_path)
+    plain = warmstart.warm_start("chain_addition", **tiny)
+    folders = set()
+    for judge_fraction in (0.5, 0.25):  # (the same problems as above: drawn once, cached)
+        rng_before = torch.random.get_rng_state()
+        mix = {"mix": "self_prm solve + judge", "judge_fraction": judge_fraction}
+        rows = self_prm.solve_judge_rows(batch_size=4, judge_fraction=judge_fraction, judge_max_terms=5, seed=0)
+        folder = warmstart.warm_start("chain_addition", sft_rows=rows, sft_rows_recipe=mix, **tiny)
+        assert torch.equal(torch.random.get_rng_state(), rng_before)  # a cache miss leaves the caller's samples alone
+        assert json.loads((folder / "warm_start.json").read_text())["sft_rows"] == mix
+        folders.add(folder)
+    assert len(folders | {plain}) == 3  # the mix and its options are in the key
 
 
 def test_real_path_through_saved_folders(tmp_path, runs_in_tmp, capsys):
@@ -345,10 +411,14 @@ def test_real_path_through_saved_folders(tmp_path, runs_in_tmp, capsys):
         (dict(noise_rates=(1.5,)), "[0, 1]"),
         (dict(bucket_edges=(0.8, 0.2)), "lo < hi"),
         (dict(model_name="tiny:string_ops"), "toy model"),
-        (dict(ws_lr=0.0), "--ws-lr 0.0: a learning rate"),
-        (dict(ws_lr=-1e-3), "--ws-lr -0.001"),
-        (dict(ws_lr=float("nan")), "--ws-lr nan"),
-        (dict(coevolve_lr=float("nan")), "--coevolve-lr nan"),
+        (dict(warmstart_learning_rate=0.0), "--warmstart-learning-rate 0.0: a learning rate"),
+        (dict(warmstart_learning_rate=-1e-3), "--warmstart-learning-rate -0.001"),
+        (dict(warmstart_learning_rate=float("nan")), "--warmstart-learning-rate nan"),
+        (dict(coevolve_learning_rate=0.0), "--coevolve-learning-rate 0.0"),
+        (dict(coevolve_learning_rate=-1.0), "--coevolve-learning-rate -1.0"),
+        (dict(coevolve_learning_rate=float("nan")), "--coevolve-learning-rate nan"),
+        (dict(warmstart_judge_fraction=1.0), "--warmstart-judge-fraction in (0, 1)"),
+        (dict(coevolve=True, coevolve_group=1), "--coevolve-group >= 2"),
         (dict(judge_template="{problem} {tagged_response} \\boxed{}"), "doubled"),
     ],
 )
