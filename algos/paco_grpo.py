@@ -821,7 +821,7 @@ def main(args: Args) -> dict:
     return results
 
 
-# TRY NOT TO MODIFY: the real path's rewards (pluggable) and text encoding ----------------------------------------
+# TRY NOT TO MODIFY: the real path's rewards (pluggable), the guided velocity and the text encoding ------------------
 def grid_consistency(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """Pairwise consistency over the 4 panels of a 2x2 grid, mean over the 6 pairs of exp(-||phi_i - phi_j||) ([B])."""
     top, bottom = images.chunk(2, dim=2)  # [B, 3, H/2, W] each
