@@ -274,8 +274,10 @@ class RunLogger:
         self.total_steps = total_steps  # steps of an arm, for the ETA on the progress line
         self.arm_writers: dict[str, Any] = {}
         self.start = self._last_time = time.time()
-        self._last_step = None
-        self._calls = self._last_calls = 0
+        self._last_step = None  # the step of the last print (or of the arm's first row)
+        self._last_arm = None  # the arm of the rows being logged
+        self._previous_step = None  # the step of the last row
+        self._calls = 0
         self.logged_rows = 0
         _OPEN_RUNS.append(self)
 
@@ -306,22 +308,27 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log({f"{arm}/{k}" if arm else k: v for k, v in row.items()}, step=step)
         self._calls += 1
+        new_segment = self._last_step is None or arm != self._last_arm or step < self._previous_step
+        if new_segment:  # a new arm, or a restarted step count: the speed counts from this row
+            self._last_time, self._last_step, self._last_arm = now, step, arm
+        self._previous_step = step
         slow = now - self._last_time >= PRINT_AT_LEAST_EVERY_SECONDS  # real models: a step can take minutes
         if echo or (echo is None and (self._calls % self.print_every == 0 or slow)):
-            # steps since the last print; a script that restarts its step count (a new arm) counts log calls
-            fresh = self._last_step is None or step <= self._last_step
-            steps = self._calls - self._last_calls if fresh else step - self._last_step
-            sps = steps / max(now - self._last_time, 1e-9)
-            writer.add_scalar("charts/steps_per_sec", sps, step)
+            # steps per second since the last print in this arm (none yet on an arm's first row)
+            steps = step - self._last_step
+            elapsed = now - self._last_time
+            sps = steps / elapsed if steps > 0 and elapsed > 0 else None
+            if sps is not None:
+                writer.add_scalar("charts/steps_per_sec", sps, step)
             print(self.progress_line(step, arm, sps, row), flush=True)
-            self._last_time, self._last_step, self._last_calls = now, step, self._calls
+            self._last_time, self._last_step = now, step
 
-    def progress_line(self, step: int, arm: str | None, sps: float, row: dict[str, Any]) -> str:
+    def progress_line(self, step: int, arm: str | None, sps: float | None, row: dict[str, Any]) -> str:
         """`step 40 | bleuberi | 1.23 steps/s | ETA 2m10s | reward=0.41 kl=0.002`: the step, the arm, the speed,
         the time to the end of the arm (with `total_steps`) and the `show` metrics (else the first few), at most
         ~120 characters; every metric is in TensorBoard and metrics.jsonl."""
-        parts = [f"step {step}"] + ([arm] if arm else []) + [f"{sps:.2f} steps/s"]
-        if self.total_steps is not None and step < self.total_steps and sps > 0:
+        parts = [f"step {step}"] + ([arm] if arm else []) + ([f"{sps:.2f} steps/s"] if sps is not None else [])
+        if self.total_steps is not None and step < self.total_steps and sps is not None:
             parts.append(f"ETA {format_seconds((self.total_steps - step) / sps)}")
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         keys = [k for k in self.show if k in numbers] or list(numbers)

@@ -535,3 +535,22 @@ def test_a_long_phase_prints_a_short_bar_at_each_tenth_in_a_log():
     assert " 50/50 100%" in lines[9]
     assert lines[10].startswith("pretraining: done in ") and lines[10].endswith("(final loss 0.02)")
     assert all(len(line) <= PROGRESS_LINE_WIDTH for line in lines)
+
+
+def test_a_new_arm_starts_its_speed_and_eta_afresh(capsys, monkeypatch):
+    """The first printed line of an arm whose step count restarts must not turn log calls into steps (an ETA of
+    hours for a run of minutes): the speed counts the arm's own steps, from its first row."""
+    import shared.runs
+
+    clock = [0.0]
+    monkeypatch.setattr(shared.runs.time, "time", lambda: clock[0])
+    run = RunLogger("eta-run", {}, print_every=3, total_steps=60)
+    for arm in ("first", "second"):
+        for step in range(0, 60, 10):  # one row per 10 steps (one per stage, say)
+            clock[0] += 10.0  # 10 steps take 10 s: 1 step/s in both arms
+            run.log(step, {"reward": 1.0}, arm=arm)
+    run.close()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    rates = [float(line.split(" | ")[2].split()[0]) for line in lines]
+    assert rates == [1.0] * 4 and len(lines) == 4, lines
+    assert [line.split(" | ")[3] for line in lines] == ["ETA 40s", "ETA 10s"] * 2
