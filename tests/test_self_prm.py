@@ -170,8 +170,10 @@ def test_vectorised_vote_matches_brute_force():
     rng = random.Random(0)
     answers = [[rng.choice([None, "1", "2", "3", "4"]) for _ in range(9)] for _ in range(300)]
     for soft in (False, True):
-        weights = [[rng.choice([0.0, 0.25, 0.5, 1.0]) if soft else float(rng.random() < 0.4) for _ in range(9)]
-                   for _ in range(300)]  # fmt: skip
+        weights = [
+            [rng.choice([0.0, 0.25, 0.5, 1.0]) if soft else float(rng.random() < 0.4) for _ in range(9)]
+            for _ in range(300)
+        ]
         ids, _ = self_prm.answer_ids(answers)
         chosen = self_prm.select_with_fallback(ids, torch.tensor(weights)).tolist()
         for row, w, slot in zip(answers, weights, chosen):
@@ -316,8 +318,10 @@ def test_warm_start_learns_to_solve_and_judge():
     assert untrained_f1[:2] == (0.0, 0.0) and trained_f1[1] > 80.0  # format learned, correct items endorsed
     rng = random.Random(5)
     items = [self_prm.toy_judge_item(p, rng, corrupt=True) for p in self_prm.TASK.dataset(60, 5, "test")["prompt"]]
-    critique = [self_prm.sequence_logprob(m, tokenizer, [i[0] for i in items], [i[1] for i in items]).mean()
-                for m in (model, untrained)]  # fmt: skip
+    critique = [
+        self_prm.sequence_logprob(m, tokenizer, [i[0] for i in items], [i[1] for i in items]).mean()
+        for m in (model, untrained)
+    ]
     assert critique[0] > critique[1] + 30.0  # nats per judgment
     problems = self_prm.TASK.dataset(100, seed=3, split="test")
     solved = [
@@ -378,11 +382,22 @@ def test_real_path_through_saved_folders(tmp_path, runs_in_tmp, capsys):
     out = main(Args(model_name=str(tmp_path / "model"), **{k: v for k, v in TINY.items() if k not in WS}))
     assert out["selection"][-1]["oracle judge"] == out["selection"][-1]["pass@k"]  # the toy through a folder
     Dataset.from_dict({"problem": ["add 1 + 2", "add 3 + 4"], "answer": ["3", "7.0"]}).save_to_disk(tmp_path / "math")
-    Dataset.from_dict({"problem": ["add 1 + 2"] * 2, "steps": [["1 + 2 = 3", "# 3"], ["1 + 2 = 4", "# 4"]],
-                       "label": [-1, 0]}).save_to_disk(tmp_path / "pb")  # fmt: skip
-    real = Args(model_name=str(tmp_path / "model"), dataset_name=str(tmp_path / "math"), num_problems=2,
-                num_samples=2, k_max=2, soft_votes=2, processbench_name=str(tmp_path / "pb"),
-                processbench_split="train", max_new_tokens=8, judge_max_new_tokens=8, soft_score="votes")  # fmt: skip
+    Dataset.from_dict(
+        {"problem": ["add 1 + 2"] * 2, "steps": [["1 + 2 = 3", "# 3"], ["1 + 2 = 4", "# 4"]], "label": [-1, 0]}
+    ).save_to_disk(tmp_path / "pb")
+    real = Args(
+        model_name=str(tmp_path / "model"),
+        dataset_name=str(tmp_path / "math"),
+        num_problems=2,
+        num_samples=2,
+        k_max=2,
+        soft_votes=2,
+        processbench_name=str(tmp_path / "pb"),
+        processbench_split="train",
+        max_new_tokens=8,
+        judge_max_new_tokens=8,
+        soft_score="votes",
+    )
     out = main(real)
     assert out["selection"][-1]["problems"] == 2 and out["weights"]["self_prm_soft"].shape == (2, 2)
     summary = (out["run_dir"] / "summary.md").read_text()
