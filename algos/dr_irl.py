@@ -42,6 +42,7 @@ from __future__ import annotations
 import gc
 import math
 import re
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModel, AutoModelForSequenceClassification
 
 from shared.data import load_data
+from shared.distributed import ONE_PROCESS, Processes
 from shared.lm import (
     completion_logprobs,
     encode_prompts,
@@ -619,16 +621,19 @@ def frozen_logprobs(model, inputs, args: Args, precision: Precision) -> torch.Te
         return torch.cat([completion_logprobs(model, *(x[mb] for x in inputs), args.temperature)[0] for mb in rows])
 
 
-def accumulate_grpo_gradients(model, inputs, old_logp, ref_logp, advantages, args: Args, precision: Precision):
-    """Forward and backward of the GRPO loss per micro-batch; the gradients add up to the full batch's.
+def accumulate_grpo_gradients(
+    model, inputs, old_logp, ref_logp, advantages, args: Args, precision: Precision, processes=ONE_PROCESS
+):
+    """Forward and backward of the GRPO loss per micro-batch; the gradients add up to the full batch's. With
+    several processes these are this process's rows, normalised by the whole step batch's counts.
 
-    Returns the policy's log-probs and token entropies ([B, T] each, detached) and the step batch's loss."""
+    Returns the policy's log-probs and token entropies ([B, T] each, detached) and this process's share of the loss."""
     prompt_ids, prompt_mask, completion_ids, completion_mask = inputs
-    batch_sequences = len(advantages)
-    batch_tokens = completion_mask.sum()
+    batch_sequences = len(advantages) * processes.count  # the step batch: every process holds as many rows
+    batch_tokens = processes.sum(completion_mask.sum())
     loss_args = (args.beta, args.epsilon, args.loss_type, args.max_completion_length, batch_sequences, batch_tokens)
     logps, entropies, total_loss = [], [], 0.0
-    for mb in micro_batches(batch_sequences, args.micro_batch_size or batch_sequences, advantages.device):
+    for mb in micro_batches(len(advantages), args.micro_batch_size or len(advantages), advantages.device):
         with precision.autocast():
             logp, entropy = completion_logprobs(
                 model, prompt_ids[mb], prompt_mask[mb], completion_ids[mb], completion_mask[mb], args.temperature, True
@@ -745,9 +750,26 @@ def prompt_batches(num_rows: int, per_step: int, steps: int, seed: int):
         order = order[per_step:]
 
 
-def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, success, setup, args: Args, run, steps, precision):
+def train_grpo(
+    arm,
+    model,
+    ref_model,
+    tokenizer,
+    table,
+    rm,
+    embed,
+    success,
+    setup,
+    args: Args,
+    run,
+    steps,
+    precision,
+    processes=ONE_PROCESS,
+):
     """GRPO / GRPO-S on `table`; `setup` = (reward, scaled, hardness_ref); `success` = the true success measure
-    (name, fn(table, rows, ids, mask, texts) -> [N]). Returns alpha statistics per category."""
+    (name, fn(table, rows, ids, mask, texts) -> [N]). Returns alpha statistics per category. With several
+    processes each samples and trains on its share of every step's prompts; alpha's statistics are the whole
+    step batch's (gathered)."""
     reward_name, scaled, hardness_ref = setup
     success_name, success_fn = success
     parameters = trained_parameters(model)
@@ -762,7 +784,10 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, success, setu
     sampling.update(max_prompt_length=args.max_prompt_length, batch_size=args.generation_batch_size)
     reward_label = success_name if reward_name == "true" else "rm"
     # 3. each step: the step's prompts, from shuffled epochs over the training mix (the same order for every arm)
-    for step, batch in enumerate(prompt_batches(len(table["prompts"]), args.batch_size // group, steps, args.seed)):
+    for step, step_batch in enumerate(
+        prompt_batches(len(table["prompts"]), args.batch_size // group, steps, args.seed)
+    ):
+        batch = processes.shard(step_batch)  # this process's prompts (all of them in a one-process run)
         prompt_rows = torch.tensor(batch, device=precision.device)  # [P]
         rows = prompt_rows.repeat_interleave(group)  # [B]
         # 3a. sample G completions per prompt (rows prompt-major: each group of G is contiguous)
@@ -797,7 +822,11 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, success, setu
             # 4b. alpha^D, alpha^M per category; alpha (their product, one of them, or 1) multiplies the advantage
             categories = table["category"][prompt_rows]  # [P]
             reference = hardness_ref or args.hardness_ref
-            a_data, a_model, kept = scaling_factors(deltas, gaps, categories, args, reference, running)  # [B] each
+            # over the whole step batch (every process's rows, gathered), then this process's rows
+            all_deltas, all_gaps, all_categories = processes.gather(deltas, gaps, categories)
+            a_data, a_model, kept = scaling_factors(all_deltas, all_gaps, all_categories, args, reference, running)
+            mine = slice(processes.index * len(deltas), (processes.index + 1) * len(deltas))
+            a_data, a_model, kept = a_data[mine], a_model[mine], kept[mine]  # [B] each
             factors = {"both": a_data * a_model, "data": a_data, "model": a_model, "none": torch.ones_like(a_data)}
             alpha = factors[args.scaling].to(advantages.device)  # [B] what GRPO-S applies (logged for every arm)
             if scaled and args.scaling != "none":  # `none` leaves the advantages untouched: exactly plain GRPO
@@ -810,16 +839,28 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, success, setu
             # 5b. clipped-ratio + k3-KL loss over the step batch [TRL]: forward and backward per micro-batch, AdamW step
             optimizer.zero_grad(set_to_none=True)
             logp, entropy, loss = accumulate_grpo_gradients(
-                model, inputs, old_logp, ref_logp, advantages, args, precision
+                model, inputs, old_logp, ref_logp, advantages, args, precision, processes
             )  # [B, T], [B, T], float
+            processes.sum_gradients(parameters)  # several processes: each held its share of the step's loss
             grad_norm = precision.clip_grad_norm_(parameters, args.max_grad_norm)
             optimizer.step()
         scheduler.step()
-        # TRY NOT TO MODIFY: log TRL's metrics, alpha per category, kept fraction, alpha against true success
+        # TRY NOT TO MODIFY: log TRL's metrics, alpha per category, kept fraction, alpha against true success, over
+        # the whole step batch (every process's rows)
         old = logp if old_logp is None else old_logp  # [B, T]
+        stopped = torch.isin(ids, stop_ids).any(dim=1).float()  # [B] rows that emitted a stop token
+        num_tokens += int(processes.sum(out.prompt_mask.sum() + mask.sum()))
+        loss = float(processes.sum(loss))
+        row_cat = table["category"][rows]  # [B]
+        logp, old, entropy, mask, stopped = processes.gather(logp, old, entropy, mask, stopped)
+        rewards, true, advantages, alpha, a_data, a_model = processes.gather(
+            rewards, true, advantages, alpha, a_data, a_model
+        )
+        kept, row_cat = processes.gather(kept, row_cat)
+        if ref_logp is not None:
+            (ref_logp,) = processes.gather(ref_logp)
         lengths = mask.sum(1).float()  # [B]
-        terminated = lengths[torch.isin(ids, stop_ids).any(dim=1)]  # rows that emitted a stop token
-        num_tokens += int(out.prompt_mask.sum() + mask.sum())
+        terminated = lengths[stopped.bool()]
         centred = torch.stack([alpha - alpha.mean(), true - true.mean()])  # [2, B]
         metrics = {
             "reward": rewards.mean().item(),
@@ -846,7 +887,6 @@ def train_grpo(arm, model, ref_model, tokenizer, table, rm, embed, success, setu
             "alpha_model/mean": a_model.mean().item(),
             "alpha/corr_true_success": ((centred[0] * centred[1]).sum() / (centred.norm(dim=1).prod() + 1e-12)).item(),
         }
-        row_cat = table["category"][rows]  # [B]
         for c in row_cat.unique().tolist():
             a = alpha[row_cat == c]  # [B_c]
             k = kept[row_cat == c].float()  # [B_c]
@@ -1014,6 +1054,12 @@ def main(args: Args) -> dict:
     torch.set_num_threads(args.num_threads)
     seed_everything(args.seed)
     precision = setup_precision(args.dtype, args.cuda, args.fp32_master)
+    processes = Processes.from_precision(precision)  # one, or the N that `accelerate launch` started
+    if (args.batch_size // args.num_generations) % processes.count:
+        fail(
+            f"--batch-size {args.batch_size} / --num-generations {args.num_generations} prompts per step do not "
+            f"split over {processes.count} processes: each process takes whole prompts"
+        )
     device = precision.device
     start_time = time.time()
     tiny = args.dataset_name.startswith("tiny:")
@@ -1067,8 +1113,10 @@ def main(args: Args) -> dict:
         print_every=20,
         show=("reward", "kl", "losses/irl_loss"),
         total_steps=args.steps,
+        write=processes.is_main,  # one run folder, whatever the number of processes
     )
-    rm.offload_dir = run.dir / "reward_models"  # --rm-offload disk: the fitted RMs, reusable by --rm-model-paths
+    # --rm-offload disk: the fitted RMs, reusable by --rm-model-paths (other processes: a temporary folder each)
+    rm.offload_dir = run.dir / "reward_models" if processes.is_main else Path(tempfile.mkdtemp(prefix="dr_irl-rms-"))
     policy_options = dict(
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, gradient_checkpointing=args.gradient_checkpointing
     )
@@ -1100,6 +1148,7 @@ def main(args: Args) -> dict:
                 run,
                 steps,
                 precision,
+                processes,
             )
             policy.eval()
         pair_rows, sample_ids, sample_mask = irl_pairs(policy, tokenizer, train, demo_rows, args, stop_ids, precision)
@@ -1109,7 +1158,7 @@ def main(args: Args) -> dict:
         history = fit_reward_models(rm, train, pair_rows, sample_ids, sample_mask, args, generator, precision)
         pairs = ", ".join(f"{n} {k}" for n, k in zip(names, counts))
         notes.append(f"IRL round {irl_round}: pairs {pairs}; loss {history[0]:.3f} -> {history[-1]:.3f}")
-        print(notes[-1], flush=True)
+        processes.print(notes[-1])
         run.log(irl_round, {"losses/irl_loss": history[-1], **{f"irl/pairs/{n}": k for n, k in zip(names, counts)}})
     if args.rm_model_paths:
         notes.append(
@@ -1127,8 +1176,8 @@ def main(args: Args) -> dict:
         acc, mean_margin = ((m > 0).float().mean().item(), m.mean().item()) if len(m) else (float("nan"), 0.0)
         rm_rows.append({"category": name, "IRL pairs": counts[c], "held-out pairs": len(m), "RM accuracy": acc})
         run.log(0, {f"rewards/accuracies/{name}": acc, f"rewards/margins/{name}": mean_margin})
-    print(format_table(rm_rows), flush=True)
-    print(f"setup (data, start, IRL): {time.time() - start_time:.1f} s", flush=True)
+    processes.print(format_table(rm_rows))
+    processes.print(f"setup (data, start, IRL): {time.time() - start_time:.1f} s")
 
     # 3-5. each arm: GRPO from pi_0 (the frozen KL reference) on the imbalanced mix, routed RMs, alpha for GRPO-S
     @torch.no_grad()
@@ -1155,10 +1204,10 @@ def main(args: Args) -> dict:
         f"start headroom (best of G={group} samples at T={args.temperature} vs greedy, {success_name}): "
         + ", ".join(f"{n} {best_per_category[n]:.3f} vs {results['start']['success'][n]:.3f}" for n in names)
     )
-    print(notes[-1], flush=True)
+    processes.print(notes[-1])
     for arm in args.arms:
         model, _ = load_policy(policy_path, precision, seed=args.seed, **policy_options)  # fp32 masters (or LoRA)
-        seed_everything(args.seed)
+        seed_everything(processes.seed(args.seed))  # each process samples its own stream (process 0: --seed)
         arm_start = time.time()
         alpha = train_grpo(
             arm,
@@ -1174,13 +1223,14 @@ def main(args: Args) -> dict:
             run,
             args.steps,
             precision,
+            processes,
         )
         seconds = time.time() - arm_start
         results[arm] = {**evaluate(model.eval()), "seconds": seconds, "alpha": alpha}
         run.log(
             args.steps, {f"eval/{success_name}/{n}": v for n, v in results[arm]["success"].items()}, echo=True, arm=arm
         )
-        if args.save_model:
+        if args.save_model and processes.is_main:
             model.save_pretrained(run.dir / arm)  # fp32 master weights; with --lora-r, the peft adapter
             tokenizer.save_pretrained(run.dir / arm)
         del model  # the next arm's policy takes its place on the device

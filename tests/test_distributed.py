@@ -80,3 +80,23 @@ def test_a_two_process_bleuberi_run_leaves_one_run_folder_with_its_summary(tmp_p
     assert len([row for row in rows if row["arm"] == "bleuberi" and "losses/loss" in row]) == 2  # one row a step
     assert (run / "bleuberi" / "config.json").exists()  # the main process saved the policy
     assert launched.stdout.count("## BLEUBERI on") == 1  # one summary printed, by the main process
+
+
+@pytest.mark.multiprocess
+def test_a_two_process_dr_irl_run_leaves_one_run_folder_with_its_summary(tmp_path):
+    """DR-IRL: the reward models are fitted alike on every process, GRPO-S's alpha statistics span the whole step
+    batch (gathered), and only the main process writes."""
+    flags = ["--no-cuda", "--steps", "2", "--batch-size", "16", "--num-eval", "8", "--num-demos-per-category", "4"]
+    flags += ["--irl-samples", "1", "--rm-epochs", "1", "--warm-start-steps", "20", "--arms", "grpo", "grpo-s"]
+    launched = launch([str(ROOT / "algos" / "dr_irl.py"), *flags], env_runs=tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1, folders
+    run = folders[0]
+    assert (run / "summary.md").exists() and not (run / "INCOMPLETE").exists()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for arm in ("grpo", "grpo-s"):
+        steps = [row for row in rows if row.get("arm") == arm and "losses/loss" in row]
+        assert len(steps) == 2
+        assert all(row["completions/mean_length"] > 0 for row in steps)
+    assert launched.stdout.count("## DR-IRL on") == 1
