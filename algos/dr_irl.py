@@ -35,6 +35,7 @@ Commands:
         --rm-learning-rate 1e-5 --rm-epochs 1 --rm-batch-size 64 --rm-micro-batch-size 4 --rm-offload disk \
         --gradient-checkpointing --steps 200
     # reuse those RMs: the same command with --categories A B --rm-model-paths runs/<run>/reward_models/A ...B
+    accelerate launch --multi_gpu --num_processes 4 algos/dr_irl.py ...   # data-parallel: README "Past one GPU"
 """
 
 from __future__ import annotations
