@@ -102,12 +102,14 @@ class Processes:
             return tensors
         gathered = []
         for tensor in tensors:
+            dtype = tensor.dtype
+            tensor = tensor.to(torch.uint8) if dtype == torch.bool else tensor  # gathered as bytes, returned as bools
             if tensor.dim() >= 2:
                 longest = int(self.max(tensor.size(1)))
                 tensor = torch.nn.functional.pad(tensor, (0, longest - tensor.size(1)))  # [B_local, T_max]
             parts = [torch.empty_like(tensor) for _ in range(self.count)]
             torch.distributed.all_gather(parts, tensor.contiguous())
-            gathered.append(torch.cat(parts))  # [B, ...]
+            gathered.append(torch.cat(parts).to(dtype))  # [B, ...]
         return tuple(gathered)
 
     def max(self, value: float) -> float:
