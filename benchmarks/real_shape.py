@@ -185,10 +185,10 @@ def crm_command(model: Path, data: Path, batch_size: int, dtype: str, args: Args
         "--num-test-pairs=2",
         f"--batch-size={batch_size}",
         f"--micro-batch-size={args.micro_batch_size}",
-        f"--lr={args.learning_rate}",
+        f"--learning-rate={args.learning_rate}",
         f"--dtype={dtype}",
         f"--seed={args.seed}",
-        f"--threads={args.num_threads}",
+        f"--num-threads={args.num_threads}",
         "--save-model",
         "--cuda" if args.cuda else "--no-cuda",
     ]
@@ -365,10 +365,10 @@ def b2_diffurl_command(model: Path, data: Path, batch_size: int, dtype: str, arg
         "--epochs=1",
         f"--sample-batch-size={args.generation_batch_size}",
         f"--train-micro-batch={args.micro_batch_size}",
-        f"--lr={args.learning_rate}",
+        f"--learning-rate={args.learning_rate}",
         f"--dtype={dtype}",
         f"--seed={args.seed}",
-        f"--torch-threads={args.num_threads}",
+        f"--num-threads={args.num_threads}",
         "--cuda" if args.cuda else "--no-cuda",
     ]
 
@@ -389,7 +389,7 @@ def paco_grpo_command(model: Path, data: Path, batch_size: int, dtype: str, args
     return [
         "algos/paco_grpo.py",
         f"--model-name={model}",
-        "--no-t5",
+        "--no-load-t5",
         "--image-size=256",
         "--train-res=half",
         "--num-steps=4",
@@ -438,7 +438,7 @@ def self_prm_command(model: Path, data: Path, batch_size: int, dtype: str, args:
         "--soft-score=none",
         f"--dtype={dtype}",
         f"--seed={args.seed}",
-        f"--threads={args.num_threads}",
+        f"--num-threads={args.num_threads}",
         "--cuda" if args.cuda else "--no-cuda",
     ]
 
@@ -552,8 +552,8 @@ def ppo_mc_command(model: Path, data: Path, batch_size: int, dtype: str, args: A
         f"--forward-batch-size={args.micro_batch_size}",
         f"--generation-batch-size={args.generation_batch_size}",
         f"--max-new-tokens={args.completion_length}",
-        f"--actor-lr={args.learning_rate}",
-        f"--critic-lr={args.learning_rate}",
+        f"--actor-learning-rate={args.learning_rate}",
+        f"--critic-learning-rate={args.learning_rate}",
         "--num-eval=0",
         f"--dtype={dtype}",
         f"--seed={args.seed}",
