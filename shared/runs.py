@@ -80,7 +80,8 @@ sys.excepthook = _report_interrupt  # only uncaught exceptions at the top of a s
 def help_description(module_doc: str) -> str:
     """What `--help` opens with: the script docstring's first paragraph (the method in two sentences and the
     offline command)."""
-    return module_doc.strip().split("\n\n")[0]
+    paragraph = module_doc.strip().split("\n\n")[0]
+    return " ".join(paragraph.split())  # one line: tyro re-flows it, where it would break before a "(" or a digit
 
 
 def parse_args(args_class: type, module_doc: str):
