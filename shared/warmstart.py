@@ -120,7 +120,11 @@ def warm_start(
         recipe["sft_rows"] = sft_rows_recipe
     key = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     folder = Path(cache_dir or CACHE_DIR) / f"warmstart-{task_name}-{key}"
+    if other_process_of_a_launch():  # under `accelerate launch`: process 0 trains and saves it, the others load it
+        torch.distributed.barrier()
+        return folder
     if (folder / "warm_start.json").exists():
+        release_other_processes()
         return folder
 
     start = time.time()
@@ -171,4 +175,16 @@ def warm_start(
         tmp.rename(folder)
     if verbose:
         print(f"warm start {task_name}: test exact match {accuracy:.3f} in {info['seconds']} s -> {folder}", flush=True)
+    release_other_processes()
     return folder
+
+
+def other_process_of_a_launch() -> bool:
+    """Whether this is a process other than the main one of a multi-process run (`accelerate launch`)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0
+
+
+def release_other_processes() -> None:
+    """On the main process of a multi-process run: the warm start is on disk, the other processes may load it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
