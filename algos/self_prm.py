@@ -17,8 +17,8 @@ let the same model return the index of the earliest wrong paragraph (-1 = none) 
     acc_err = % of erroneous items with pred == e*,  acc_cor = % of correct items with pred == -1,
     F1 = 2 acc_err acc_cor / (acc_err + acc_cor);  precision_b = #(v=1, correct) / #(v=1) pooled over bucket b
 
-Source tags on the lines that implement a detail: [paper] = arXiv:2505.11227 (its abstract; the body's settings as
-third-party notes report them); [PB <file>] = QwenLM/ProcessBench@e802463 code/<file> (critique prompt, verdict
+Source tags on the lines that implement a detail: [paper] = arXiv:2505.11227 (docs/self_prm.md says which of its
+settings we could check); [PB <file>] = QwenLM/ProcessBench@e802463 code/<file> (critique prompt, verdict
 parse, F1); [toy] = the CPU toy's design, ours; "reconstruction" where neither says (each such choice is a flag).
 Arms (selectors, one TensorBoard run each, logged at step k): pass1, majority, self_prm, self_prm_soft,
 oracle_judge (v = correct: must equal pass@k), noisy_<q> (oracle verdicts flipped with probability q), oracle
@@ -698,7 +698,7 @@ def synthetic_processbench(args: Args, seed: int, n: int, task: ChainAddition = 
 
 
 def coevolve(args: Args, device, dtype, run: RunLogger) -> list[dict]:
-    """The co-evolution analysis on the toy [paper, per third-party notes: outcome-only RL, solving and judging rise
+    """The co-evolution analysis on the toy [paper: outcome-only RL makes solving and judging rise
     together]: a judge warmed up on 3-term problems only, outcome-reward GRPO on 5-term problems, its 5-term solving
     and judge F1 before and after (the arm `coevolve`)."""
     model, tokenizer = load_causal_lm(
@@ -925,7 +925,7 @@ def main(args: Args) -> dict:
     }
     run.log(K, metrics, echo=True)
 
-    # 7. optional co-evolution arm [paper, per third-party notes]: outcome RL on harder problems, judge F1 around it
+    # 7. optional co-evolution arm [paper: co-evolution]: outcome RL on harder problems, the judge's F1 around it
     coevolve_rows = coevolve(args, device, dtype, run) if args.coevolve else []
 
     # TRY NOT TO MODIFY: samples and the tables
