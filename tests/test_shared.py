@@ -418,11 +418,12 @@ def test_ctrl_c_prints_one_line_with_the_partial_run_and_exits_130(tmp_path):
     import sys
 
     script = (
-        "import os, signal\n"
+        "import os, signal, time\n"
         "from shared.runs import RunLogger\n"
         "run = RunLogger('interrupted-run', {})\n"
         "run.log(0, {'losses/loss': 1.0})\n"
         "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(30)  # the main thread runs on, as a training loop would, until the interrupt arrives\n"
     )
     env = {**os.environ, "REWARDLAB_RUNS": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
